@@ -1,0 +1,354 @@
+//! Reading an agency's bets file as a stream of bets, one line at a time.
+//!
+//! The file is CSV with no header: `first name, last name, document, birthdate, number`,
+//! LF or CRLF line ends, UTF-8 names. It is never loaded whole. A line that cannot be a
+//! valid bet is reported as [`Line::Invalid`] with its line number and reason, and
+//! reading goes on; only an I/O failure ends the stream with an [`AgencyFileError`].
+//!
+//! Reading is line by line (a bet never spans lines), so the line numbers in reports
+//! are exact for LF and CRLF files alike, blank lines included. Fields follow CSV
+//! quoting: `"Paz, María"` is one field and `""` inside quotes is a quote.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+
+use crate::bet::{Bet, MAX_NUMBER};
+
+/// An open agency file.
+pub struct AgencyFile {
+    path: PathBuf,
+    reader: BufReader<File>,
+    buf: Vec<u8>,
+    line: u64,
+    today: NaiveDate,
+}
+
+/// One line of the file: a valid bet, or the reason it is not one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// A valid bet read from line `line`.
+    Bet {
+        /// 1-based line number.
+        line: u64,
+        /// The bet.
+        bet: Bet,
+    },
+    /// A line that is not a valid bet.
+    Invalid(BadLine),
+}
+
+/// A line that was skipped, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLine {
+    /// The agency file.
+    pub path: PathBuf,
+    /// 1-based line number.
+    pub line: u64,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for BadLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.path.display(), self.line, self.reason)
+    }
+}
+
+/// The agency file cannot be read.
+#[derive(Debug)]
+pub struct AgencyFileError {
+    /// The agency file.
+    pub path: PathBuf,
+    /// The line being read when it failed (0 when opening).
+    pub line: u64,
+    /// The cause.
+    pub source: io::Error,
+}
+
+impl fmt::Display for AgencyFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(
+                f,
+                "cannot open agency file {}: {}",
+                self.path.display(),
+                self.source
+            )
+        } else {
+            write!(
+                f,
+                "cannot read agency file {} at line {}: {}",
+                self.path.display(),
+                self.line,
+                self.source
+            )
+        }
+    }
+}
+
+impl std::error::Error for AgencyFileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+impl AgencyFile {
+    /// Opens `path`; bets are validated against `today` (birthdates must be before it).
+    pub fn open(path: &Path, today: NaiveDate) -> Result<AgencyFile, AgencyFileError> {
+        let file = File::open(path).map_err(|source| AgencyFileError {
+            path: path.to_path_buf(),
+            line: 0,
+            source,
+        })?;
+        Ok(AgencyFile {
+            path: path.to_path_buf(),
+            reader: BufReader::new(file),
+            buf: Vec::new(),
+            line: 0,
+            today,
+        })
+    }
+
+    fn bad(&self, line: u64, reason: String) -> Line {
+        Line::Invalid(BadLine {
+            path: self.path.clone(),
+            line,
+            reason,
+        })
+    }
+
+    fn parse(&self, line: u64, text: &str) -> Line {
+        let fields = match split_fields(text) {
+            Ok(fields) => fields,
+            Err(reason) => return self.bad(line, reason),
+        };
+        if fields.len() != 5 {
+            return self.bad(
+                line,
+                format!(
+                    "expected 5 fields (first name, last name, document, birthdate, number), found {}",
+                    fields.len()
+                ),
+            );
+        }
+        let birthdate = match NaiveDate::parse_from_str(&fields[3], "%Y-%m-%d") {
+            Ok(date) => date,
+            Err(_) => {
+                return self.bad(
+                    line,
+                    format!("birthdate {:?} is not a date YYYY-MM-DD", fields[3]),
+                );
+            }
+        };
+        let number = match fields[4].parse::<u16>() {
+            Ok(n) => n,
+            Err(_) => {
+                return self.bad(
+                    line,
+                    format!(
+                        "number {:?} is not a whole number from 0 to {MAX_NUMBER}",
+                        fields[4]
+                    ),
+                );
+            }
+        };
+        let mut fields = fields.into_iter();
+        let mut next = || fields.next().unwrap_or_default();
+        let (first_name, last_name, document) = (next(), next(), next());
+        let bet = Bet {
+            first_name,
+            last_name,
+            document,
+            birthdate,
+            number,
+        };
+        match bet.validate(self.today) {
+            Ok(()) => Line::Bet { line, bet },
+            Err(e) => self.bad(line, e.to_string()),
+        }
+    }
+}
+
+/// Splits one CSV line into trimmed fields, honouring double quotes.
+fn split_fields(text: &str) -> Result<Vec<String>, String> {
+    let mut fields = Vec::with_capacity(5);
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.next_if(|c| *c == ' ' || *c == '\t').is_some() {}
+        let mut field = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            loop {
+                match chars.next() {
+                    Some('"') if chars.next_if_eq(&'"').is_some() => field.push('"'),
+                    Some('"') => break,
+                    Some(c) => field.push(c),
+                    None => return Err("a quoted field is not closed".into()),
+                }
+            }
+            while chars.next_if(|c| *c == ' ' || *c == '\t').is_some() {}
+            if chars.peek().is_some_and(|c| *c != ',') {
+                return Err("unexpected text after a quoted field".into());
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ',') {
+                field.push(c);
+            }
+            field.truncate(field.trim_end().len());
+        }
+        fields.push(field);
+        if chars.next().is_none() {
+            return Ok(fields);
+        }
+    }
+}
+
+impl Iterator for AgencyFile {
+    type Item = Result<Line, AgencyFileError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.buf.clear();
+            match self.reader.read_until(b'\n', &mut self.buf) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(source) => {
+                    return Some(Err(AgencyFileError {
+                        path: self.path.clone(),
+                        line: self.line + 1,
+                        source,
+                    }));
+                }
+            }
+            self.line += 1;
+            let mut bytes = self.buf.as_slice();
+            bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+            bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+            if self.line == 1 {
+                // A UTF-8 byte-order mark may start the file; it is not data.
+                bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+            }
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                continue; // Blank lines carry no bet.
+            }
+            let line = self.line;
+            return Some(Ok(match std::str::from_utf8(bytes) {
+                Ok(text) => self.parse(line, text),
+                Err(e) => self.bad(
+                    line,
+                    format!("not valid UTF-8 (at byte {})", e.valid_up_to() + 1),
+                ),
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(name: &str, bytes: &[u8]) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("loteria-agency-{}-{name}.csv", std::process::id()));
+        std::fs::write(&path, bytes).expect("write temp file");
+        path
+    }
+
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 1, 1).expect("date")
+    }
+
+    fn read(path: &Path) -> Vec<Line> {
+        AgencyFile::open(path, today())
+            .expect("open")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("read")
+    }
+
+    #[test]
+    fn reads_crlf_and_lf_with_accents() {
+        let path = file_with(
+            "ok",
+            "Santiago Lionel,Lorca,30904465,1999-03-17,2201\r\nTiago Nicolás,Núñez,00000000,2001-08-29,7574\nAna,Paz,1,2000-01-01,0".as_bytes(),
+        );
+        let lines = read(&path);
+        assert_eq!(lines.len(), 3);
+        match &lines[1] {
+            Line::Bet { line, bet } => {
+                assert_eq!(*line, 2);
+                assert_eq!(bet.first_name, "Tiago Nicolás");
+                assert_eq!(bet.document, "00000000");
+                assert_eq!(bet.number, 7574);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(lines[2], Line::Bet { line: 3, .. }));
+    }
+
+    #[test]
+    fn bad_lines_are_reported_with_their_number_and_reading_goes_on() {
+        let path = file_with(
+            "bad",
+            b"Ana,Paz,1,2000-01-01,1\n\
+              Ana,Paz,1,2000-01-01\n\
+              ,Paz,1,2000-01-01,1\n\
+              Ana,Paz,123456789,2000-01-01,1\n\
+              Ana,Paz,1,2000-02-30,1\n\
+              Ana,Paz,1,2030-01-01,1\n\
+              Ana,Paz,1,2000-01-01,10000\n\
+              Ana,Paz,1,2000-01-01,-1\n\
+              An\xff,Paz,1,2000-01-01,1\n\
+              \r\n\
+              Eva,Ro,2,1990-05-05,5\n",
+        );
+        let lines = read(&path);
+        let reasons: Vec<(u64, String)> = lines
+            .iter()
+            .filter_map(|l| match l {
+                Line::Invalid(bad) => Some((bad.line, bad.reason.clone())),
+                Line::Bet { .. } => None,
+            })
+            .collect();
+        assert_eq!(reasons.len(), 8, "{reasons:?}");
+        assert_eq!(reasons[0].0, 2);
+        assert!(reasons[0].1.contains("expected 5 fields"));
+        assert_eq!(reasons[1], (3, "first_name is empty".to_string()));
+        assert!(reasons[2].1.contains("document"));
+        assert!(reasons[3].1.contains("2000-02-30"));
+        assert!(reasons[4].1.contains("not in the past"));
+        assert!(reasons[5].1.contains("not in 0..=9999"));
+        assert!(reasons[6].1.contains("\"-1\""));
+        assert_eq!(reasons[7], (9, "not valid UTF-8 (at byte 3)".to_string()));
+        assert!(matches!(lines.last(), Some(Line::Bet { line: 11, .. })), "blank lines count");
+        if let Line::Invalid(bad) = &lines[1] {
+            assert!(bad.to_string().ends_with(":2: expected 5 fields (first name, last name, document, birthdate, number), found 4"));
+        }
+    }
+
+    #[test]
+    fn quoted_names_and_bom_are_handled() {
+        let path = file_with(
+            "quoted",
+            "\u{feff}\"Paz, María\", \"O'Neil \"\"Jr\"\"\" ,12,1980-02-29,99\n\"x,1\n".as_bytes(),
+        );
+        match &read(&path)[..] {
+            [Line::Bet { bet, .. }, Line::Invalid(bad)] => {
+                assert_eq!(bet.first_name, "Paz, María");
+                assert_eq!(bet.last_name, "O'Neil \"Jr\"");
+                assert_eq!(bad.reason, "a quoted field is not closed");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_naming_it() {
+        let err = AgencyFile::open(Path::new("/nonexistent/agency-9.csv"), today())
+            .err()
+            .expect("missing");
+        assert!(err.to_string().contains("/nonexistent/agency-9.csv"));
+    }
+}

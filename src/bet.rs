@@ -1,0 +1,266 @@
+//! The domain: a [`Bet`], the rules a bet must follow, and the draw.
+//!
+//! Nothing here knows about sockets, frames or files: the protocol carries bets, the
+//! storage keeps them, and both ask this module whether a bet is valid.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::NaiveDate;
+
+/// The highest number a bet may play (numbers are `0..=MAX_NUMBER`).
+pub const MAX_NUMBER: u16 = 9999;
+/// The longest document (DNI) accepted, in digits.
+pub const MAX_DOCUMENT_DIGITS: usize = 8;
+
+/// Identifies an agency ("agencia de quiniela"); agencies are numbered `1..=N`.
+pub type AgencyId = u32;
+
+/// One bet as an agency submits it.
+///
+/// A `Bet` may hold anything; [`Bet::validate`] says whether it follows the rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bet {
+    /// The bettor's first name(s).
+    pub first_name: String,
+    /// The bettor's last name(s).
+    pub last_name: String,
+    /// The bettor's document (DNI): 1 to 8 digits, leading zeros significant.
+    pub document: String,
+    /// The bettor's date of birth.
+    pub birthdate: NaiveDate,
+    /// The number played, `0..=9999`.
+    pub number: u16,
+}
+
+/// Why a bet breaks the rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BetError {
+    /// A name is empty (or only white space).
+    EmptyName {
+        /// `"first_name"` or `"last_name"`.
+        field: &'static str,
+    },
+    /// A name holds a control character (line breaks would corrupt the stored CSV).
+    ControlCharacter {
+        /// `"first_name"` or `"last_name"`.
+        field: &'static str,
+    },
+    /// The document is not 1 to 8 ASCII digits.
+    BadDocument(String),
+    /// The birthdate is today or in the future.
+    FutureBirthdate(NaiveDate),
+    /// The number is above 9999.
+    NumberOutOfRange(u16),
+}
+
+impl fmt::Display for BetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BetError::EmptyName { field } => write!(f, "{field} is empty"),
+            BetError::ControlCharacter { field } => {
+                write!(f, "{field} contains a control character")
+            }
+            BetError::BadDocument(doc) => write!(
+                f,
+                "document {doc:?} is not 1 to {MAX_DOCUMENT_DIGITS} digits"
+            ),
+            BetError::FutureBirthdate(date) => {
+                write!(f, "birthdate {date} is not in the past")
+            }
+            BetError::NumberOutOfRange(n) => {
+                write!(f, "number {n} is not in 0..={MAX_NUMBER}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BetError {}
+
+impl Bet {
+    /// Checks every rule of a bet; `today` is the first date that is *not* in the past.
+    pub fn validate(&self, today: NaiveDate) -> Result<(), BetError> {
+        check_name("first_name", &self.first_name)?;
+        check_name("last_name", &self.last_name)?;
+        if !is_document(&self.document) {
+            return Err(BetError::BadDocument(self.document.clone()));
+        }
+        if self.birthdate >= today {
+            return Err(BetError::FutureBirthdate(self.birthdate));
+        }
+        if self.number > MAX_NUMBER {
+            return Err(BetError::NumberOutOfRange(self.number));
+        }
+        Ok(())
+    }
+
+    /// Whether this bet wins a draw whose winning number is `winning_number`.
+    pub fn wins(&self, winning_number: u16) -> bool {
+        self.number == winning_number
+    }
+}
+
+/// Today's date in local time: the bound for "a real past date".
+pub fn today() -> NaiveDate {
+    chrono::Local::now().date_naive()
+}
+
+fn check_name(field: &'static str, name: &str) -> Result<(), BetError> {
+    if name.trim().is_empty() {
+        return Err(BetError::EmptyName { field });
+    }
+    if name.chars().any(char::is_control) {
+        return Err(BetError::ControlCharacter { field });
+    }
+    Ok(())
+}
+
+fn is_document(doc: &str) -> bool {
+    (1..=MAX_DOCUMENT_DIGITS).contains(&doc.len()) && doc.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The result of a draw: for each agency, the documents of its winning bets, in the
+/// order they were stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrawResult {
+    winning_number: u16,
+    winners: BTreeMap<AgencyId, Vec<String>>,
+}
+
+impl DrawResult {
+    /// An empty draw for `winning_number`; feed it bets with [`DrawResult::consider`].
+    pub fn new(winning_number: u16) -> DrawResult {
+        DrawResult {
+            winning_number,
+            winners: BTreeMap::new(),
+        }
+    }
+
+    /// Runs the draw over `bets` (agency and bet pairs, in storage order).
+    pub fn run<I>(bets: I, winning_number: u16) -> DrawResult
+    where
+        I: IntoIterator<Item = (AgencyId, Bet)>,
+    {
+        let mut draw = DrawResult::new(winning_number);
+        for (agency, bet) in bets {
+            draw.consider(agency, bet);
+        }
+        draw
+    }
+
+    /// Adds one stored bet of `agency` to the draw.
+    pub fn consider(&mut self, agency: AgencyId, bet: Bet) {
+        if bet.wins(self.winning_number) {
+            self.winners.entry(agency).or_default().push(bet.document);
+        }
+    }
+
+    /// The documents of `agency`'s winners (empty when it has none).
+    pub fn winners_of(&self, agency: AgencyId) -> &[String] {
+        self.winners.get(&agency).map_or(&[], Vec::as_slice)
+    }
+
+    /// How many winning bets the draw found, over all agencies.
+    pub fn total(&self) -> usize {
+        self.winners.values().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn date(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).expect("valid test date")
+    }
+
+    fn bet(number: u16) -> Bet {
+        Bet {
+            first_name: "Santiago Lionel".into(),
+            last_name: "Lorca".into(),
+            document: "30904465".into(),
+            birthdate: date(1999, 3, 17),
+            number,
+        }
+    }
+
+    #[test]
+    fn a_good_bet_is_valid() {
+        assert_eq!(bet(7574).validate(date(2026, 1, 1)), Ok(()));
+        assert_eq!(bet(0).validate(date(2026, 1, 1)), Ok(()));
+        assert_eq!(bet(9999).validate(date(2026, 1, 1)), Ok(()));
+    }
+
+    #[test]
+    fn every_rule_is_enforced() {
+        let today = date(2026, 1, 1);
+        let mut b = bet(1);
+        b.first_name = "  ".into();
+        assert_eq!(
+            b.validate(today),
+            Err(BetError::EmptyName {
+                field: "first_name"
+            })
+        );
+        let mut b = bet(1);
+        b.last_name = String::new();
+        assert_eq!(
+            b.validate(today),
+            Err(BetError::EmptyName { field: "last_name" })
+        );
+        let mut b = bet(1);
+        b.last_name = "Lor\nca".into();
+        assert_eq!(
+            b.validate(today),
+            Err(BetError::ControlCharacter { field: "last_name" })
+        );
+        for doc in ["", "123456789", "12a4", "-1", " 123", "１２３"] {
+            let mut b = bet(1);
+            b.document = doc.into();
+            assert_eq!(b.validate(today), Err(BetError::BadDocument(doc.into())));
+        }
+        let mut b = bet(1);
+        b.birthdate = today;
+        assert_eq!(b.validate(today), Err(BetError::FutureBirthdate(today)));
+        assert_eq!(
+            bet(10000).validate(today),
+            Err(BetError::NumberOutOfRange(10000))
+        );
+    }
+
+    #[test]
+    fn zero_document_and_accents_are_valid() {
+        let mut b = bet(5);
+        b.document = "00000000".into();
+        b.first_name = "Tiago Nicolás".into();
+        b.last_name = "Núñez, de la Peña".into();
+        assert_eq!(b.validate(date(2026, 1, 1)), Ok(()));
+    }
+
+    #[test]
+    fn errors_read_well() {
+        assert_eq!(
+            BetError::NumberOutOfRange(12000).to_string(),
+            "number 12000 is not in 0..=9999"
+        );
+        assert_eq!(
+            BetError::BadDocument("12a".into()).to_string(),
+            "document \"12a\" is not 1 to 8 digits"
+        );
+    }
+
+    #[test]
+    fn draw_groups_winners_by_agency_in_order() {
+        let mut a = bet(7574);
+        a.document = "1".into();
+        let mut b = bet(7574);
+        b.document = "2".into();
+        let bets = vec![(1, a), (2, bet(1)), (1, bet(2)), (1, b), (3, bet(7574))];
+        let result = DrawResult::run(bets, 7574);
+        assert_eq!(result.winners_of(1), ["1".to_string(), "2".to_string()]);
+        assert!(result.winners_of(2).is_empty());
+        assert_eq!(result.winners_of(3), ["30904465".to_string()]);
+        assert!(result.winners_of(99).is_empty());
+        assert_eq!(result.total(), 3);
+    }
+}

@@ -1,0 +1,73 @@
+//! `client [--config FILE]`: one betting agency.
+//!
+//! Exit codes: 0 done (or stopped by SIGTERM/SIGINT), 1 failed, 2 bad configuration or
+//! arguments, 3 done but some lines of the agency file were invalid and skipped.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use loteria::client::{self, Outcome};
+use loteria::config::{self, CLIENT_KEYS, ClientConfig, Command};
+use loteria::logging;
+use loteria::shutdown::{Shutdown, SignalThread};
+
+const DEFAULT_CONFIG: &str = "config/client.toml";
+
+fn main() -> ExitCode {
+    let path = match config::parse_args(std::env::args().skip(1), DEFAULT_CONFIG) {
+        Ok(Command::Run(path)) => path,
+        Ok(Command::Help) => {
+            print!("{}", config::help("client", DEFAULT_CONFIG, CLIENT_KEYS));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!(
+                "client: {e}\n\n{}",
+                config::help("client", DEFAULT_CONFIG, CLIENT_KEYS)
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let config = match ClientConfig::load(&path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("client: {e}");
+            println!("action: config | result: fail | error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(config.log_level.filter);
+    log::info!("action: config | result: success | {}", config.summary());
+    let id = config.id;
+    match run(&config) {
+        Ok(Outcome::Completed { skipped: 0 }) => {
+            log::info!("action: exit | result: success | client_id: {id}");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Completed { skipped }) => {
+            log::warn!("action: exit | result: fail | client_id: {id} | skipped_lines: {skipped}");
+            ExitCode::from(3)
+        }
+        Ok(Outcome::Interrupted) => {
+            log::info!("action: exit | result: success | client_id: {id} | status: interrupted");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            log::error!("action: exit | result: fail | client_id: {id} | error: {e}");
+            eprintln!("client: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: &ClientConfig) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let shutdown = Shutdown::new();
+    let signals = SignalThread::start(shutdown.clone())?;
+    let result = client::run(config, &shutdown);
+    signals.stop();
+    log::info!(
+        "action: close_connection | result: success | client_id: {}",
+        config.id
+    );
+    Ok(result?)
+}

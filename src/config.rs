@@ -1,0 +1,952 @@
+//! Configuration: TOML files under `config/`, overridden by environment variables.
+//!
+//! Every key is listed in [`SERVER_KEYS`] / [`CLIENT_KEYS`] with its environment
+//! variable and default; `README.md` documents the same table. A value that is missing
+//! (for a key with no default) or invalid stops the program with a [`ConfigError`]
+//! naming the key, where it came from and the bad value. Unknown keys in a file are
+//! errors too, so a typo never goes unnoticed.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use log::LevelFilter;
+
+use crate::bet::{AgencyId, Bet, MAX_NUMBER};
+
+/// One configuration key: its TOML path, environment variable and default.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    /// Dotted TOML path, e.g. `server.port`.
+    pub path: &'static str,
+    /// The environment variable that overrides it.
+    pub env: &'static str,
+    /// The default, or `None` when the key is required.
+    pub default: Option<&'static str>,
+    /// What the key does.
+    pub doc: &'static str,
+}
+
+const fn key(
+    path: &'static str,
+    env: &'static str,
+    default: Option<&'static str>,
+    doc: &'static str,
+) -> Key {
+    Key {
+        path,
+        env,
+        default,
+        doc,
+    }
+}
+
+/// Every server key (`config/server.toml`).
+pub const SERVER_KEYS: &[Key] = &[
+    key(
+        "server.host",
+        "SERVER_HOST",
+        Some("0.0.0.0"),
+        "address to listen on",
+    ),
+    key(
+        "server.port",
+        "SERVER_PORT",
+        None,
+        "TCP port to listen on (0: any free port)",
+    ),
+    key(
+        "server.listen_backlog",
+        "SERVER_LISTEN_BACKLOG",
+        Some("128"),
+        "pending-connection queue length",
+    ),
+    key(
+        "server.io_timeout",
+        "SERVER_IO_TIMEOUT",
+        Some("60s"),
+        "an agency idle this long is disconnected; also bounds each write",
+    ),
+    key(
+        "server.max_connections",
+        "SERVER_MAX_CONNECTIONS",
+        Some("512"),
+        "connections served at once; more are refused with SERVER_BUSY",
+    ),
+    key(
+        "log.level",
+        "LOGGING_LEVEL",
+        Some("INFO"),
+        "TRACE, DEBUG, INFO, WARN or ERROR",
+    ),
+    key(
+        "lottery.agencies",
+        "SERVER_AGENCIES",
+        None,
+        "agencies to wait for before the draw (ids 1..=N)",
+    ),
+    key(
+        "lottery.winning_number",
+        "SERVER_WINNING_NUMBER",
+        Some("7574"),
+        "the number that wins, 0..=9999",
+    ),
+    key(
+        "storage.path",
+        "SERVER_STORAGE",
+        Some("data/bets.csv"),
+        "the bets file (CSV, appended)",
+    ),
+];
+
+/// Every client key (`config/client.toml`).
+pub const CLIENT_KEYS: &[Key] = &[
+    key("id", "CLI_ID", None, "this agency's id, 1..=N"),
+    key(
+        "mode",
+        "CLI_MODE",
+        Some("bets"),
+        "\"bets\" (upload the agency file) or \"echo\"",
+    ),
+    key(
+        "data",
+        "CLI_DATA",
+        Some("agencies/agency-<id>.csv"),
+        "the agency's bets file",
+    ),
+    key(
+        "server.address",
+        "CLI_SERVER_ADDRESS",
+        None,
+        "server host:port",
+    ),
+    key(
+        "server.connect_timeout",
+        "CLI_CONNECT_TIMEOUT",
+        Some("10s"),
+        "how long to keep retrying the first connection",
+    ),
+    key(
+        "server.io_timeout",
+        "CLI_IO_TIMEOUT",
+        Some("60s"),
+        "how long to wait for each reply (not for the draw)",
+    ),
+    key(
+        "loop.amount",
+        "CLI_LOOP_AMOUNT",
+        Some("5"),
+        "echo mode: messages to send",
+    ),
+    key(
+        "loop.period",
+        "CLI_LOOP_PERIOD",
+        Some("1s"),
+        "echo mode: pause between messages",
+    ),
+    key(
+        "log.level",
+        "CLI_LOG_LEVEL",
+        Some("INFO"),
+        "TRACE, DEBUG, INFO, WARN or ERROR",
+    ),
+    key(
+        "batch.max_amount",
+        "CLI_BATCH_MAX_AMOUNT",
+        Some("100"),
+        "bets per batch at most (a batch also stays under 8 KiB)",
+    ),
+];
+
+/// The environment variables of single-bet mode, in order.
+pub const SINGLE_BET_VARS: [&str; 5] = ["NOMBRE", "APELLIDO", "DOCUMENTO", "NACIMIENTO", "NUMERO"];
+
+/// A configuration problem; its `Display` names the key and the bad value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The file is not valid TOML or has an unknown key or a value of the wrong type.
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A required key has no value.
+    Missing {
+        /// The key.
+        key: &'static str,
+        /// Its environment variable.
+        env: &'static str,
+    },
+    /// A value is not acceptable.
+    Invalid {
+        /// The key (or environment variable) at fault.
+        key: String,
+        /// The value as given.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, reason } => {
+                write!(f, "cannot read config file {}: {reason}", path.display())
+            }
+            ConfigError::Parse { path, reason } => {
+                write!(
+                    f,
+                    "invalid config file {}: {}",
+                    path.display(),
+                    reason.trim_end()
+                )
+            }
+            ConfigError::Missing { key, env } => {
+                write!(
+                    f,
+                    "missing config value {key} (set it in the file or with {env})"
+                )
+            }
+            ConfigError::Invalid { key, value, reason } => {
+                write!(f, "invalid value {value:?} for {key}: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A log level as written in the config, with its filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLevel {
+    /// The text as written (printed back in the `config` log line).
+    pub name: String,
+    /// The filter it means.
+    pub filter: LevelFilter,
+}
+
+/// What the client does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Upload the agency file, notify the end, receive the winners.
+    Bets,
+    /// Send `loop.amount` echo messages.
+    Echo,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Bets => "bets",
+            Mode::Echo => "echo",
+        })
+    }
+}
+
+/// The server's effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub host: String,
+    /// Port to listen on.
+    pub port: u16,
+    /// Listen queue length.
+    pub listen_backlog: i32,
+    /// Idle/write timeout per connection.
+    pub io_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Log level.
+    pub log_level: LogLevel,
+    /// Agencies to wait for.
+    pub agencies: u32,
+    /// The winning number.
+    pub winning_number: u16,
+    /// The bets file.
+    pub storage_path: PathBuf,
+}
+
+/// The client's effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// This agency's id.
+    pub id: AgencyId,
+    /// Bets or echo.
+    pub mode: Mode,
+    /// The agency file.
+    pub data: PathBuf,
+    /// Server `host:port`.
+    pub server_address: String,
+    /// Retry window for the first connection.
+    pub connect_timeout: Duration,
+    /// Wait for each reply.
+    pub io_timeout: Duration,
+    /// Echo messages to send.
+    pub loop_amount: u64,
+    /// Pause between echo messages.
+    pub loop_period: Duration,
+    /// Log level.
+    pub log_level: LogLevel,
+    /// Bets per batch at most.
+    pub batch_max_amount: u16,
+    /// The bet of single-bet mode (`NOMBRE` … `NUMERO` all set).
+    pub single_bet: Option<Bet>,
+}
+
+/// Reads a key's value: the environment variable first, then the file, then the default.
+struct Source<'a> {
+    file: toml::Table,
+    env: &'a dyn Fn(&str) -> Option<String>,
+    keys: &'static [Key],
+}
+
+impl Source<'_> {
+    fn load<'a>(
+        path: &Path,
+        env: &'a dyn Fn(&str) -> Option<String>,
+        keys: &'static [Key],
+    ) -> Result<Source<'a>, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let file: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let source = Source { file, env, keys };
+        source.reject_unknown_keys(path, &source.file, "")?;
+        Ok(source)
+    }
+
+    fn reject_unknown_keys(
+        &self,
+        path: &Path,
+        table: &toml::Table,
+        prefix: &str,
+    ) -> Result<(), ConfigError> {
+        for (name, value) in table {
+            let full = format!("{prefix}{name}");
+            if let toml::Value::Table(inner) = value {
+                let section = format!("{full}.");
+                if self.keys.iter().any(|k| k.path.starts_with(&section)) {
+                    self.reject_unknown_keys(path, inner, &section)?;
+                    continue;
+                }
+            } else if self.keys.iter().any(|k| k.path == full) {
+                continue;
+            }
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                reason: format!("unknown key {full}"),
+            });
+        }
+        Ok(())
+    }
+
+    fn spec(&self, path: &str) -> Key {
+        // Every caller passes a path from `self.keys`; a miss is a programming error
+        // caught by the unit tests, and falls back to a key that is always "missing".
+        self.keys
+            .iter()
+            .copied()
+            .find(|k| k.path == path)
+            .unwrap_or(key("?", "?", None, ""))
+    }
+
+    /// The raw text of a key and the name to blame if it is bad.
+    fn raw(&self, path: &str) -> Result<(String, String), ConfigError> {
+        let spec = self.spec(path);
+        if let Some(value) = (self.env)(spec.env) {
+            return Ok((value, spec.env.to_string()));
+        }
+        let mut node: Option<&toml::Value> = None;
+        let mut table = &self.file;
+        for part in spec.path.split('.') {
+            node = table.get(part);
+            match node {
+                Some(toml::Value::Table(inner)) => table = inner,
+                _ => break,
+            }
+        }
+        match node {
+            Some(toml::Value::String(s)) => Ok((s.clone(), spec.path.to_string())),
+            Some(toml::Value::Table(_)) | None => match spec.default {
+                Some(default) => Ok((default.to_string(), spec.path.to_string())),
+                None => Err(ConfigError::Missing {
+                    key: spec.path,
+                    env: spec.env,
+                }),
+            },
+            Some(other) => Ok((other.to_string(), spec.path.to_string())),
+        }
+    }
+
+    fn get<T>(
+        &self,
+        path: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        let (value, key) = self.raw(path)?;
+        parse(value.trim()).map_err(|reason| ConfigError::Invalid { key, value, reason })
+    }
+}
+
+fn int<T>(min: T, max: T) -> impl Fn(&str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+{
+    move |s| match s.parse::<T>() {
+        Ok(v) if v >= min && v <= max => Ok(v),
+        _ => Err(format!("expected a whole number from {min} to {max}")),
+    }
+}
+
+fn non_empty(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+/// Parses a duration written as a whole number with a unit: `250ms`, `5s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits);
+    let bad = || format!("expected a duration such as 100ms, 5s, 2m or 1h, got {s:?}");
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let ms_per_unit = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(ms_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(bad)
+}
+
+/// Formats a duration the way the log lines show it: `100ms`, `5s`.
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 && d.as_secs() > 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than zero".into()),
+        d => Ok(d),
+    }
+}
+
+fn log_level(s: &str) -> Result<LogLevel, String> {
+    let filter = match s.to_ascii_uppercase().as_str() {
+        "TRACE" => LevelFilter::Trace,
+        "DEBUG" => LevelFilter::Debug,
+        "INFO" => LevelFilter::Info,
+        "WARN" | "WARNING" => LevelFilter::Warn,
+        "ERROR" => LevelFilter::Error,
+        "OFF" => LevelFilter::Off,
+        _ => return Err("expected TRACE, DEBUG, INFO, WARN, ERROR or OFF".into()),
+    };
+    Ok(LogLevel {
+        name: s.to_string(),
+        filter,
+    })
+}
+
+impl ServerConfig {
+    /// Loads `path`, with overrides from the process environment.
+    pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
+        ServerConfig::load_with_env(path, &|name| std::env::var(name).ok())
+    }
+
+    /// Loads `path`, with overrides from `env` (tests pass their own).
+    pub fn load_with_env(
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ServerConfig, ConfigError> {
+        let src = Source::load(path, env, SERVER_KEYS)?;
+        Ok(ServerConfig {
+            host: src.get("server.host", non_empty)?,
+            port: src.get("server.port", int(0, u16::MAX))?,
+            listen_backlog: src.get("server.listen_backlog", int(1, 65_535))?,
+            io_timeout: src.get("server.io_timeout", positive_duration)?,
+            max_connections: src.get("server.max_connections", int(1, 100_000))?,
+            log_level: src.get("log.level", log_level)?,
+            agencies: src.get("lottery.agencies", int(1, 1_000_000))?,
+            winning_number: src.get("lottery.winning_number", int(0, MAX_NUMBER))?,
+            storage_path: src.get("storage.path", |s| non_empty(s).map(PathBuf::from))?,
+        })
+    }
+
+    /// The `key: value` pairs of the `action: config` log line.
+    pub fn summary(&self) -> String {
+        format!(
+            "host: {} | port: {} | listen_backlog: {} | logging_level: {} | agencies: {} | \
+             winning_number: {} | storage: {} | io_timeout: {} | max_connections: {}",
+            self.host,
+            self.port,
+            self.listen_backlog,
+            self.log_level.name,
+            self.agencies,
+            self.winning_number,
+            self.storage_path.display(),
+            format_duration(self.io_timeout),
+            self.max_connections
+        )
+    }
+}
+
+impl ClientConfig {
+    /// Loads `path`, with overrides from the process environment.
+    pub fn load(path: &Path) -> Result<ClientConfig, ConfigError> {
+        ClientConfig::load_with_env(path, &|name| std::env::var(name).ok())
+    }
+
+    /// Loads `path`, with overrides from `env` (tests pass their own).
+    pub fn load_with_env(
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ClientConfig, ConfigError> {
+        let src = Source::load(path, env, CLIENT_KEYS)?;
+        let id: AgencyId = src.get("id", int(1, u32::MAX))?;
+        let data = src.get("data", |s| {
+            non_empty(s).map(|s| PathBuf::from(s.replace("<id>", &id.to_string())))
+        })?;
+        Ok(ClientConfig {
+            id,
+            mode: src.get("mode", |s| match s {
+                "bets" => Ok(Mode::Bets),
+                "echo" => Ok(Mode::Echo),
+                _ => Err("expected \"bets\" or \"echo\"".into()),
+            })?,
+            data,
+            server_address: src.get("server.address", |s| {
+                match s.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+                    Some((host, Ok(port))) if !host.is_empty() && port > 0 => Ok(s.to_string()),
+                    _ => Err("expected host:port".into()),
+                }
+            })?,
+            connect_timeout: src.get("server.connect_timeout", duration)?,
+            io_timeout: src.get("server.io_timeout", positive_duration)?,
+            loop_amount: src.get("loop.amount", int(0, u64::MAX))?,
+            loop_period: src.get("loop.period", duration)?,
+            log_level: src.get("log.level", log_level)?,
+            batch_max_amount: src.get("batch.max_amount", int(1, u16::MAX))?,
+            single_bet: single_bet(env)?,
+        })
+    }
+
+    /// The `key: value` pairs of the `action: config` log line.
+    pub fn summary(&self) -> String {
+        let mode = match self.single_bet {
+            Some(_) => "single_bet".to_string(),
+            None => self.mode.to_string(),
+        };
+        format!(
+            "client_id: {} | server_address: {} | loop_amount: {} | loop_period: {} | \
+             log_level: {} | mode: {} | data: {} | batch_max_amount: {} | \
+             connect_timeout: {} | io_timeout: {}",
+            self.id,
+            self.server_address,
+            self.loop_amount,
+            format_duration(self.loop_period),
+            self.log_level.name,
+            mode,
+            self.data.display(),
+            self.batch_max_amount,
+            format_duration(self.connect_timeout),
+            format_duration(self.io_timeout)
+        )
+    }
+}
+
+fn single_bet(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Bet>, ConfigError> {
+    let values: [Option<String>; 5] = SINGLE_BET_VARS.map(env);
+    if values.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let missing: Vec<&str> = SINGLE_BET_VARS
+        .iter()
+        .zip(&values)
+        .filter(|(_, v)| v.is_none())
+        .map(|(name, _)| *name)
+        .collect();
+    if !missing.is_empty() {
+        return Err(ConfigError::Invalid {
+            key: missing.join(", "),
+            value: String::new(),
+            reason: format!(
+                "single-bet mode needs all of {}",
+                SINGLE_BET_VARS.join(", ")
+            ),
+        });
+    }
+    let [first_name, last_name, document, birthdate, number] =
+        values.map(Option::unwrap_or_default);
+    let invalid = |key: &str, value: &str, reason: String| ConfigError::Invalid {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason,
+    };
+    let date = NaiveDate::parse_from_str(birthdate.trim(), "%Y-%m-%d").map_err(|_| {
+        invalid(
+            "NACIMIENTO",
+            &birthdate,
+            "expected a date YYYY-MM-DD".into(),
+        )
+    })?;
+    let parsed_number =
+        int(0, MAX_NUMBER)(number.trim()).map_err(|reason| invalid("NUMERO", &number, reason))?;
+    let bet = Bet {
+        first_name: first_name.trim().to_string(),
+        last_name: last_name.trim().to_string(),
+        document: document.trim().to_string(),
+        birthdate: date,
+        number: parsed_number,
+    };
+    bet.validate(crate::bet::today()).map_err(|e| {
+        let var = match e {
+            crate::bet::BetError::EmptyName {
+                field: "first_name",
+            }
+            | crate::bet::BetError::ControlCharacter {
+                field: "first_name",
+            } => "NOMBRE",
+            crate::bet::BetError::EmptyName { .. }
+            | crate::bet::BetError::ControlCharacter { .. } => "APELLIDO",
+            crate::bet::BetError::BadDocument(_) => "DOCUMENTO",
+            crate::bet::BetError::FutureBirthdate(_) => "NACIMIENTO",
+            crate::bet::BetError::NumberOutOfRange(_) => "NUMERO",
+        };
+        invalid(var, "", e.to_string())
+    })?;
+    Ok(Some(bet))
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Run with this config file.
+    Run(PathBuf),
+    /// Print the help text and exit.
+    Help,
+}
+
+/// Parses `[--config FILE] [--help]`; `default` is the config file when none is given.
+pub fn parse_args<I>(args: I, default: &str) -> Result<Command, String>
+where
+    I: IntoIterator<Item = String>,
+{
+    let mut config = PathBuf::from(default);
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-c" | "--config" => match args.next() {
+                Some(path) => config = PathBuf::from(path),
+                None => return Err("--config needs a file".into()),
+            },
+            other => match other.strip_prefix("--config=") {
+                Some(path) => config = PathBuf::from(path),
+                None => return Err(format!("unexpected argument {other:?}")),
+            },
+        }
+    }
+    Ok(Command::Run(config))
+}
+
+/// The `--help` text: usage and the table of keys.
+pub fn help(program: &str, default: &str, keys: &[Key]) -> String {
+    let mut text = format!(
+        "Usage: {program} [--config FILE]\n\n\
+         Options:\n  -c, --config FILE  configuration file (default: {default})\n  \
+         -h, --help         print this help\n\n\
+         Configuration keys (environment variables override the file):\n"
+    );
+    for k in keys {
+        let default = k
+            .default
+            .map_or("required".to_string(), |d| format!("default {d}"));
+        text.push_str(&format!(
+            "  {:<24} {:<24} {} ({default})\n",
+            k.path, k.env, k.doc
+        ));
+    }
+    if keys.iter().any(|k| k.env.starts_with("CLI_")) {
+        text.push_str(&format!(
+            "\nSingle-bet mode: set all of {} (NACIMIENTO as YYYY-MM-DD).\n",
+            SINGLE_BET_VARS.join(", ")
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn write_temp(name: &str, text: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("loteria-config-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, text).expect("write temp config");
+        path
+    }
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    const SERVER: &str = "[server]\nport = 12345\nlisten_backlog = 5\n\n[log]\nlevel = \"INFO\"\n\n\
+                          [lottery]\nagencies = 5\n\n[storage]\npath = \"data/bets.csv\"\n";
+    const CLIENT: &str = "id = 1\n[server]\naddress = \"server:12345\"\n[loop]\namount = 5\n\
+                          period = \"100ms\"\n[log]\nlevel = \"DEBUG\"\n[batch]\nmax_amount = 80\n";
+
+    #[test]
+    fn server_file_and_defaults() {
+        let path = write_temp("server-ok", SERVER);
+        let config = ServerConfig::load_with_env(&path, &env(&[])).expect("loads");
+        assert_eq!(config.port, 12345);
+        assert_eq!(config.listen_backlog, 5);
+        assert_eq!(config.agencies, 5);
+        assert_eq!(config.winning_number, 7574);
+        assert_eq!(config.host, "0.0.0.0");
+        assert_eq!(config.io_timeout, Duration::from_secs(60));
+        assert_eq!(config.log_level.filter, LevelFilter::Info);
+        assert!(
+            config
+                .summary()
+                .contains("port: 12345 | listen_backlog: 5 | logging_level: INFO")
+        );
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let path = write_temp("server-env", SERVER);
+        let config = ServerConfig::load_with_env(
+            &path,
+            &env(&[
+                ("SERVER_PORT", "4000"),
+                ("SERVER_LISTEN_BACKLOG", "9"),
+                ("LOGGING_LEVEL", "debug"),
+                ("SERVER_AGENCIES", "3"),
+                ("SERVER_WINNING_NUMBER", "12"),
+                ("SERVER_STORAGE", "/tmp/x.csv"),
+                ("SERVER_IO_TIMEOUT", "250ms"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(config.port, 4000);
+        assert_eq!(config.listen_backlog, 9);
+        assert_eq!(config.log_level.name, "debug");
+        assert_eq!(config.agencies, 3);
+        assert_eq!(config.winning_number, 12);
+        assert_eq!(config.storage_path, PathBuf::from("/tmp/x.csv"));
+        assert_eq!(config.io_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_value() {
+        let path = write_temp("server-bad", SERVER);
+        let err = ServerConfig::load_with_env(&path, &env(&[("SERVER_PORT", "70000")]))
+            .expect_err("port too big");
+        assert_eq!(
+            err.to_string(),
+            "invalid value \"70000\" for SERVER_PORT: expected a whole number from 0 to 65535"
+        );
+        let err = ServerConfig::load_with_env(&path, &env(&[("SERVER_WINNING_NUMBER", "10000")]))
+            .expect_err("number too big");
+        assert!(err.to_string().contains("SERVER_WINNING_NUMBER"), "{err}");
+        let bad = write_temp(
+            "server-bad2",
+            &SERVER.replace("agencies = 5", "agencies = 0"),
+        );
+        let err = ServerConfig::load_with_env(&bad, &env(&[])).expect_err("no agencies");
+        assert!(err.to_string().contains("lottery.agencies"), "{err}");
+        assert!(err.to_string().contains("\"0\""), "{err}");
+        let bad = write_temp(
+            "server-bad3",
+            &SERVER.replace("level = \"INFO\"", "level = \"LOUD\""),
+        );
+        let err = ServerConfig::load_with_env(&bad, &env(&[])).expect_err("bad level");
+        assert!(err.to_string().contains("log.level"), "{err}");
+    }
+
+    #[test]
+    fn missing_required_keys_and_unknown_keys_are_errors() {
+        let path = write_temp("server-missing", &SERVER.replace("port = 12345\n", ""));
+        let err = ServerConfig::load_with_env(&path, &env(&[])).expect_err("no port");
+        assert_eq!(
+            err,
+            ConfigError::Missing {
+                key: "server.port",
+                env: "SERVER_PORT"
+            }
+        );
+        let path = write_temp(
+            "server-typo",
+            &SERVER.replace("port = 12345", "prot = 12345"),
+        );
+        let err =
+            ServerConfig::load_with_env(&path, &env(&[("SERVER_PORT", "1")])).expect_err("typo");
+        assert!(err.to_string().contains("unknown key server.prot"), "{err}");
+        let err = ServerConfig::load_with_env(Path::new("/nonexistent/server.toml"), &env(&[]))
+            .expect_err("no file");
+        assert!(
+            err.to_string().contains("/nonexistent/server.toml"),
+            "{err}"
+        );
+        let path = write_temp("server-syntax", "[server\nport = ");
+        let err = ServerConfig::load_with_env(&path, &env(&[])).expect_err("syntax");
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    }
+
+    #[test]
+    fn client_config_and_overrides() {
+        let path = write_temp("client-ok", CLIENT);
+        let config = ClientConfig::load_with_env(&path, &env(&[])).expect("loads");
+        assert_eq!(config.id, 1);
+        assert_eq!(config.mode, Mode::Bets);
+        assert_eq!(config.data, PathBuf::from("agencies/agency-1.csv"));
+        assert_eq!(config.loop_period, Duration::from_millis(100));
+        assert_eq!(config.batch_max_amount, 80);
+        assert_eq!(config.single_bet, None);
+        assert!(config.summary().starts_with(
+            "client_id: 1 | server_address: server:12345 | loop_amount: 5 | loop_period: 100ms | log_level: DEBUG"
+        ));
+        let config = ClientConfig::load_with_env(
+            &path,
+            &env(&[
+                ("CLI_ID", "4"),
+                ("CLI_MODE", "echo"),
+                ("CLI_SERVER_ADDRESS", "127.0.0.1:9"),
+                ("CLI_LOOP_AMOUNT", "2"),
+                ("CLI_LOOP_PERIOD", "5s"),
+                ("CLI_LOG_LEVEL", "ERROR"),
+                ("CLI_BATCH_MAX_AMOUNT", "7"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(config.id, 4);
+        assert_eq!(config.data, PathBuf::from("agencies/agency-4.csv"));
+        assert_eq!(config.mode, Mode::Echo);
+        assert_eq!(config.server_address, "127.0.0.1:9");
+        assert_eq!(config.loop_amount, 2);
+        assert_eq!(config.loop_period, Duration::from_secs(5));
+        assert_eq!(config.batch_max_amount, 7);
+        for (var, value) in [
+            ("CLI_ID", "0"),
+            ("CLI_MODE", "both"),
+            ("CLI_SERVER_ADDRESS", "nohost"),
+            ("CLI_LOOP_PERIOD", "5"),
+            ("CLI_BATCH_MAX_AMOUNT", "0"),
+            ("CLI_LOOP_AMOUNT", "-1"),
+        ] {
+            let err =
+                ClientConfig::load_with_env(&path, &env(&[(var, value)])).expect_err("bad value");
+            assert!(err.to_string().contains(var), "{var}: {err}");
+        }
+    }
+
+    #[test]
+    fn single_bet_mode_from_the_environment() {
+        let path = write_temp("client-single", CLIENT);
+        let vars = [
+            ("NOMBRE", "Santiago Lionel"),
+            ("APELLIDO", "Lorca"),
+            ("DOCUMENTO", "30904465"),
+            ("NACIMIENTO", "1999-03-17"),
+            ("NUMERO", "7574"),
+        ];
+        let config = ClientConfig::load_with_env(&path, &env(&vars)).expect("loads");
+        let bet = config.single_bet.expect("single bet");
+        assert_eq!(bet.document, "30904465");
+        assert_eq!(bet.number, 7574);
+        let err = ClientConfig::load_with_env(&path, &env(&vars[..4])).expect_err("NUMERO missing");
+        assert!(err.to_string().contains("NUMERO"), "{err}");
+        let mut bad = vars;
+        bad[3] = ("NACIMIENTO", "17/03/1999");
+        let err = ClientConfig::load_with_env(&path, &env(&bad)).expect_err("bad date");
+        assert!(err.to_string().contains("NACIMIENTO"), "{err}");
+        bad = vars;
+        bad[2] = ("DOCUMENTO", "123456789");
+        let err = ClientConfig::load_with_env(&path, &env(&bad)).expect_err("bad document");
+        assert!(err.to_string().contains("DOCUMENTO"), "{err}");
+    }
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "5", "s", "1.5s", "-1s", "5 s", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(format_duration(Duration::from_millis(100)), "100ms");
+        assert_eq!(format_duration(Duration::from_secs(5)), "5s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::ZERO), "0ms");
+    }
+
+    #[test]
+    fn every_key_is_reachable() {
+        for keys in [SERVER_KEYS, CLIENT_KEYS] {
+            for k in keys {
+                assert!(!k.doc.is_empty());
+                let src = Source {
+                    file: toml::Table::new(),
+                    env: &|_| None,
+                    keys,
+                };
+                assert_eq!(src.spec(k.path).env, k.env);
+            }
+        }
+    }
+
+    #[test]
+    fn command_line() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_args(args(&[]), "config/server.toml"),
+            Ok(Command::Run("config/server.toml".into()))
+        );
+        assert_eq!(
+            parse_args(args(&["--config", "x.toml"]), "d"),
+            Ok(Command::Run("x.toml".into()))
+        );
+        assert_eq!(
+            parse_args(args(&["--config=y.toml"]), "d"),
+            Ok(Command::Run("y.toml".into()))
+        );
+        assert_eq!(parse_args(args(&["--help"]), "d"), Ok(Command::Help));
+        assert!(parse_args(args(&["--config"]), "d").is_err());
+        assert!(parse_args(args(&["--verbose"]), "d").is_err());
+        assert!(help("server", "config/server.toml", SERVER_KEYS).contains("SERVER_PORT"));
+    }
+}

@@ -1,0 +1,52 @@
+//! Log output in the contract format of the SPEC:
+//! `YYYY-MM-DD HH:MM:SS LEVEL    action: <action> | result: <result> | <key>: <value> | …`
+//! written to stdout.
+
+use std::io::Write;
+
+use log::LevelFilter;
+
+/// Formats one log line (without the trailing newline).
+pub fn format_line(
+    timestamp: &str,
+    level: log::Level,
+    message: &std::fmt::Arguments<'_>,
+) -> String {
+    format!("{timestamp} {level:<8} {message}")
+}
+
+/// Installs the logger at `level`. Calling it again is harmless (the first call wins).
+pub fn init(level: LevelFilter) {
+    let _ = env_logger::Builder::new()
+        .filter_level(level)
+        .target(env_logger::Target::Stdout)
+        .format(|buf, record| {
+            let timestamp = chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string();
+            writeln!(
+                buf,
+                "{}",
+                format_line(&timestamp, record.level(), record.args())
+            )
+        })
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_follow_the_contract() {
+        let line = format_line(
+            "2026-11-27 10:00:00",
+            log::Level::Info,
+            &format_args!("action: sorteo | result: success"),
+        );
+        assert_eq!(
+            line,
+            "2026-11-27 10:00:00 INFO     action: sorteo | result: success"
+        );
+        let line = format_line("t", log::Level::Error, &format_args!("x"));
+        assert_eq!(line, "t ERROR    x");
+    }
+}

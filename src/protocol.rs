@@ -1,0 +1,1211 @@
+//! The wire protocol of `docs/PROTOCOL.md`: frames and messages, pure.
+//!
+//! This module turns [`Message`]s into bytes and bytes into [`Message`]s. It never touches
+//! a socket or a file: encoding writes into a `Vec<u8>` (or any [`Write`]), decoding
+//! reads from a `&[u8]` (or any [`Read`]). Reading is split in two steps so that a peer
+//! that sends a well-framed but meaningless message does not lose its connection:
+//!
+//! 1. [`read_frame`] reads one [`Frame`] (header + payload). It checks the version and the
+//!    length against [`MAX_PAYLOAD_LEN`] *before* allocating the payload. Its errors
+//!    ([`FrameError`]) mean the byte stream can no longer be trusted.
+//! 2. [`Message::decode`] gives the frame's payload a meaning. Its errors
+//!    ([`DecodeError`]) concern one frame only; the stream stays in sync.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+
+use chrono::{Datelike, NaiveDate};
+
+use crate::bet::{AgencyId, Bet};
+
+/// The protocol version this crate speaks; the first byte of every frame.
+pub const VERSION: u8 = 1;
+/// Bytes in a frame header: version, kind, 2-byte payload length.
+pub const HEADER_LEN: usize = 4;
+/// The hard maximum size of a whole frame, header included (8 KiB).
+pub const MAX_FRAME_LEN: usize = 8192;
+/// The largest payload a frame can carry.
+pub const MAX_PAYLOAD_LEN: usize = MAX_FRAME_LEN - HEADER_LEN;
+/// Payload bytes of a `BETS` frame before its first bet (`seq: u64`, `count: u16`).
+pub const BETS_PREFIX_LEN: usize = 8 + 2;
+/// Payload bytes of a `WINNERS` frame before its first document (`last: u8`, `count: u16`).
+pub const WINNERS_PREFIX_LEN: usize = 1 + 2;
+/// The smallest a bet can be on the wire (all strings empty); used to bound allocation.
+const MIN_BET_LEN: usize = 2 + 2 + 1 + 4 + 2;
+
+/// The `kind` byte of each message (the second byte of a frame).
+pub mod kind {
+    /// `HELLO`: binds the connection to an agency.
+    pub const HELLO: u8 = 0x01;
+    /// `BETS`: one batch of bets.
+    pub const BETS: u8 = 0x02;
+    /// `FIN`: the agency has sent all its bets.
+    pub const FIN: u8 = 0x03;
+    /// `WINNERS_QUERY`: asks for the agency's winners.
+    pub const WINNERS_QUERY: u8 = 0x04;
+    /// `ECHO`: answered with the identical frame.
+    pub const ECHO: u8 = 0x05;
+    /// `WELCOME`: the answer to `HELLO`.
+    pub const WELCOME: u8 = 0x81;
+    /// `BETS_ACK`: the batch is stored durably.
+    pub const BETS_ACK: u8 = 0x82;
+    /// `FIN_ACK`: the answer to `FIN`.
+    pub const FIN_ACK: u8 = 0x83;
+    /// `WINNERS`: one chunk of the agency's winners.
+    pub const WINNERS: u8 = 0x84;
+    /// `ERROR`: a typed error reply.
+    pub const ERROR: u8 = 0xFF;
+}
+
+/// The code of an `ERROR` reply (see the table in `docs/PROTOCOL.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// 1: the payload does not parse as its kind says.
+    Malformed,
+    /// 2: the kind is not a request the server knows.
+    UnknownKind,
+    /// 3: the version byte is not [`VERSION`].
+    UnsupportedVersion,
+    /// 4: the length is above [`MAX_PAYLOAD_LEN`].
+    FrameTooLarge,
+    /// 5: a request that needs `HELLO` came before it.
+    NotIdentified,
+    /// 6: `HELLO` named an agency outside `1..=N`.
+    UnknownAgency,
+    /// 7: `HELLO` named another agency on an already bound connection.
+    AlreadyIdentified,
+    /// 8: a bet broke a rule; nothing of its batch was stored.
+    InvalidBet,
+    /// 9: bets after this agency's `FIN`.
+    AgencyFinished,
+    /// 10: bets after the draw.
+    DrawDone,
+    /// 11: `WINNERS_QUERY` before this agency's `FIN`.
+    NotFinished,
+    /// 12: the peer was idle for too long.
+    IdleTimeout,
+    /// 13: the server has no room for another connection.
+    ServerBusy,
+    /// 14: the server is stopping.
+    ShuttingDown,
+    /// 15: the server failed (e.g. storage); nothing was stored.
+    Internal,
+    /// A code this version does not know.
+    Other(u16),
+}
+
+impl ErrorCode {
+    /// The code's number on the wire.
+    pub fn to_u16(self) -> u16 {
+        match self {
+            ErrorCode::Malformed => 1,
+            ErrorCode::UnknownKind => 2,
+            ErrorCode::UnsupportedVersion => 3,
+            ErrorCode::FrameTooLarge => 4,
+            ErrorCode::NotIdentified => 5,
+            ErrorCode::UnknownAgency => 6,
+            ErrorCode::AlreadyIdentified => 7,
+            ErrorCode::InvalidBet => 8,
+            ErrorCode::AgencyFinished => 9,
+            ErrorCode::DrawDone => 10,
+            ErrorCode::NotFinished => 11,
+            ErrorCode::IdleTimeout => 12,
+            ErrorCode::ServerBusy => 13,
+            ErrorCode::ShuttingDown => 14,
+            ErrorCode::Internal => 15,
+            ErrorCode::Other(code) => code,
+        }
+    }
+
+    /// The code with number `code`.
+    pub fn from_u16(code: u16) -> ErrorCode {
+        match code {
+            1 => ErrorCode::Malformed,
+            2 => ErrorCode::UnknownKind,
+            3 => ErrorCode::UnsupportedVersion,
+            4 => ErrorCode::FrameTooLarge,
+            5 => ErrorCode::NotIdentified,
+            6 => ErrorCode::UnknownAgency,
+            7 => ErrorCode::AlreadyIdentified,
+            8 => ErrorCode::InvalidBet,
+            9 => ErrorCode::AgencyFinished,
+            10 => ErrorCode::DrawDone,
+            11 => ErrorCode::NotFinished,
+            12 => ErrorCode::IdleTimeout,
+            13 => ErrorCode::ServerBusy,
+            14 => ErrorCode::ShuttingDown,
+            15 => ErrorCode::Internal,
+            other => ErrorCode::Other(other),
+        }
+    }
+
+    /// Whether the server closes the connection after sending this error.
+    pub fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::UnsupportedVersion
+                | ErrorCode::FrameTooLarge
+                | ErrorCode::IdleTimeout
+                | ErrorCode::ServerBusy
+                | ErrorCode::ShuttingDown
+        )
+    }
+
+    /// The code's name as `docs/PROTOCOL.md` writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::Malformed => "MALFORMED",
+            ErrorCode::UnknownKind => "UNKNOWN_KIND",
+            ErrorCode::UnsupportedVersion => "UNSUPPORTED_VERSION",
+            ErrorCode::FrameTooLarge => "FRAME_TOO_LARGE",
+            ErrorCode::NotIdentified => "NOT_IDENTIFIED",
+            ErrorCode::UnknownAgency => "UNKNOWN_AGENCY",
+            ErrorCode::AlreadyIdentified => "ALREADY_IDENTIFIED",
+            ErrorCode::InvalidBet => "INVALID_BET",
+            ErrorCode::AgencyFinished => "AGENCY_FINISHED",
+            ErrorCode::DrawDone => "DRAW_DONE",
+            ErrorCode::NotFinished => "NOT_FINISHED",
+            ErrorCode::IdleTimeout => "IDLE_TIMEOUT",
+            ErrorCode::ServerBusy => "SERVER_BUSY",
+            ErrorCode::ShuttingDown => "SHUTTING_DOWN",
+            ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Other(_) => "UNKNOWN_ERROR",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name(), self.to_u16())
+    }
+}
+
+/// One message of the protocol, in either direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Agency → server: bind this connection to `agency`.
+    Hello {
+        /// The agency's id, `1..=N`.
+        agency: AgencyId,
+    },
+    /// Agency → server: one batch of bets, numbered `seq`.
+    Bets {
+        /// The batch's sequence number (1, 2, 3, … per agency).
+        seq: u64,
+        /// The bets, at least one.
+        bets: Vec<Bet>,
+    },
+    /// Agency → server: every bet has been sent.
+    Fin,
+    /// Agency → server: send me my winners (held until the draw).
+    WinnersQuery,
+    /// Both ways: the reply repeats the request byte for byte.
+    Echo(Vec<u8>),
+    /// Server → agency: the connection is bound to `agency`.
+    Welcome {
+        /// The agency the connection is now bound to.
+        agency: AgencyId,
+    },
+    /// Server → agency: batch `seq` is stored durably.
+    BetsAck {
+        /// The acknowledged batch.
+        seq: u64,
+        /// How many bets the batch had.
+        count: u16,
+    },
+    /// Server → agency: the `FIN` is recorded.
+    FinAck {
+        /// How many distinct agencies have sent `FIN` so far.
+        finished: u32,
+        /// How many agencies the server waits for.
+        agencies: u32,
+    },
+    /// Server → agency: one chunk of this agency's winners.
+    Winners {
+        /// Whether this is the final chunk.
+        last: bool,
+        /// Documents of winning bets.
+        documents: Vec<String>,
+    },
+    /// Server → agency: a request failed.
+    Error {
+        /// What kind of failure.
+        code: ErrorCode,
+        /// A human-readable explanation.
+        reason: String,
+    },
+}
+
+/// A raw frame: a kind and an undecoded payload of at most [`MAX_PAYLOAD_LEN`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The kind byte.
+    pub kind: u8,
+    /// The payload bytes.
+    pub payload: Vec<u8>,
+}
+
+/// Reading a frame failed; the stream cannot be trusted any more.
+#[derive(Debug)]
+pub enum FrameError {
+    /// The version byte was not [`VERSION`].
+    UnsupportedVersion(u8),
+    /// The announced payload length is above [`MAX_PAYLOAD_LEN`].
+    TooLarge(usize),
+    /// The stream ended inside a frame, after `got` of `expected` bytes.
+    Truncated {
+        /// Bytes the frame needed (header, or header and payload).
+        expected: usize,
+        /// Bytes that arrived.
+        got: usize,
+    },
+    /// The underlying reader failed (this includes read timeouts).
+    Io(io::Error),
+}
+
+impl FrameError {
+    /// The error code the server answers this error with, if it answers at all.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            FrameError::UnsupportedVersion(_) => Some(ErrorCode::UnsupportedVersion),
+            FrameError::TooLarge(_) => Some(ErrorCode::FrameTooLarge),
+            FrameError::Truncated { .. } | FrameError::Io(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::UnsupportedVersion(v) => {
+                write!(f, "unsupported protocol version {v} (expected {VERSION})")
+            }
+            FrameError::TooLarge(len) => write!(
+                f,
+                "frame payload of {len} bytes exceeds the maximum of {MAX_PAYLOAD_LEN}"
+            ),
+            FrameError::Truncated { expected, got } => write!(
+                f,
+                "connection closed inside a frame ({got} of {expected} bytes received)"
+            ),
+            FrameError::Io(e) => write!(f, "i/o error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FrameError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A frame could not be given a meaning; the stream itself is still in sync.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The kind byte is not a known message.
+    UnknownKind(u8),
+    /// The payload does not match its kind's layout.
+    Malformed {
+        /// The message being decoded.
+        message: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// Bet `index` (1-based) of a batch has a date that does not exist.
+    InvalidDate {
+        /// The bet's position in its batch, from 1.
+        index: usize,
+        /// Year as sent.
+        year: u16,
+        /// Month as sent.
+        month: u8,
+        /// Day as sent.
+        day: u8,
+    },
+}
+
+impl DecodeError {
+    /// The error code the server answers this error with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::UnknownKind(_) => ErrorCode::UnknownKind,
+            DecodeError::Malformed { .. } => ErrorCode::Malformed,
+            DecodeError::InvalidDate { .. } => ErrorCode::InvalidBet,
+        }
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::UnknownKind(k) => write!(f, "unknown message kind 0x{k:02x}"),
+            DecodeError::Malformed { message, detail } => {
+                write!(f, "malformed {message}: {detail}")
+            }
+            DecodeError::InvalidDate {
+                index,
+                year,
+                month,
+                day,
+            } => write!(
+                f,
+                "bet {index}: birthdate {year:04}-{month:02}-{day:02} is not a calendar date"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// A message cannot be put on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The encoded frame would be larger than [`MAX_FRAME_LEN`].
+    FrameTooLarge(usize),
+    /// A field does not fit its wire width.
+    FieldTooLong {
+        /// The field.
+        field: &'static str,
+        /// Its length or value.
+        len: usize,
+    },
+}
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EncodeError::FrameTooLarge(len) => write!(
+                f,
+                "encoded frame of {len} bytes exceeds the maximum of {MAX_FRAME_LEN}"
+            ),
+            EncodeError::FieldTooLong { field, len } => {
+                write!(f, "{field} ({len}) does not fit its wire field")
+            }
+        }
+    }
+}
+
+impl std::error::Error for EncodeError {}
+
+/// Reads one frame. `Ok(None)` means the stream ended cleanly between two frames.
+///
+/// The length is checked before the payload is allocated, and the payload is read with
+/// `read_exact`: either the whole frame arrives or this fails.
+pub fn read_frame<R: Read>(reader: &mut R) -> Result<Option<Frame>, FrameError> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        match reader.read(&mut header[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => {
+                return Err(FrameError::Truncated {
+                    expected: HEADER_LEN,
+                    got,
+                });
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    if header[0] != VERSION {
+        return Err(FrameError::UnsupportedVersion(header[0]));
+    }
+    let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    if len > MAX_PAYLOAD_LEN {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut payload = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        match reader.read(&mut payload[filled..]) {
+            Ok(0) => {
+                return Err(FrameError::Truncated {
+                    expected: HEADER_LEN + len,
+                    got: HEADER_LEN + filled,
+                });
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(FrameError::Io(e)),
+        }
+    }
+    Ok(Some(Frame {
+        kind: header[1],
+        payload,
+    }))
+}
+
+impl Frame {
+    /// Gives the frame its meaning.
+    pub fn decode(&self) -> Result<Message, DecodeError> {
+        Message::decode(self.kind, &self.payload)
+    }
+
+    /// The frame's bytes, header included (used to echo a frame back unchanged).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + self.payload.len());
+        out.push(VERSION);
+        out.push(self.kind);
+        // Invariant: a Frame's payload is at most MAX_PAYLOAD_LEN (< u16::MAX) bytes,
+        // both when read by `read_frame` and when built by `Message::encode`.
+        out.extend_from_slice(&(self.payload.len() as u16).to_be_bytes());
+        out.extend_from_slice(&self.payload);
+        out
+    }
+}
+
+impl Message {
+    /// The kind byte this message travels with.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Message::Hello { .. } => kind::HELLO,
+            Message::Bets { .. } => kind::BETS,
+            Message::Fin => kind::FIN,
+            Message::WinnersQuery => kind::WINNERS_QUERY,
+            Message::Echo(_) => kind::ECHO,
+            Message::Welcome { .. } => kind::WELCOME,
+            Message::BetsAck { .. } => kind::BETS_ACK,
+            Message::FinAck { .. } => kind::FIN_ACK,
+            Message::Winners { .. } => kind::WINNERS,
+            Message::Error { .. } => kind::ERROR,
+        }
+    }
+
+    /// Appends the whole frame (header and payload) to `out`.
+    ///
+    /// On error `out` is left as it was.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let start = out.len();
+        out.extend_from_slice(&[VERSION, self.kind(), 0, 0]);
+        let result = self.encode_payload(out);
+        let len = out.len() - start;
+        let result = if len > MAX_FRAME_LEN {
+            result.and(Err(EncodeError::FrameTooLarge(len)))
+        } else {
+            result
+        };
+        match result {
+            Ok(()) => {
+                // Checked just above: payload_len <= MAX_PAYLOAD_LEN < u16::MAX.
+                let payload_len = (len - HEADER_LEN) as u16;
+                out[start + 2..start + 4].copy_from_slice(&payload_len.to_be_bytes());
+                Ok(())
+            }
+            Err(e) => {
+                out.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
+    /// The whole frame as a new buffer.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+
+    fn encode_payload(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        match self {
+            Message::Hello { agency } | Message::Welcome { agency } => {
+                out.extend_from_slice(&agency.to_be_bytes());
+            }
+            Message::Bets { seq, bets } => {
+                out.extend_from_slice(&seq.to_be_bytes());
+                let count = u16::try_from(bets.len()).map_err(|_| EncodeError::FieldTooLong {
+                    field: "bet count",
+                    len: bets.len(),
+                })?;
+                out.extend_from_slice(&count.to_be_bytes());
+                for bet in bets {
+                    encode_bet(bet, out)?;
+                }
+            }
+            Message::Fin | Message::WinnersQuery => {}
+            Message::Echo(bytes) => out.extend_from_slice(bytes),
+            Message::BetsAck { seq, count } => {
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(&count.to_be_bytes());
+            }
+            Message::FinAck { finished, agencies } => {
+                out.extend_from_slice(&finished.to_be_bytes());
+                out.extend_from_slice(&agencies.to_be_bytes());
+            }
+            Message::Winners { last, documents } => {
+                out.push(u8::from(*last));
+                let count =
+                    u16::try_from(documents.len()).map_err(|_| EncodeError::FieldTooLong {
+                        field: "winner count",
+                        len: documents.len(),
+                    })?;
+                out.extend_from_slice(&count.to_be_bytes());
+                for doc in documents {
+                    put_str8(out, "document", doc)?;
+                }
+            }
+            Message::Error { code, reason } => {
+                out.extend_from_slice(&code.to_u16().to_be_bytes());
+                put_str16(out, "reason", reason)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes the payload of a frame of kind `kind`.
+    pub fn decode(kind: u8, payload: &[u8]) -> Result<Message, DecodeError> {
+        let name = kind_name(kind).ok_or(DecodeError::UnknownKind(kind))?;
+        let mut r = PayloadReader {
+            buf: payload,
+            message: name,
+        };
+        let message = match kind {
+            kind::HELLO => Message::Hello { agency: r.u32()? },
+            kind::WELCOME => Message::Welcome { agency: r.u32()? },
+            kind::BETS => {
+                let seq = r.u64()?;
+                let count = usize::from(r.u16()?);
+                if count == 0 {
+                    return Err(r.malformed("a batch needs at least one bet".into()));
+                }
+                // Bounded by what the payload can hold, not by what the peer claims.
+                let mut bets = Vec::with_capacity(count.min(payload.len() / MIN_BET_LEN));
+                for index in 1..=count {
+                    bets.push(decode_bet(&mut r, index)?);
+                }
+                Message::Bets { seq, bets }
+            }
+            kind::FIN => Message::Fin,
+            kind::WINNERS_QUERY => Message::WinnersQuery,
+            kind::ECHO => Message::Echo(r.rest().to_vec()),
+            kind::BETS_ACK => Message::BetsAck {
+                seq: r.u64()?,
+                count: r.u16()?,
+            },
+            kind::FIN_ACK => Message::FinAck {
+                finished: r.u32()?,
+                agencies: r.u32()?,
+            },
+            kind::WINNERS => {
+                let last = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    other => return Err(r.malformed(format!("last flag is {other}, not 0 or 1"))),
+                };
+                let count = usize::from(r.u16()?);
+                let mut documents = Vec::with_capacity(count.min(payload.len()));
+                for _ in 0..count {
+                    documents.push(r.str8("document")?);
+                }
+                Message::Winners { last, documents }
+            }
+            kind::ERROR => Message::Error {
+                code: ErrorCode::from_u16(r.u16()?),
+                reason: r.str16("reason")?,
+            },
+            // kind_name() returned Some, so `kind` is one of the arms above.
+            _ => return Err(DecodeError::UnknownKind(kind)),
+        };
+        if !r.buf.is_empty() {
+            return Err(r.malformed(format!("{} unexpected trailing bytes", r.buf.len())));
+        }
+        Ok(message)
+    }
+
+    /// Splits `documents` into as few `WINNERS` messages as the frame limit allows; the
+    /// last one has `last = true` (a single empty one when there are no documents).
+    pub fn winners_chunks(documents: &[String]) -> Vec<Message> {
+        let mut chunks = Vec::new();
+        let mut current = Vec::new();
+        let mut size = HEADER_LEN + WINNERS_PREFIX_LEN;
+        for doc in documents {
+            let doc_len = 1 + doc.len();
+            if !current.is_empty() && size + doc_len > MAX_FRAME_LEN {
+                chunks.push(Message::Winners {
+                    last: false,
+                    documents: std::mem::take(&mut current),
+                });
+                size = HEADER_LEN + WINNERS_PREFIX_LEN;
+            }
+            size += doc_len;
+            current.push(doc.clone());
+        }
+        chunks.push(Message::Winners {
+            last: true,
+            documents: current,
+        });
+        chunks
+    }
+}
+
+/// Encodes `message` and writes the whole frame with `write_all`.
+pub fn write_message<W: Write>(writer: &mut W, message: &Message) -> io::Result<()> {
+    let bytes = message
+        .encode()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    writer.write_all(&bytes)
+}
+
+/// The bytes `bet` takes inside a `BETS` payload.
+pub fn bet_wire_len(bet: &Bet) -> usize {
+    2 + bet.first_name.len() + 2 + bet.last_name.len() + 1 + bet.document.len() + 4 + 2
+}
+
+/// The size of a `BETS` frame holding bets of `bets_len` wire bytes in total.
+pub fn bets_frame_len(bets_len: usize) -> usize {
+    HEADER_LEN + BETS_PREFIX_LEN + bets_len
+}
+
+fn kind_name(kind: u8) -> Option<&'static str> {
+    Some(match kind {
+        kind::HELLO => "HELLO",
+        kind::BETS => "BETS",
+        kind::FIN => "FIN",
+        kind::WINNERS_QUERY => "WINNERS_QUERY",
+        kind::ECHO => "ECHO",
+        kind::WELCOME => "WELCOME",
+        kind::BETS_ACK => "BETS_ACK",
+        kind::FIN_ACK => "FIN_ACK",
+        kind::WINNERS => "WINNERS",
+        kind::ERROR => "ERROR",
+        _ => return None,
+    })
+}
+
+fn encode_bet(bet: &Bet, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    put_str16(out, "first_name", &bet.first_name)?;
+    put_str16(out, "last_name", &bet.last_name)?;
+    put_str8(out, "document", &bet.document)?;
+    let year = u16::try_from(bet.birthdate.year()).map_err(|_| EncodeError::FieldTooLong {
+        field: "birth year",
+        len: usize::try_from(bet.birthdate.year()).unwrap_or(0),
+    })?;
+    out.extend_from_slice(&year.to_be_bytes());
+    // chrono guarantees month in 1..=12 and day in 1..=31: both fit a u8.
+    out.push(bet.birthdate.month() as u8);
+    out.push(bet.birthdate.day() as u8);
+    out.extend_from_slice(&bet.number.to_be_bytes());
+    Ok(())
+}
+
+fn decode_bet(r: &mut PayloadReader<'_>, index: usize) -> Result<Bet, DecodeError> {
+    let first_name = r.str16("first_name")?;
+    let last_name = r.str16("last_name")?;
+    let document = r.str8("document")?;
+    let year = r.u16()?;
+    let month = r.u8()?;
+    let day = r.u8()?;
+    let number = r.u16()?;
+    let birthdate = NaiveDate::from_ymd_opt(i32::from(year), u32::from(month), u32::from(day))
+        .ok_or(DecodeError::InvalidDate {
+            index,
+            year,
+            month,
+            day,
+        })?;
+    Ok(Bet {
+        first_name,
+        last_name,
+        document,
+        birthdate,
+        number,
+    })
+}
+
+fn put_str8(out: &mut Vec<u8>, field: &'static str, s: &str) -> Result<(), EncodeError> {
+    let len = u8::try_from(s.len()).map_err(|_| EncodeError::FieldTooLong {
+        field,
+        len: s.len(),
+    })?;
+    out.push(len);
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+fn put_str16(out: &mut Vec<u8>, field: &'static str, s: &str) -> Result<(), EncodeError> {
+    let len = u16::try_from(s.len()).map_err(|_| EncodeError::FieldTooLong {
+        field,
+        len: s.len(),
+    })?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// A cursor over a payload; every read is bounds-checked.
+struct PayloadReader<'a> {
+    buf: &'a [u8],
+    message: &'static str,
+}
+
+impl<'a> PayloadReader<'a> {
+    fn malformed(&self, detail: String) -> DecodeError {
+        DecodeError::Malformed {
+            message: self.message,
+            detail,
+        }
+    }
+
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(self.malformed(format!("{what} needs {n} bytes, {} left", self.buf.len())));
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], DecodeError> {
+        let bytes = self.take(N, what)?;
+        let mut array = [0u8; N];
+        array.copy_from_slice(bytes);
+        Ok(array)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>("u8")?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.array("u16")?))
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.array("u32")?))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.array("u64")?))
+    }
+
+    fn utf8(&mut self, len: usize, field: &str) -> Result<String, DecodeError> {
+        let bytes = self.take(len, field)?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| self.malformed(format!("{field} is not valid UTF-8")))
+    }
+
+    fn str8(&mut self, field: &str) -> Result<String, DecodeError> {
+        let len = usize::from(self.u8()?);
+        self.utf8(len, field)
+    }
+
+    fn str16(&mut self, field: &str) -> Result<String, DecodeError> {
+        let len = usize::from(self.u16()?);
+        self.utf8(len, field)
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bet(first: &str, doc: &str, number: u16) -> Bet {
+        Bet {
+            first_name: first.into(),
+            last_name: "Núñez".into(),
+            document: doc.into(),
+            birthdate: NaiveDate::from_ymd_opt(1999, 3, 17).expect("valid date"),
+            number,
+        }
+    }
+
+    fn all_messages() -> Vec<Message> {
+        vec![
+            Message::Hello { agency: 3 },
+            Message::Hello { agency: u32::MAX },
+            Message::Bets {
+                seq: 1,
+                bets: vec![bet("Ana", "30904465", 7574)],
+            },
+            Message::Bets {
+                seq: u64::MAX,
+                bets: vec![bet("José María", "00000000", 0), bet("Zoë", "1", 9999)],
+            },
+            Message::Fin,
+            Message::WinnersQuery,
+            Message::Echo(b"[CLIENT 1] Message N\xc2\xb01".to_vec()),
+            Message::Echo(Vec::new()),
+            Message::Echo(vec![0xff; MAX_PAYLOAD_LEN]),
+            Message::Welcome { agency: 3 },
+            Message::BetsAck { seq: 7, count: 100 },
+            Message::FinAck {
+                finished: 2,
+                agencies: 5,
+            },
+            Message::Winners {
+                last: true,
+                documents: vec!["30904465".into(), "00000000".into()],
+            },
+            Message::Winners {
+                last: false,
+                documents: Vec::new(),
+            },
+            Message::Error {
+                code: ErrorCode::InvalidBet,
+                reason: "bet 1: number 12000 is not in 0..=9999".into(),
+            },
+            Message::Error {
+                code: ErrorCode::Other(999),
+                reason: String::new(),
+            },
+        ]
+    }
+
+    fn read_all(mut bytes: &[u8]) -> Result<Option<Frame>, FrameError> {
+        read_frame(&mut bytes)
+    }
+
+    #[test]
+    fn wire_constants_are_pinned() {
+        assert_eq!(VERSION, 1);
+        assert_eq!(HEADER_LEN, 4);
+        assert_eq!(MAX_FRAME_LEN, 8192);
+        assert_eq!(MAX_PAYLOAD_LEN, 8188);
+        let kinds = [
+            (kind::HELLO, 0x01),
+            (kind::BETS, 0x02),
+            (kind::FIN, 0x03),
+            (kind::WINNERS_QUERY, 0x04),
+            (kind::ECHO, 0x05),
+            (kind::WELCOME, 0x81),
+            (kind::BETS_ACK, 0x82),
+            (kind::FIN_ACK, 0x83),
+            (kind::WINNERS, 0x84),
+            (kind::ERROR, 0xFF),
+        ];
+        for (actual, expected) in kinds {
+            assert_eq!(actual, expected);
+        }
+        for code in 1..=15u16 {
+            let known = ErrorCode::from_u16(code);
+            assert_ne!(known, ErrorCode::Other(code), "code {code} is named");
+            assert_eq!(known.to_u16(), code);
+        }
+        assert_eq!(ErrorCode::InvalidBet.to_u16(), 8);
+        assert_eq!(ErrorCode::Internal.to_u16(), 15);
+        assert_eq!(ErrorCode::from_u16(16), ErrorCode::Other(16));
+    }
+
+    #[test]
+    fn worked_examples_match_the_protocol_document() {
+        let hex = |m: &Message| {
+            m.encode()
+                .expect("encodes")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(
+            hex(&Message::Hello { agency: 3 }),
+            "01 01 00 04 00 00 00 03"
+        );
+        let ana = Bet {
+            first_name: "Ana".into(),
+            ..bet("Ana", "30904465", 7574)
+        };
+        assert_eq!(
+            hex(&Message::Bets {
+                seq: 1,
+                bets: vec![ana]
+            }),
+            "01 02 00 27 00 00 00 00 00 00 00 01 00 01 00 03 41 6e 61 00 07 4e c3 ba c3 b1 65 7a \
+             08 33 30 39 30 34 34 36 35 07 cf 03 11 1d 96"
+        );
+        assert_eq!(
+            hex(&Message::BetsAck { seq: 1, count: 1 }),
+            "01 82 00 0a 00 00 00 00 00 00 00 01 00 01"
+        );
+        assert_eq!(hex(&Message::Fin), "01 03 00 00");
+        assert_eq!(
+            hex(&Message::FinAck {
+                finished: 2,
+                agencies: 5
+            }),
+            "01 83 00 08 00 00 00 02 00 00 00 05"
+        );
+        assert_eq!(hex(&Message::WinnersQuery), "01 04 00 00");
+        assert_eq!(
+            hex(&Message::Winners {
+                last: true,
+                documents: vec!["30904465".into(), "00000000".into()]
+            }),
+            "01 84 00 15 01 00 02 08 33 30 39 30 34 34 36 35 08 30 30 30 30 30 30 30 30"
+        );
+        assert_eq!(
+            hex(&Message::Echo(b"hello".to_vec())),
+            "01 05 00 05 68 65 6c 6c 6f"
+        );
+        assert!(
+            hex(&Message::Error {
+                code: ErrorCode::InvalidBet,
+                reason: "bet 1: number 12000 is not in 0..=9999".into()
+            })
+            .starts_with("01 ff 00 2a 00 08 00 26 62 65 74")
+        );
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for message in all_messages() {
+            let bytes = message.encode().expect("encodes");
+            assert!(bytes.len() <= MAX_FRAME_LEN);
+            let frame = read_all(&bytes).expect("reads").expect("one frame");
+            assert_eq!(frame.to_bytes(), bytes, "frame bytes survive");
+            assert_eq!(frame.decode().expect("decodes"), message);
+        }
+    }
+
+    #[test]
+    fn every_frame_cut_at_every_offset_is_truncated() {
+        for message in all_messages() {
+            let bytes = message.encode().expect("encodes");
+            assert!(
+                matches!(read_all(&[]), Ok(None)),
+                "empty input is a clean end"
+            );
+            for cut in 1..bytes.len() {
+                match read_all(&bytes[..cut]) {
+                    Err(FrameError::Truncated { got, .. }) => assert_eq!(got, cut),
+                    other => panic!("{message:?} cut at {cut}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_payload_cut_short_is_malformed() {
+        for message in all_messages() {
+            let bytes = message.encode().expect("encodes");
+            let payload = &bytes[HEADER_LEN..];
+            for cut in 0..payload.len() {
+                if let Ok(decoded) = Message::decode(message.kind(), &payload[..cut]) {
+                    // Only ECHO carries free-form bytes: any prefix of it is an ECHO too.
+                    assert_eq!(message.kind(), kind::ECHO, "{decoded:?} decoded from a cut");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn two_frames_back_to_back_read_one_at_a_time() {
+        let mut bytes = Message::Fin.encode().expect("encodes");
+        Message::Hello { agency: 1 }
+            .encode_into(&mut bytes)
+            .expect("encodes");
+        let mut reader = &bytes[..];
+        let first = read_frame(&mut reader).expect("ok").expect("frame");
+        let second = read_frame(&mut reader).expect("ok").expect("frame");
+        assert_eq!(first.decode(), Ok(Message::Fin));
+        assert_eq!(second.decode(), Ok(Message::Hello { agency: 1 }));
+        assert!(read_frame(&mut reader).expect("ok").is_none());
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_reading_the_payload() {
+        let bytes = [VERSION, kind::BETS, 0xff, 0xff];
+        assert!(matches!(read_all(&bytes), Err(FrameError::TooLarge(65535))));
+        let bytes = [VERSION, kind::ECHO, 0x1f, 0xfd]; // 8189
+        assert!(matches!(read_all(&bytes), Err(FrameError::TooLarge(8189))));
+    }
+
+    #[test]
+    fn wrong_version_is_refused() {
+        assert!(matches!(
+            read_all(b"hello\n"),
+            Err(FrameError::UnsupportedVersion(b'h'))
+        ));
+    }
+
+    #[test]
+    fn bad_payloads_are_malformed_not_panics() {
+        assert_eq!(
+            Message::decode(0x42, &[]),
+            Err(DecodeError::UnknownKind(0x42))
+        );
+        assert!(matches!(
+            Message::decode(kind::HELLO, &[0, 0, 0, 1, 9]),
+            Err(DecodeError::Malformed { .. })
+        ));
+        assert!(matches!(
+            Message::decode(kind::WINNERS, &[2, 0, 0]),
+            Err(DecodeError::Malformed { .. })
+        ));
+        // A batch that claims 65535 bets but holds none.
+        let mut payload = 1u64.to_be_bytes().to_vec();
+        payload.extend_from_slice(&u16::MAX.to_be_bytes());
+        assert!(matches!(
+            Message::decode(kind::BETS, &payload),
+            Err(DecodeError::Malformed { .. })
+        ));
+        // An empty batch.
+        let mut payload = 1u64.to_be_bytes().to_vec();
+        payload.extend_from_slice(&0u16.to_be_bytes());
+        assert!(matches!(
+            Message::decode(kind::BETS, &payload),
+            Err(DecodeError::Malformed { .. })
+        ));
+        // Invalid UTF-8 in a name.
+        let mut bytes = Message::Bets {
+            seq: 1,
+            bets: vec![bet("Ana", "1", 1)],
+        }
+        .encode()
+        .expect("encodes");
+        bytes[HEADER_LEN + BETS_PREFIX_LEN + 2] = 0xff;
+        assert!(matches!(
+            Message::decode(kind::BETS, &bytes[HEADER_LEN..]),
+            Err(DecodeError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn impossible_dates_are_invalid_bets() {
+        let mut bytes = Message::Bets {
+            seq: 1,
+            bets: vec![bet("Ana", "1", 1)],
+        }
+        .encode()
+        .expect("encodes");
+        let day_at = bytes.len() - 3;
+        bytes[day_at - 1] = 2; // February
+        bytes[day_at] = 30;
+        let err = Message::decode(kind::BETS, &bytes[HEADER_LEN..]).expect_err("30 February");
+        assert_eq!(err.code(), ErrorCode::InvalidBet);
+        assert_eq!(
+            err.to_string(),
+            "bet 1: birthdate 1999-02-30 is not a calendar date"
+        );
+    }
+
+    #[test]
+    fn frames_over_the_limit_do_not_encode() {
+        let big = "ñ".repeat(MAX_FRAME_LEN / 2);
+        let message = Message::Bets {
+            seq: 1,
+            bets: vec![bet(&big, "1", 1)],
+        };
+        assert!(matches!(
+            message.encode(),
+            Err(EncodeError::FrameTooLarge(_))
+        ));
+        let mut out = vec![7];
+        assert!(message.encode_into(&mut out).is_err());
+        assert_eq!(out, vec![7], "a failed encode leaves the buffer untouched");
+        assert!(
+            Message::Echo(vec![0; MAX_PAYLOAD_LEN + 1])
+                .encode()
+                .is_err()
+        );
+        assert!(matches!(
+            Message::Winners {
+                last: true,
+                documents: vec!["9".repeat(256)]
+            }
+            .encode(),
+            Err(EncodeError::FieldTooLong {
+                field: "document",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn bet_sizes_match_their_encoding() {
+        let b = bet("José María", "00000000", 0);
+        let bytes = Message::Bets {
+            seq: 1,
+            bets: vec![b.clone(), b.clone()],
+        }
+        .encode()
+        .expect("encodes");
+        assert_eq!(bytes.len(), bets_frame_len(2 * bet_wire_len(&b)));
+    }
+
+    #[test]
+    fn winners_are_chunked_under_the_frame_limit() {
+        assert_eq!(
+            Message::winners_chunks(&[]),
+            vec![Message::Winners {
+                last: true,
+                documents: vec![]
+            }]
+        );
+        let docs: Vec<String> = (0..5000).map(|i| format!("{i:08}")).collect();
+        let chunks = Message::winners_chunks(&docs);
+        assert_eq!(chunks.len(), 6);
+        let mut seen = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let bytes = chunk.encode().expect("fits");
+            assert!(bytes.len() <= MAX_FRAME_LEN);
+            match chunk {
+                Message::Winners { last, documents } => {
+                    assert_eq!(*last, i == chunks.len() - 1);
+                    seen.extend(documents.iter().cloned());
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(seen, docs);
+    }
+
+    #[test]
+    fn error_codes_that_close_the_connection() {
+        let closing: Vec<u16> = (1..=15)
+            .filter(|c| ErrorCode::from_u16(*c).closes_connection())
+            .collect();
+        assert_eq!(closing, vec![3, 4, 12, 13, 14]);
+    }
+
+    mod fuzz {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..9000)) {
+                let mut reader = &bytes[..];
+                while let Ok(Some(frame)) = read_frame(&mut reader) {
+                    let _ = frame.decode();
+                }
+            }
+
+            #[test]
+            fn decoding_arbitrary_payloads_never_panics(
+                kind in prop_oneof![Just(0x01u8), Just(0x02), Just(0x84), Just(0xff), any::<u8>()],
+                payload in proptest::collection::vec(any::<u8>(), 0..600),
+            ) {
+                if let Ok(message) = Message::decode(kind, &payload) {
+                    // Whatever decodes re-encodes to the same payload.
+                    let bytes = message.encode().expect("a decoded message encodes");
+                    prop_assert_eq!(&bytes[HEADER_LEN..], &payload[..]);
+                }
+            }
+
+            #[test]
+            fn bets_round_trip(
+                names in proptest::collection::vec(("\\PC{1,20}", "\\PC{1,20}", "[0-9]{1,8}", 0u16..=9999), 1..20),
+                seq in any::<u64>(),
+            ) {
+                let bets: Vec<Bet> = names.into_iter().map(|(f, l, d, n)| Bet {
+                    first_name: f, last_name: l, document: d,
+                    birthdate: NaiveDate::from_ymd_opt(1980, 2, 29).expect("leap day"),
+                    number: n,
+                }).collect();
+                let message = Message::Bets { seq, bets };
+                let bytes = message.encode().expect("small batches fit");
+                let frame = read_frame(&mut &bytes[..]).expect("reads").expect("frame");
+                prop_assert_eq!(frame.decode().expect("decodes"), message);
+            }
+        }
+    }
+}

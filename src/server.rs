@@ -1,0 +1,737 @@
+//! The central server: one thread per connection, shared storage and the FIN barrier.
+//!
+//! Shared state lives in [`Shared`] behind two mutexes, never held across socket I/O:
+//!
+//! * `ledger` — the bet [`Storage`] plus what decides whether a batch may be stored:
+//!   the last stored `seq` per agency, the agencies that sent `FIN`, and whether the
+//!   draw has started. Storing a batch and recording a `FIN` both happen under this
+//!   lock, so once the N-th `FIN` flips `drawn` no bet can slip in behind the draw.
+//! * `barrier` — the agencies waiting for their winners (with a clone of their socket)
+//!   and, once known, the draw's result. The thread that records the N-th `FIN` runs
+//!   the draw, publishes the result, answers every waiting agency over its socket, and
+//!   wakes the waiting threads through the `drawn` [`Condvar`]. Shutdown wakes them too.
+//!
+//! [`run`] takes a bound listener and a [`Shutdown`]; it returns once shutdown was
+//! triggered and every connection thread has been joined.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::bet::{self, AgencyId, Bet, DrawResult};
+use crate::config::ServerConfig;
+use crate::connection::{Connection, ConnectionError};
+use crate::protocol::{self, ErrorCode, Frame, FrameError, Message};
+use crate::shutdown::{Shutdown, lock};
+use crate::storage::{self, Storage, StorageError};
+
+/// Why the server could not run.
+#[derive(Debug)]
+pub enum ServerError {
+    /// The bets file could not be opened or read.
+    Storage(StorageError),
+    /// A socket operation failed.
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Storage(e) => write!(f, "storage: {e}"),
+            ServerError::Io { action, source } => write!(f, "cannot {action}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServerError::Storage(e) => Some(e),
+            ServerError::Io { source, .. } => Some(source),
+        }
+    }
+}
+
+impl From<StorageError> for ServerError {
+    fn from(e: StorageError) -> Self {
+        ServerError::Storage(e)
+    }
+}
+
+/// Binds the listening socket with the configured host, port and listen backlog.
+pub fn bind(config: &ServerConfig) -> Result<TcpListener, ServerError> {
+    let io_err = |action| move |source| ServerError::Io { action, source };
+    let addr = (config.host.as_str(), config.port)
+        .to_socket_addrs()
+        .map_err(io_err("resolve the listen address"))?
+        .next()
+        .ok_or_else(|| ServerError::Io {
+            action: "resolve the listen address",
+            source: io::Error::new(io::ErrorKind::NotFound, config.host.clone()),
+        })?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(io_err("create the listening socket"))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(io_err("set SO_REUSEADDR"))?;
+    socket.bind(&addr.into()).map_err(io_err("bind"))?;
+    socket
+        .listen(config.listen_backlog)
+        .map_err(io_err("listen"))?;
+    Ok(socket.into())
+}
+
+/// Serves agencies on `listener` until `shutdown` is triggered.
+///
+/// Opens the bets file first (an error there is returned before anything is served),
+/// then accepts connections, one thread each. On shutdown it stops accepting, shuts
+/// every connection down, wakes the waiting agencies, joins every thread and closes
+/// the bets file, logging each step.
+pub fn run(
+    listener: TcpListener,
+    config: &ServerConfig,
+    shutdown: &Shutdown,
+) -> Result<(), ServerError> {
+    let local = listener.local_addr().map_err(|source| ServerError::Io {
+        action: "read the listening address",
+        source,
+    })?;
+    let storage = Storage::open(&config.storage_path)?;
+    let stored = storage::for_each_stored(&config.storage_path, |_, _| {})?;
+    log::info!(
+        "action: storage_open | result: success | path: {} | bets: {stored}",
+        config.storage_path.display()
+    );
+    log::info!("action: listen | result: success | address: {local}");
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        shutdown: shutdown.clone(),
+        ledger: Mutex::new(Ledger {
+            storage,
+            last_seq: HashMap::new(),
+            finished: BTreeSet::new(),
+            drawn: false,
+        }),
+        barrier: Mutex::new(Barrier::default()),
+        drawn: Condvar::new(),
+        connections: Mutex::new(HashMap::new()),
+    });
+    let hook = {
+        let shared = Arc::clone(&shared);
+        shutdown.on_trigger(move || {
+            shared.close_all_connections();
+            {
+                let _barrier = lock(&shared.barrier);
+                shared.drawn.notify_all();
+            }
+            wake_acceptor(local);
+        })
+    };
+
+    let workers = accept_loop(&listener, &shared);
+    drop(listener);
+    log::info!("action: close_listener | result: success | address: {local}");
+
+    shared.close_all_connections();
+    let count = workers.len();
+    for worker in workers {
+        if worker.join().is_err() {
+            log::error!("action: join_connection | result: fail | error: thread panicked");
+        }
+    }
+    log::info!("action: join_connections | result: success | threads: {count}");
+    drop(hook);
+    // The hook is gone and every worker joined: this is the last reference, and
+    // dropping it closes the bets file.
+    drop(shared);
+    log::info!(
+        "action: close_storage | result: success | path: {}",
+        config.storage_path.display()
+    );
+    Ok(())
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
+    let mut workers: Vec<JoinHandle<()>> = Vec::new();
+    let mut next_id: u64 = 0;
+    while !shared.shutdown.is_triggered() {
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                if !shared.shutdown.is_triggered() {
+                    log::warn!("action: accept | result: fail | error: {e}");
+                    // Back off so that a persistent error (e.g. no file descriptors
+                    // left) does not spin this thread.
+                    shared.shutdown.sleep(Duration::from_millis(50));
+                }
+                continue;
+            }
+        };
+        if shared.shutdown.is_triggered() {
+            break; // Most likely our own wake-up connection.
+        }
+        workers = reap(workers);
+        if workers.len() >= shared.config.max_connections {
+            refuse_busy(stream, peer, shared.config.max_connections);
+            continue;
+        }
+        next_id += 1;
+        let id = next_id;
+        if !shared.register(id, &stream) {
+            break; // Shutdown began between accept and registration.
+        }
+        let worker_shared = Arc::clone(shared);
+        let spawned = thread::Builder::new()
+            .name(format!("conn-{id}"))
+            .spawn(move || {
+                Session::serve(&worker_shared, stream, id, peer);
+                worker_shared.unregister(id);
+            });
+        match spawned {
+            Ok(handle) => workers.push(handle),
+            Err(e) => {
+                log::error!("action: spawn_connection | result: fail | peer: {peer} | error: {e}");
+                shared.unregister(id);
+            }
+        }
+    }
+    log::info!("action: accept_loop | result: success | status: stopped");
+    workers
+}
+
+/// Joins the threads that have finished and keeps the others.
+fn reap(workers: Vec<JoinHandle<()>>) -> Vec<JoinHandle<()>> {
+    let (done, running): (Vec<_>, Vec<_>) = workers.into_iter().partition(|w| w.is_finished());
+    for worker in done {
+        if worker.join().is_err() {
+            log::error!("action: join_connection | result: fail | error: thread panicked");
+        }
+    }
+    running
+}
+
+fn refuse_busy(stream: TcpStream, peer: SocketAddr, max: usize) {
+    log::warn!(
+        "action: accept | result: fail | peer: {peer} | error: server busy ({max} connections)"
+    );
+    let message = Message::Error {
+        code: ErrorCode::ServerBusy,
+        reason: format!("the server already serves {max} connections; try again later"),
+    };
+    // Best effort: the peer may already be gone, and the socket closes on drop.
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = protocol::write_message(&mut &stream, &message);
+}
+
+/// Unblocks `accept` by connecting to the listener (on loopback if it listens on any
+/// address).
+fn wake_acceptor(local: SocketAddr) {
+    let mut target = local;
+    if target.ip().is_unspecified() {
+        target.set_ip(match target.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    // If this fails the listener is already gone, which is what we wanted anyway.
+    let _ = TcpStream::connect_timeout(&target, Duration::from_secs(1));
+}
+
+/// State shared by every connection thread.
+struct Shared {
+    config: ServerConfig,
+    shutdown: Shutdown,
+    ledger: Mutex<Ledger>,
+    barrier: Mutex<Barrier>,
+    drawn: Condvar,
+    connections: Mutex<HashMap<u64, TcpStream>>,
+}
+
+struct Ledger {
+    storage: Storage,
+    last_seq: HashMap<AgencyId, u64>,
+    finished: BTreeSet<AgencyId>,
+    drawn: bool,
+}
+
+#[derive(Default)]
+struct Barrier {
+    result: Option<DrawOutcome>,
+    waiting: Vec<Waiter>,
+    /// Connections the drawing thread is writing winners to right now.
+    sending: HashSet<u64>,
+    /// Connections that have been answered and not yet noticed it.
+    answered: HashSet<u64>,
+}
+
+type DrawOutcome = Result<Arc<DrawResult>, String>;
+
+struct Waiter {
+    conn_id: u64,
+    agency: AgencyId,
+    stream: TcpStream,
+}
+
+enum Stored {
+    New,
+    Replay { last: u64 },
+}
+
+enum Refusal {
+    DrawDone,
+    AgencyFinished,
+    Storage(StorageError),
+}
+
+impl Shared {
+    /// Records a stream so shutdown can close it; `false` if shutdown already began.
+    fn register(&self, id: u64, stream: &TcpStream) -> bool {
+        let mut connections = lock(&self.connections);
+        // Checked under the lock the shutdown hook takes: either the hook sees this
+        // stream, or we see the flag it set before running.
+        if self.shutdown.is_triggered() {
+            return false;
+        }
+        match stream.try_clone() {
+            Ok(clone) => {
+                connections.insert(id, clone);
+                true
+            }
+            Err(e) => {
+                log::error!("action: register_connection | result: fail | error: {e}");
+                false
+            }
+        }
+    }
+
+    fn unregister(&self, id: u64) {
+        lock(&self.connections).remove(&id);
+    }
+
+    fn close_all_connections(&self) {
+        for stream in lock(&self.connections).values() {
+            // A stream the peer already closed reports an error; nothing to do then.
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Stores a validated batch unless the agency finished, the draw ran, or it is a
+    /// replay of a batch already stored.
+    fn store(&self, agency: AgencyId, seq: u64, bets: &[Bet]) -> Result<Stored, Refusal> {
+        let mut ledger = lock(&self.ledger);
+        if ledger.drawn {
+            return Err(Refusal::DrawDone);
+        }
+        if ledger.finished.contains(&agency) {
+            return Err(Refusal::AgencyFinished);
+        }
+        if let Some(&last) = ledger.last_seq.get(&agency).filter(|&&last| seq <= last) {
+            return Ok(Stored::Replay { last });
+        }
+        ledger
+            .storage
+            .append(agency, bets)
+            .map_err(Refusal::Storage)?;
+        ledger.last_seq.insert(agency, seq);
+        Ok(Stored::New)
+    }
+
+    /// Records `agency`'s FIN. Returns how many agencies have finished and whether this
+    /// call completed the set, which makes the caller the one that runs the draw.
+    fn finish(&self, agency: AgencyId) -> (u32, bool) {
+        let mut ledger = lock(&self.ledger);
+        let newly = ledger.finished.insert(agency);
+        // At most `agencies` (a u32) distinct ids in 1..=agencies can be recorded.
+        let finished = u32::try_from(ledger.finished.len()).unwrap_or(u32::MAX);
+        let draw_now = newly && finished == self.config.agencies && !ledger.drawn;
+        if draw_now {
+            ledger.drawn = true;
+        }
+        (finished, draw_now)
+    }
+
+    fn has_finished(&self, agency: AgencyId) -> bool {
+        lock(&self.ledger).finished.contains(&agency)
+    }
+
+    /// Runs the draw over everything stored, publishes the result, and answers every
+    /// agency that is already waiting.
+    fn draw_and_answer(&self) {
+        // `drawn` is set, so nothing is appended any more: the file can be read without
+        // holding the ledger lock.
+        let mut draw = DrawResult::new(self.config.winning_number);
+        let outcome = match storage::for_each_stored(&self.config.storage_path, |agency, bet| {
+            draw.consider(agency, bet)
+        }) {
+            Ok(count) => {
+                log::info!(
+                    "action: sorteo | result: success | bets: {count} | winning_number: {} | winners: {}",
+                    self.config.winning_number,
+                    draw.total()
+                );
+                Ok(Arc::new(draw))
+            }
+            Err(e) => {
+                log::error!("action: sorteo | result: fail | error: {e}");
+                Err(format!("the draw failed: {e}"))
+            }
+        };
+        let waiters = {
+            let mut barrier = lock(&self.barrier);
+            barrier.result = Some(outcome.clone());
+            let waiters = std::mem::take(&mut barrier.waiting);
+            barrier.sending.extend(waiters.iter().map(|w| w.conn_id));
+            waiters
+        };
+        for waiter in &waiters {
+            let sent = winners_reply(&outcome, waiter.agency)
+                .iter()
+                .try_for_each(|message| protocol::write_message(&mut &waiter.stream, message));
+            log_winners_sent(waiter.agency, &outcome, sent.as_ref().err());
+        }
+        let mut barrier = lock(&self.barrier);
+        for waiter in &waiters {
+            barrier.sending.remove(&waiter.conn_id);
+            barrier.answered.insert(waiter.conn_id);
+        }
+        self.drawn.notify_all();
+    }
+}
+
+/// The messages that answer `agency`'s winners query once the draw is done.
+fn winners_reply(outcome: &DrawOutcome, agency: AgencyId) -> Vec<Message> {
+    match outcome {
+        Ok(draw) => Message::winners_chunks(draw.winners_of(agency)),
+        Err(reason) => vec![Message::Error {
+            code: ErrorCode::Internal,
+            reason: reason.clone(),
+        }],
+    }
+}
+
+fn log_winners_sent(agency: AgencyId, outcome: &DrawOutcome, error: Option<&io::Error>) {
+    let count = outcome.as_ref().map_or(0, |d| d.winners_of(agency).len());
+    match error {
+        None => log::info!(
+            "action: winners_sent | result: success | agency: {agency} | cant_ganadores: {count}"
+        ),
+        Some(e) => {
+            log::warn!("action: winners_sent | result: fail | agency: {agency} | error: {e}")
+        }
+    }
+}
+
+/// Whether the connection goes on after a request.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// One connection's conversation.
+struct Session<'a> {
+    shared: &'a Shared,
+    conn: Connection,
+    id: u64,
+    peer: SocketAddr,
+    agency: Option<AgencyId>,
+}
+
+impl Session<'_> {
+    fn serve(shared: &Shared, stream: TcpStream, id: u64, peer: SocketAddr) {
+        let conn = match Connection::new(stream) {
+            Ok(conn) => conn,
+            Err(e) => {
+                log::warn!("action: open_connection | result: fail | peer: {peer} | error: {e}");
+                return;
+            }
+        };
+        if let Err(e) = conn.set_timeouts(Some(shared.config.io_timeout)) {
+            log::warn!("action: open_connection | result: fail | peer: {peer} | error: {e}");
+            return;
+        }
+        log::debug!("action: open_connection | result: success | peer: {peer}");
+        let mut session = Session {
+            shared,
+            conn,
+            id,
+            peer,
+            agency: None,
+        };
+        let reason = session.conversation();
+        session.conn.close();
+        let agency = session.agency.map_or("-".to_string(), |a| a.to_string());
+        log::info!(
+            "action: close_connection | result: success | peer: {peer} | agency: {agency} | reason: {reason}"
+        );
+    }
+
+    /// Serves requests until the connection ends; returns why it ended.
+    fn conversation(&mut self) -> String {
+        loop {
+            let frame = match self.conn.read_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) if self.shared.shutdown.is_triggered() => return "shutdown".into(),
+                Ok(None) => return "closed by peer".into(),
+                Err(e) => return self.broken_stream(e),
+            };
+            match self.handle(frame) {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Close) => return "closed after error".into(),
+                Err(e) if self.shared.shutdown.is_triggered() => return format!("shutdown ({e})"),
+                Err(e) => return format!("write failed: {e}"),
+            }
+        }
+    }
+
+    fn broken_stream(&mut self, error: FrameError) -> String {
+        if self.shared.shutdown.is_triggered() {
+            return "shutdown".into();
+        }
+        let timed_out = ConnectionError::Frame(error);
+        if timed_out.is_timeout() {
+            let _ = self.reply_error(
+                ErrorCode::IdleTimeout,
+                format!(
+                    "no complete request for {}",
+                    crate::config::format_duration(self.shared.config.io_timeout)
+                ),
+            );
+            return "idle timeout".into();
+        }
+        let ConnectionError::Frame(error) = timed_out else {
+            return "broken stream".into();
+        };
+        if let Some(code) = error.code() {
+            // Best effort: the stream is closed right after either way.
+            let _ = self.reply_error(code, error.to_string());
+        } else {
+            log::warn!(
+                "action: receive_frame | result: fail | peer: {} | error: {error}",
+                self.peer
+            );
+        }
+        error.to_string()
+    }
+
+    fn handle(&mut self, frame: Frame) -> Result<Flow, ConnectionError> {
+        let message = match frame.decode() {
+            Ok(message) => message,
+            Err(e) => return self.reply_error(e.code(), e.to_string()),
+        };
+        match message {
+            Message::Echo(_) => {
+                self.conn.write_frame(&frame)?;
+                Ok(Flow::Continue)
+            }
+            Message::Hello { agency } => self.hello(agency),
+            Message::Bets { seq, bets } => self.bets(seq, bets),
+            Message::Fin => self.fin(),
+            Message::WinnersQuery => self.winners(),
+            other => self.reply_error(
+                ErrorCode::UnknownKind,
+                format!("kind 0x{:02x} is a reply, not a request", other.kind()),
+            ),
+        }
+    }
+
+    fn reply_error(&mut self, code: ErrorCode, reason: String) -> Result<Flow, ConnectionError> {
+        log::warn!(
+            "action: request | result: fail | peer: {} | agency: {} | code: {code} | reason: {reason}",
+            self.peer,
+            self.agency.map_or("-".to_string(), |a| a.to_string()),
+        );
+        self.conn.write_message(&Message::Error { code, reason })?;
+        Ok(if code.closes_connection() {
+            Flow::Close
+        } else {
+            Flow::Continue
+        })
+    }
+
+    fn identified(&mut self) -> Option<AgencyId> {
+        self.agency
+    }
+
+    fn hello(&mut self, agency: AgencyId) -> Result<Flow, ConnectionError> {
+        let agencies = self.shared.config.agencies;
+        if !(1..=agencies).contains(&agency) {
+            return self.reply_error(
+                ErrorCode::UnknownAgency,
+                format!("agency {agency} is not one of 1..={agencies}"),
+            );
+        }
+        match self.agency {
+            Some(bound) if bound != agency => self.reply_error(
+                ErrorCode::AlreadyIdentified,
+                format!("this connection already belongs to agency {bound}"),
+            ),
+            _ => {
+                self.agency = Some(agency);
+                log::info!(
+                    "action: hello | result: success | agency: {agency} | peer: {}",
+                    self.peer
+                );
+                self.conn.write_message(&Message::Welcome { agency })?;
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    fn bets(&mut self, seq: u64, bets: Vec<Bet>) -> Result<Flow, ConnectionError> {
+        let Some(agency) = self.identified() else {
+            return self.not_identified();
+        };
+        let count = bets.len();
+        let today = bet::today();
+        let invalid = bets.iter().enumerate().find_map(|(i, b)| {
+            b.validate(today)
+                .err()
+                .map(|e| format!("bet {}: {e}", i + 1))
+        });
+        let refusal = match invalid {
+            Some(reason) => Some((ErrorCode::InvalidBet, reason)),
+            None => match self.shared.store(agency, seq, &bets) {
+                Ok(Stored::New) => None,
+                Ok(Stored::Replay { last }) => {
+                    log::warn!(
+                        "action: batch_replay | result: success | agency: {agency} | seq: {seq} | last_stored: {last}"
+                    );
+                    None
+                }
+                Err(Refusal::DrawDone) => Some((
+                    ErrorCode::DrawDone,
+                    "the draw has already run; no more bets are accepted".to_string(),
+                )),
+                Err(Refusal::AgencyFinished) => Some((
+                    ErrorCode::AgencyFinished,
+                    format!("agency {agency} already sent FIN; no more bets are accepted"),
+                )),
+                Err(Refusal::Storage(e)) => {
+                    log::error!(
+                        "action: store_bets | result: fail | agency: {agency} | seq: {seq} | error: {e}"
+                    );
+                    Some((
+                        ErrorCode::Internal,
+                        format!("could not store the batch: {e}"),
+                    ))
+                }
+            },
+        };
+        if let Some((code, reason)) = refusal {
+            log::warn!(
+                "action: apuesta_recibida | result: fail | cantidad: {count} | agency: {agency} | seq: {seq} | reason: {reason}"
+            );
+            return self.reply_error(code, reason);
+        }
+        log::info!(
+            "action: apuesta_recibida | result: success | cantidad: {count} | agency: {agency} | seq: {seq}"
+        );
+        if let [single] = bets.as_slice() {
+            log::info!(
+                "action: apuesta_almacenada | result: success | dni: {} | numero: {}",
+                single.document,
+                single.number
+            );
+        }
+        // The batch was decoded from a u16 count, so `count` fits a u16.
+        let count = u16::try_from(count).unwrap_or(u16::MAX);
+        self.conn.write_message(&Message::BetsAck { seq, count })?;
+        Ok(Flow::Continue)
+    }
+
+    fn fin(&mut self) -> Result<Flow, ConnectionError> {
+        let Some(agency) = self.identified() else {
+            return self.not_identified();
+        };
+        let agencies = self.shared.config.agencies;
+        let (finished, draw_now) = self.shared.finish(agency);
+        log::info!(
+            "action: fin | result: success | agency: {agency} | finished: {finished} | agencies: {agencies}"
+        );
+        if draw_now {
+            self.shared.draw_and_answer();
+        }
+        self.conn
+            .write_message(&Message::FinAck { finished, agencies })?;
+        Ok(Flow::Continue)
+    }
+
+    fn winners(&mut self) -> Result<Flow, ConnectionError> {
+        let Some(agency) = self.identified() else {
+            return self.not_identified();
+        };
+        if !self.shared.has_finished(agency) {
+            return self.reply_error(
+                ErrorCode::NotFinished,
+                format!("agency {agency} must send FIN before asking for its winners"),
+            );
+        }
+        let shared = self.shared;
+        let mut barrier = lock(&shared.barrier);
+        if let Some(outcome) = barrier.result.clone() {
+            drop(barrier);
+            let mut error = None;
+            for message in winners_reply(&outcome, agency) {
+                if let Err(e) = self.conn.write_message(&message) {
+                    error = Some(e);
+                    break;
+                }
+            }
+            let io_error = match &error {
+                Some(ConnectionError::Write(e)) => Some(e),
+                _ => None,
+            };
+            log_winners_sent(agency, &outcome, io_error);
+            return match error {
+                Some(e) => Err(e),
+                None => Ok(Flow::Continue),
+            };
+        }
+        let stream = match self.conn.stream().try_clone() {
+            Ok(stream) => stream,
+            Err(e) => return Err(ConnectionError::Write(e)),
+        };
+        barrier.waiting.push(Waiter {
+            conn_id: self.id,
+            agency,
+            stream,
+        });
+        log::info!("action: winners_wait | result: in_progress | agency: {agency}");
+        loop {
+            if barrier.answered.remove(&self.id) {
+                return Ok(Flow::Continue);
+            }
+            if shared.shutdown.is_triggered() && !barrier.sending.contains(&self.id) {
+                barrier.waiting.retain(|w| w.conn_id != self.id);
+                drop(barrier);
+                return self.reply_error(
+                    ErrorCode::ShuttingDown,
+                    "the server is stopping before the draw".into(),
+                );
+            }
+            barrier = shared
+                .drawn
+                .wait(barrier)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn not_identified(&mut self) -> Result<Flow, ConnectionError> {
+        self.reply_error(
+            ErrorCode::NotIdentified,
+            "send HELLO with the agency id first".into(),
+        )
+    }
+}
