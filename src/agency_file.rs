@@ -322,7 +322,10 @@ mod tests {
         assert!(reasons[5].1.contains("not in 0..=9999"));
         assert!(reasons[6].1.contains("\"-1\""));
         assert_eq!(reasons[7], (9, "not valid UTF-8 (at byte 3)".to_string()));
-        assert!(matches!(lines.last(), Some(Line::Bet { line: 11, .. })), "blank lines count");
+        assert!(
+            matches!(lines.last(), Some(Line::Bet { line: 11, .. })),
+            "blank lines count"
+        );
         if let Line::Invalid(bad) = &lines[1] {
             assert!(bad.to_string().ends_with(":2: expected 5 fields (first name, last name, document, birthdate, number), found 4"));
         }

@@ -36,14 +36,16 @@ pub enum ConnectionError {
 impl ConnectionError {
     /// Whether the failure is a read or write timeout.
     pub fn is_timeout(&self) -> bool {
-        let io = match self {
-            ConnectionError::Frame(FrameError::Io(e)) | ConnectionError::Write(e) => e,
-            _ => return false,
-        };
-        matches!(
-            io.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-        )
+        match self {
+            ConnectionError::Frame(e) => e.is_timeout(),
+            ConnectionError::Write(e) => {
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                )
+            }
+            _ => false,
+        }
     }
 }
 

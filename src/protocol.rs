@@ -264,6 +264,11 @@ pub enum FrameError {
 }
 
 impl FrameError {
+    /// Whether this is a read timeout (the peer sent nothing for too long).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, FrameError::Io(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut))
+    }
+
     /// The error code the server answers this error with, if it answers at all.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {

@@ -457,7 +457,10 @@ impl Session<'_> {
                 return;
             }
         };
-        if let Err(e) = conn.set_timeouts(Some(shared.config.io_timeout)) {
+        let configured = conn
+            .set_timeouts(Some(shared.config.io_timeout))
+            .and_then(|()| conn.stream().set_nodelay(true));
+        if let Err(e) = configured {
             log::warn!("action: open_connection | result: fail | peer: {peer} | error: {e}");
             return;
         }
@@ -499,8 +502,8 @@ impl Session<'_> {
         if self.shared.shutdown.is_triggered() {
             return "shutdown".into();
         }
-        let timed_out = ConnectionError::Frame(error);
-        if timed_out.is_timeout() {
+        if error.is_timeout() {
+            // Best effort: the stream is closed right after either way.
             let _ = self.reply_error(
                 ErrorCode::IdleTimeout,
                 format!(
@@ -510,17 +513,14 @@ impl Session<'_> {
             );
             return "idle timeout".into();
         }
-        let ConnectionError::Frame(error) = timed_out else {
-            return "broken stream".into();
-        };
-        if let Some(code) = error.code() {
-            // Best effort: the stream is closed right after either way.
-            let _ = self.reply_error(code, error.to_string());
-        } else {
-            log::warn!(
+        match error.code() {
+            Some(code) => {
+                let _ = self.reply_error(code, error.to_string());
+            }
+            None => log::warn!(
                 "action: receive_frame | result: fail | peer: {} | error: {error}",
                 self.peer
-            );
+            ),
         }
         error.to_string()
     }
@@ -560,10 +560,6 @@ impl Session<'_> {
         })
     }
 
-    fn identified(&mut self) -> Option<AgencyId> {
-        self.agency
-    }
-
     fn hello(&mut self, agency: AgencyId) -> Result<Flow, ConnectionError> {
         let agencies = self.shared.config.agencies;
         if !(1..=agencies).contains(&agency) {
@@ -590,7 +586,7 @@ impl Session<'_> {
     }
 
     fn bets(&mut self, seq: u64, bets: Vec<Bet>) -> Result<Flow, ConnectionError> {
-        let Some(agency) = self.identified() else {
+        let Some(agency) = self.agency else {
             return self.not_identified();
         };
         let count = bets.len();
@@ -652,7 +648,7 @@ impl Session<'_> {
     }
 
     fn fin(&mut self) -> Result<Flow, ConnectionError> {
-        let Some(agency) = self.identified() else {
+        let Some(agency) = self.agency else {
             return self.not_identified();
         };
         let agencies = self.shared.config.agencies;
@@ -669,7 +665,7 @@ impl Session<'_> {
     }
 
     fn winners(&mut self) -> Result<Flow, ConnectionError> {
-        let Some(agency) = self.identified() else {
+        let Some(agency) = self.agency else {
             return self.not_identified();
         };
         if !self.shared.has_finished(agency) {

@@ -1,0 +1,272 @@
+//! Helpers shared by the integration tests: temporary directories, an in-process
+//! server on `127.0.0.1:0`, a raw protocol peer, and test data.
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use std::fs;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use loteria::bet::Bet;
+use loteria::config::{LogLevel, ServerConfig};
+use loteria::connection::Connection;
+use loteria::protocol::Message;
+use loteria::server::{self, ServerError};
+use loteria::shutdown::Shutdown;
+
+/// The course dataset (`../shared/datasets/tp0` next to the repository), or the
+/// directory named by `LOTERIA_DATASET`.
+pub fn dataset_dir() -> PathBuf {
+    match std::env::var_os("LOTERIA_DATASET") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/tp0"),
+    }
+}
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "loteria-test-{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A server configuration for tests: loopback, any port, storage in `dir`.
+pub fn server_config(dir: &Path, agencies: u32) -> ServerConfig {
+    ServerConfig {
+        host: "127.0.0.1".into(),
+        port: 0,
+        listen_backlog: 128,
+        io_timeout: Duration::from_secs(30),
+        max_connections: 512,
+        log_level: LogLevel {
+            name: "INFO".into(),
+            filter: log::LevelFilter::Info,
+        },
+        agencies,
+        winning_number: 7574,
+        storage_path: dir.join("bets.csv"),
+    }
+}
+
+/// `server::run` on its own thread, stopped (and joined) on `stop` or drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shutdown: Shutdown,
+    pub storage: PathBuf,
+    thread: Option<JoinHandle<Result<(), ServerError>>>,
+}
+
+impl TestServer {
+    pub fn start(config: ServerConfig) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let shutdown = Shutdown::new();
+        let storage = config.storage_path.clone();
+        let s = shutdown.clone();
+        let thread = std::thread::spawn(move || server::run(listener, &config, &s));
+        TestServer {
+            addr,
+            shutdown,
+            storage,
+            thread: Some(thread),
+        }
+    }
+
+    /// Triggers shutdown and waits for `run` to return.
+    pub fn stop(mut self) -> Result<(), ServerError> {
+        self.shutdown.trigger();
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("server thread panicked")
+    }
+
+    /// The stored rows, parsed (agency, document, number).
+    pub fn stored(&self) -> Vec<(u32, String, u16)> {
+        stored_rows(&self.storage)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.shutdown.trigger();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Reads a bets file back as (agency, document, number) rows.
+pub fn stored_rows(path: &Path) -> Vec<(u32, String, u16)> {
+    let mut rows = Vec::new();
+    if !path.exists() {
+        return rows;
+    }
+    loteria::storage::for_each_stored(path, |agency, bet| {
+        rows.push((agency, bet.document, bet.number))
+    })
+    .expect("bets file readable");
+    rows
+}
+
+/// A raw protocol peer: sends exactly what a test says and reads replies.
+pub struct Peer {
+    pub conn: Connection,
+}
+
+impl Peer {
+    pub fn connect(addr: SocketAddr) -> Peer {
+        let stream = TcpStream::connect(addr).expect("connect");
+        let conn = Connection::new(stream).expect("wrap");
+        conn.set_timeouts(Some(Duration::from_secs(20)))
+            .expect("timeouts");
+        Peer { conn }
+    }
+
+    pub fn send(&mut self, message: &Message) {
+        self.conn.write_message(message).expect("send");
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        let mut stream = self.conn.stream();
+        stream.write_all(bytes).expect("send bytes");
+    }
+
+    /// The next reply, or `None` if the server closed the connection.
+    pub fn recv(&mut self) -> Option<Message> {
+        self.conn.read_message().expect("a well-formed reply")
+    }
+
+    pub fn request(&mut self, message: &Message) -> Message {
+        self.send(message);
+        self.recv().expect("a reply")
+    }
+
+    pub fn hello(addr: SocketAddr, agency: u32) -> Peer {
+        let mut peer = Peer::connect(addr);
+        assert_eq!(
+            peer.request(&Message::Hello { agency }),
+            Message::Welcome { agency }
+        );
+        peer
+    }
+
+    /// Sends one batch and expects its acknowledgement.
+    pub fn store(&mut self, seq: u64, bets: Vec<Bet>) {
+        let count = bets.len() as u16;
+        assert_eq!(
+            self.request(&Message::Bets { seq, bets }),
+            Message::BetsAck { seq, count }
+        );
+    }
+
+    /// Sends FIN and expects FIN_ACK.
+    pub fn fin(&mut self) -> (u32, u32) {
+        match self.request(&Message::Fin) {
+            Message::FinAck { finished, agencies } => (finished, agencies),
+            other => panic!("expected FIN_ACK, got {other:?}"),
+        }
+    }
+
+    /// Asks for the winners and collects every chunk.
+    pub fn winners(&mut self) -> Vec<String> {
+        self.send(&Message::WinnersQuery);
+        let mut all = Vec::new();
+        loop {
+            match self.recv() {
+                Some(Message::Winners { last, documents }) => {
+                    all.extend(documents);
+                    if last {
+                        return all;
+                    }
+                }
+                other => panic!("expected WINNERS, got {other:?}"),
+            }
+        }
+    }
+}
+
+pub fn date(y: i32, m: u32, d: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(y, m, d).expect("valid date")
+}
+
+pub fn bet(first: &str, document: &str, number: u16) -> Bet {
+    Bet {
+        first_name: first.into(),
+        last_name: "Pérez".into(),
+        document: document.into(),
+        birthdate: date(1990, 5, 17),
+        number,
+    }
+}
+
+/// Writes bets as an agency file (LF line ends).
+pub fn write_agency_file(path: &Path, bets: &[Bet]) {
+    let mut text = String::new();
+    for b in bets {
+        text.push_str(&format!(
+            "{},{},{},{},{}\n",
+            b.first_name,
+            b.last_name,
+            b.document,
+            b.birthdate.format("%Y-%m-%d"),
+            b.number
+        ));
+    }
+    fs::write(path, text).expect("write agency file");
+}
+
+/// A deterministic mock data set: `per_agency[i]` bets for agency `i + 1`, where
+/// every `winner_every`-th bet plays the winning number 7574. Returns the bets and the
+/// expected winners' documents per agency.
+pub fn mock_agencies(per_agency: &[usize], winner_every: usize) -> Vec<(Vec<Bet>, Vec<String>)> {
+    per_agency
+        .iter()
+        .enumerate()
+        .map(|(a, &n)| {
+            let mut winners = Vec::new();
+            let bets = (0..n)
+                .map(|i| {
+                    let document = format!("{}{:06}", a + 1, i);
+                    let number = if i % winner_every == winner_every - 1 {
+                        winners.push(document.clone());
+                        7574
+                    } else {
+                        (i % 7574) as u16
+                    };
+                    bet(&format!("Agencia{} Núñez {i}", a + 1), &document, number)
+                })
+                .collect();
+            (bets, winners)
+        })
+        .collect()
+}
