@@ -676,6 +676,39 @@ where
     Ok(Command::Run(config))
 }
 
+/// The start of both binaries: parses the command line and loads the configuration.
+///
+/// On `--help` prints the help and returns `Err(0)`; on bad arguments or configuration
+/// prints the problem (stderr, and as an `action: config | result: fail` line on
+/// stdout) and returns `Err(2)`: the exit code to use.
+pub fn from_command_line<C, I>(
+    program: &str,
+    default: &str,
+    keys: &[Key],
+    args: I,
+    load: impl FnOnce(&Path) -> Result<C, ConfigError>,
+) -> Result<C, u8>
+where
+    I: IntoIterator<Item = String>,
+{
+    let path = match parse_args(args, default) {
+        Ok(Command::Run(path)) => path,
+        Ok(Command::Help) => {
+            print!("{}", help(program, default, keys));
+            return Err(0);
+        }
+        Err(e) => {
+            eprintln!("{program}: {e}\n\n{}", help(program, default, keys));
+            return Err(2);
+        }
+    };
+    load(&path).map_err(|e| {
+        eprintln!("{program}: {e}");
+        println!("action: config | result: fail | error: {e}");
+        2
+    })
+}
+
 /// The `--help` text: usage and the table of keys.
 pub fn help(program: &str, default: &str, keys: &[Key]) -> String {
     let mut text = format!(

@@ -1,6 +1,6 @@
 //! The central server: one thread per connection, shared storage and the FIN barrier.
 //!
-//! Shared state lives in [`Shared`] behind two mutexes, never held across socket I/O:
+//! Shared state lives in `Shared` behind two mutexes, never held across socket I/O:
 //!
 //! * `ledger` — the bet [`Storage`] plus what decides whether a batch may be stored:
 //!   the last stored `seq` per agency, the agencies that sent `FIN`, and whether the

@@ -7,34 +7,21 @@
 use std::process::ExitCode;
 
 use loteria::client::{self, Outcome};
-use loteria::config::{self, CLIENT_KEYS, ClientConfig, Command};
+use loteria::config::{self, CLIENT_KEYS, ClientConfig};
 use loteria::logging;
 use loteria::shutdown::{Shutdown, SignalThread};
 
-const DEFAULT_CONFIG: &str = "config/client.toml";
-
 fn main() -> ExitCode {
-    let path = match config::parse_args(std::env::args().skip(1), DEFAULT_CONFIG) {
-        Ok(Command::Run(path)) => path,
-        Ok(Command::Help) => {
-            print!("{}", config::help("client", DEFAULT_CONFIG, CLIENT_KEYS));
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!(
-                "client: {e}\n\n{}",
-                config::help("client", DEFAULT_CONFIG, CLIENT_KEYS)
-            );
-            return ExitCode::from(2);
-        }
-    };
-    let config = match ClientConfig::load(&path) {
+    let args = std::env::args().skip(1);
+    let config = match config::from_command_line(
+        "client",
+        "config/client.toml",
+        CLIENT_KEYS,
+        args,
+        ClientConfig::load,
+    ) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("client: {e}");
-            println!("action: config | result: fail | error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return ExitCode::from(code),
     };
     logging::init(config.log_level.filter);
     log::info!("action: config | result: success | {}", config.summary());

@@ -1,36 +1,26 @@
 //! `server [--config FILE]`: the lottery's central server.
+//!
+//! Exit codes: 0 stopped by SIGTERM/SIGINT, 1 could not start or run, 2 bad arguments
+//! or configuration.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
-use loteria::config::{self, Command, SERVER_KEYS, ServerConfig};
+use loteria::config::{self, SERVER_KEYS, ServerConfig};
 use loteria::shutdown::{Shutdown, SignalThread};
 use loteria::{logging, server};
 
-const DEFAULT_CONFIG: &str = "config/server.toml";
-
 fn main() -> ExitCode {
-    let path = match config::parse_args(std::env::args().skip(1), DEFAULT_CONFIG) {
-        Ok(Command::Run(path)) => path,
-        Ok(Command::Help) => {
-            print!("{}", config::help("server", DEFAULT_CONFIG, SERVER_KEYS));
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!(
-                "server: {e}\n\n{}",
-                config::help("server", DEFAULT_CONFIG, SERVER_KEYS)
-            );
-            return ExitCode::from(2);
-        }
-    };
-    let config = match ServerConfig::load(&path) {
+    let args = std::env::args().skip(1);
+    let config = match config::from_command_line(
+        "server",
+        "config/server.toml",
+        SERVER_KEYS,
+        args,
+        ServerConfig::load,
+    ) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("server: {e}");
-            println!("action: config | result: fail | error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return ExitCode::from(code),
     };
     logging::init(config.log_level.filter);
     log::info!("action: config | result: success | {}", config.summary());
