@@ -60,7 +60,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = listener.local_addr()?;
     let shutdown = Shutdown::new();
     let server_shutdown = shutdown.clone();
-    let server = std::thread::spawn(move || server::run(listener, &server_config, &server_shutdown));
+    let server =
+        std::thread::spawn(move || server::run(listener, &server_config, &server_shutdown));
 
     let started = Instant::now();
     let clients: Vec<_> = files
@@ -93,7 +94,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     shutdown.trigger();
     server.join().map_err(|_| "server panicked")??;
     let total = u64::from(agencies) * bets;
-    let stored = std::fs::read_to_string(dir.join("bets.csv"))?.lines().count() as u64;
+    let stored = std::fs::read_to_string(dir.join("bets.csv"))?
+        .lines()
+        .count() as u64;
     std::fs::remove_dir_all(&dir)?;
     assert_eq!(stored, total, "every bet stored once");
     println!(
