@@ -69,6 +69,10 @@ impl From<StorageError> for ServerError {
     }
 }
 
+/// How often an agency waiting for the draw is checked for having left, so that its
+/// thread and connection slot are freed instead of being held until the draw.
+const PROBE_WAITER_EVERY: Duration = Duration::from_millis(250);
+
 /// Binds the listening socket with the configured host, port and listen backlog.
 pub fn bind(config: &ServerConfig) -> Result<TcpListener, ServerError> {
     let io_err = |action| move |source| ServerError::Io { action, source };
@@ -130,11 +134,14 @@ pub fn run(
     let hook = {
         let shared = Arc::clone(&shared);
         shutdown.on_trigger(move || {
-            shared.close_all_connections();
-            {
-                let _barrier = lock(&shared.barrier);
+            // Agencies waiting for the draw are woken to answer SHUTTING_DOWN
+            // themselves; every other socket is shut down so blocked reads return.
+            let waiting: HashSet<u64> = {
+                let barrier = lock(&shared.barrier);
                 shared.drawn.notify_all();
-            }
+                barrier.waiting.iter().map(|w| w.conn_id).collect()
+            };
+            shared.close_connections_except(&waiting);
             wake_acceptor(local);
         })
     };
@@ -143,7 +150,6 @@ pub fn run(
     drop(listener);
     log::info!("action: close_listener | result: success | address: {local}");
 
-    shared.close_all_connections();
     let count = workers.len();
     for worker in workers {
         if worker.join().is_err() {
@@ -319,8 +325,9 @@ impl Shared {
         lock(&self.connections).remove(&id);
     }
 
-    fn close_all_connections(&self) {
-        for stream in lock(&self.connections).values() {
+    fn close_connections_except(&self, keep: &HashSet<u64>) {
+        let connections = lock(&self.connections);
+        for (_, stream) in connections.iter().filter(|(id, _)| !keep.contains(id)) {
             // A stream the peer already closed reports an error; nothing to do then.
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
@@ -709,7 +716,9 @@ impl Session<'_> {
             if barrier.answered.remove(&self.id) {
                 return Ok(Flow::Continue);
             }
-            if shared.shutdown.is_triggered() && !barrier.sending.contains(&self.id) {
+            // While the drawing thread writes to this socket, only it may touch it.
+            let mine = !barrier.sending.contains(&self.id);
+            if mine && shared.shutdown.is_triggered() {
                 barrier.waiting.retain(|w| w.conn_id != self.id);
                 drop(barrier);
                 return self.reply_error(
@@ -717,11 +726,52 @@ impl Session<'_> {
                     "the server is stopping before the draw".into(),
                 );
             }
-            barrier = shared
+            let (guard, wait) = shared
                 .drawn
-                .wait(barrier)
+                .wait_timeout(barrier, PROBE_WAITER_EVERY)
                 .unwrap_or_else(PoisonError::into_inner);
+            barrier = guard;
+            if !wait.timed_out() || barrier.sending.contains(&self.id) {
+                continue;
+            }
+            // Nobody else reads this socket while we wait, so a quick peek tells
+            // whether the agency is still there, without holding the lock.
+            drop(barrier);
+            let left = self.peer_has_left();
+            barrier = lock(&shared.barrier);
+            let answered_meanwhile =
+                barrier.answered.contains(&self.id) || barrier.sending.contains(&self.id);
+            if left && !answered_meanwhile {
+                barrier.waiting.retain(|w| w.conn_id != self.id);
+                log::info!(
+                    "action: winners_wait | result: fail | agency: {agency} | reason: the agency closed the connection before the draw"
+                );
+                return Ok(Flow::Close);
+            }
         }
+    }
+
+    /// Whether the peer has closed its side (or the connection broke). Only for a
+    /// connection that is not otherwise reading: it peeks with a 1 ms timeout.
+    fn peer_has_left(&self) -> bool {
+        let stream = self.conn.stream();
+        if stream
+            .set_read_timeout(Some(Duration::from_millis(1)))
+            .is_err()
+        {
+            return true;
+        }
+        let left = match stream.peek(&mut [0u8; 1]) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+            ),
+        };
+        left || stream
+            .set_read_timeout(Some(self.shared.config.io_timeout))
+            .is_err()
     }
 
     fn not_identified(&mut self) -> Result<Flow, ConnectionError> {
