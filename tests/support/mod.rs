@@ -270,3 +270,5 @@ pub fn mock_agencies(per_agency: &[usize], winner_every: usize) -> Vec<(Vec<Bet>
         })
         .collect()
 }
+pub mod process;
+pub mod wire;

@@ -1,0 +1,306 @@
+//! End-to-end tests of shutdown and failure paths on the real binaries: SIGTERM to the
+//! server while an agency waits for the draw, SIGTERM to a client in the middle of an
+//! upload, and a client with no server to talk to.
+mod support;
+
+use support::process::*;
+use support::*;
+
+/// The position of the first stdout line of `proc` that is `action: <action> | …`.
+fn position(proc: &Proc, lines: &[String], action: &str, result: &str) -> usize {
+    lines
+        .iter()
+        .position(|l| is_log(l, action, result))
+        .unwrap_or_else(|| {
+            panic!(
+                "no `action: {action} | result: {result}` line\n{}",
+                proc.dump()
+            )
+        })
+}
+
+#[test]
+fn sigterm_stops_the_server_while_an_agency_waits_for_the_draw() {
+    let dir = TempDir::new("sig-server");
+    let agencies = mock_agencies(&[30], 7);
+    let path = dir.join("agency-1.csv");
+    write_agency_file(&path, &agencies[0].0);
+    // Two agencies: agency 1 uploads, sends FIN and waits for a draw that never comes.
+    let mut server = Server::start(dir.path(), 2);
+    let mut client = start_client(1, server.addr, &path, &[]);
+    server
+        .proc
+        .wait_for("action: winners_wait | result: in_progress | agency: 1");
+    client.wait_for("action: fin | result: success");
+
+    server.proc.sigterm();
+    let code = server.proc.exit_code();
+    assert_eq!(code, 0, "server exit code\n{}", server.proc.dump());
+
+    let lines = server.proc.stdout_lines();
+    let signal = position(&server.proc, &lines, "signal", "success");
+    let close_listener = position(&server.proc, &lines, "close_listener", "success");
+    let join = position(&server.proc, &lines, "join_connections", "success");
+    let close_storage = position(&server.proc, &lines, "close_storage", "success");
+    let exit = position(&server.proc, &lines, "exit", "success");
+    assert!(
+        signal < close_listener
+            && close_listener < join
+            && join < close_storage
+            && close_storage < exit,
+        "closing lines out of order\n{}",
+        server.proc.dump()
+    );
+    assert!(server.proc.log_lines("sorteo", "success").is_empty());
+    assert!(server.proc.log_lines("exit", "fail").is_empty());
+
+    // The waiting agency cannot get its winners: it fails with a clear error
+    // (SHUTTING_DOWN; see the next test).
+    let client_code = client.exit_code();
+    assert_eq!(client_code, 1, "client exit code\n{}", client.dump());
+    let failed = client.log_lines("exit", "fail");
+    assert_eq!(failed.len(), 1, "{}", client.dump());
+    let error = field(&failed[0], "error").unwrap_or_default();
+    assert!(error.starts_with("winners query: "), "{}", client.dump());
+    let stderr = client.stderr_lines().join("\n");
+    assert!(stderr.contains("winners query: "), "{}", client.dump());
+    assert!(client.log_lines("consulta_ganadores", "success").is_empty());
+
+    // Everything acknowledged before the signal is on disk.
+    assert_eq!(stored_bets(&server.storage).len(), 30);
+}
+
+/// Regression: the shutdown hook used to shut the waiting agency's socket down before
+/// waking its thread, so the SHUTTING_DOWN reply never arrived (a bare close instead).
+#[test]
+fn a_waiting_agency_is_told_the_server_is_shutting_down() {
+    let dir = TempDir::new("sig-shutting-down");
+    let agencies = mock_agencies(&[5], 7);
+    let path = dir.join("agency-1.csv");
+    write_agency_file(&path, &agencies[0].0);
+    let mut server = Server::start(dir.path(), 2);
+    let mut client = start_client(1, server.addr, &path, &[]);
+    server
+        .proc
+        .wait_for("action: winners_wait | result: in_progress | agency: 1");
+    server.stop();
+    assert_eq!(client.exit_code(), 1, "{}", client.dump());
+    let stderr = client.stderr_lines().join("\n");
+    assert!(
+        stderr.contains("SHUTTING_DOWN"),
+        "the client should say the server refused with SHUTTING_DOWN\n{}{}",
+        client.dump(),
+        server.proc.dump()
+    );
+}
+
+#[test]
+fn sigterm_to_an_idle_server_exits_0() {
+    let dir = TempDir::new("sig-idle");
+    let mut server = Server::start(dir.path(), 3);
+    server.stop();
+    let lines = server.proc.stdout_lines();
+    for action in [
+        "close_listener",
+        "join_connections",
+        "close_storage",
+        "close_signal_thread",
+        "exit",
+    ] {
+        position(&server.proc, &lines, action, "success");
+    }
+    assert!(
+        !server
+            .proc
+            .all_lines()
+            .iter()
+            .any(|l| l.contains("result: fail")),
+        "{}",
+        server.proc.dump()
+    );
+}
+
+#[test]
+fn sigterm_to_a_client_mid_upload_keeps_every_acknowledged_bet() {
+    const BETS: usize = 300_000;
+    let dir = TempDir::new("sig-client");
+    let agencies = mock_agencies(&[BETS], 1000);
+    let bets = &agencies[0].0;
+    let path = dir.join("agency-1.csv");
+    write_agency_file(&path, bets);
+
+    // Two agencies, so even a finished upload would leave the client waiting.
+    let mut server = Server::start(dir.path(), 2);
+    let mut client = start_client(1, server.addr, &path, &[("CLI_BATCH_MAX_AMOUNT", "20")]);
+    // Normally the upload takes seconds and reports progress every second; on a
+    // machine fast enough to finish first, the client waits for the draw instead, and
+    // the checks below hold all the same.
+    client.wait_for_lines("showing upload progress", 1, TIMEOUT, |l| {
+        is_log(l, "upload", "in_progress") || is_log(l, "upload", "success")
+    });
+    client.sigterm();
+    let code = client.exit_code();
+    assert_eq!(code, 0, "client exit code\n{}", client.dump());
+    let exit = client.log_lines("exit", "success");
+    assert_eq!(exit.len(), 1, "{}", client.dump());
+    assert_eq!(field(&exit[0], "status"), Some("interrupted"));
+    assert!(!client.log_lines("signal", "success").is_empty());
+    assert!(!client.log_lines("close_connection", "success").is_empty());
+    assert!(
+        !client
+            .all_lines()
+            .iter()
+            .any(|l| l.contains("result: fail")),
+        "{}",
+        client.dump()
+    );
+
+    // Once the server has seen the connection end, every batch it handled is logged.
+    server
+        .proc
+        .wait_for("action: close_connection | result: success");
+    server.stop();
+
+    let acknowledged = acknowledged(&server.proc);
+    assert!(acknowledged > 0, "{}", server.proc.dump());
+    if client.log_lines("upload", "success").is_empty() {
+        assert!(
+            acknowledged < BETS,
+            "interrupted mid-upload, yet all stored"
+        );
+    }
+    assert!(server.proc.log_lines("apuesta_recibida", "fail").is_empty());
+
+    // The file holds exactly the acknowledged bets: the first `acknowledged` lines of
+    // the agency file, in order, each once, and no partial batch.
+    let stored = stored_bets(&server.storage);
+    assert_eq!(stored.len(), acknowledged);
+    for (i, (agency, bet)) in stored.iter().enumerate() {
+        assert_eq!(*agency, 1);
+        assert_eq!(bet, &bets[i], "stored row {}", i + 1);
+    }
+}
+
+#[test]
+fn a_client_without_a_server_exits_1_naming_the_address() {
+    let dir = TempDir::new("sig-noserver");
+    let agencies = mock_agencies(&[3], 7);
+    let path = dir.join("agency-1.csv");
+    write_agency_file(&path, &agencies[0].0);
+    let addr = unused_addr();
+    let mut client = start_client(1, addr, &path, &[("CLI_CONNECT_TIMEOUT", "300ms")]);
+    assert_eq!(client.exit_code(), 1, "{}", client.dump());
+    let stderr = client.stderr_lines().join("\n");
+    assert!(
+        stderr.contains(&format!("cannot connect to server {addr}")),
+        "{}",
+        client.dump()
+    );
+    let failed = client.log_lines("exit", "fail");
+    assert_eq!(failed.len(), 1, "{}", client.dump());
+    assert!(
+        field(&failed[0], "error").is_some_and(|e| e.contains(&addr.to_string())),
+        "{}",
+        client.dump()
+    );
+}
+
+/// The sum of `cantidad` over the server's `apuesta_recibida` success lines.
+fn acknowledged(server: &Proc) -> usize {
+    server
+        .log_lines("apuesta_recibida", "success")
+        .iter()
+        .map(|l| {
+            field(l, "cantidad")
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or_else(|| panic!("no cantidad in {l:?}"))
+        })
+        .sum()
+}
+
+#[test]
+fn sigterm_to_the_server_mid_upload_keeps_every_acknowledged_bet() {
+    const BETS: usize = 200_000;
+    let dir = TempDir::new("sig-server-upload");
+    let agencies = mock_agencies(&[BETS], 1000);
+    let bets = &agencies[0].0;
+    let path = dir.join("agency-1.csv");
+    write_agency_file(&path, bets);
+
+    let mut server = Server::start(dir.path(), 2);
+    let mut client = start_client(1, server.addr, &path, &[("CLI_BATCH_MAX_AMOUNT", "20")]);
+    server
+        .proc
+        .wait_for_lines("of stored batches", 10, TIMEOUT, |l| {
+            is_log(l, "apuesta_recibida", "success")
+        });
+    server.stop();
+    position(
+        &server.proc,
+        &server.proc.stdout_lines(),
+        "close_storage",
+        "success",
+    );
+
+    // The agency lost its server: a clear failure, not a hang and not a success.
+    assert_eq!(client.exit_code(), 1, "{}", client.dump());
+    assert_eq!(
+        client.log_lines("exit", "fail").len(),
+        1,
+        "{}",
+        client.dump()
+    );
+    assert!(!client.stderr_lines().is_empty(), "{}", client.dump());
+
+    let acknowledged = acknowledged(&server.proc);
+    let stored = stored_bets(&server.storage);
+    assert_eq!(stored.len(), acknowledged);
+    for (i, (agency, bet)) in stored.iter().enumerate() {
+        assert_eq!(*agency, 1);
+        assert_eq!(bet, &bets[i], "stored row {}", i + 1);
+    }
+}
+
+#[test]
+fn sigterm_to_a_client_waiting_for_the_draw_exits_0_and_the_draw_still_runs() {
+    let dir = TempDir::new("sig-client-wait");
+    let agencies = mock_agencies(&[12, 40], 5);
+    let paths: Vec<_> = (1..=2)
+        .map(|id| {
+            let path = dir.join(&format!("agency-{id}.csv"));
+            write_agency_file(&path, &agencies[id - 1].0);
+            path
+        })
+        .collect();
+    let mut server = Server::start(dir.path(), 2);
+    let mut client1 = start_client(1, server.addr, &paths[0], &[]);
+    server
+        .proc
+        .wait_for("action: winners_wait | result: in_progress | agency: 1");
+    client1.sigterm();
+    assert_eq!(client1.exit_code(), 0, "{}", client1.dump());
+    let exit = client1.log_lines("exit", "success");
+    assert_eq!(exit.len(), 1, "{}", client1.dump());
+    assert_eq!(field(&exit[0], "status"), Some("interrupted"));
+    assert!(
+        client1
+            .log_lines("consulta_ganadores", "success")
+            .is_empty()
+    );
+
+    // Agency 1 is gone but its FIN counts: agency 2's FIN runs the draw, and the
+    // server answers agency 2 although agency 1's socket is closed.
+    let mut client2 = start_client(2, server.addr, &paths[1], &[]);
+    assert_eq!(client2.exit_code(), 0, "{}", client2.dump());
+    let winners = client2.log_lines("consulta_ganadores", "success");
+    assert_eq!(winners.len(), 1, "{}", client2.dump());
+    let expected = agencies[1].1.len().to_string();
+    assert_eq!(
+        field(&winners[0], "cant_ganadores"),
+        Some(expected.as_str())
+    );
+    assert_eq!(server.proc.log_lines("sorteo", "success").len(), 1);
+
+    server.stop();
+    assert_eq!(stored_bets(&server.storage).len(), 12 + 40);
+}
