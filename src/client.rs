@@ -355,6 +355,16 @@ impl<'a> Agency<'a> {
     }
 }
 
+impl Drop for Agency<'_> {
+    fn drop(&mut self) {
+        self.conn.close();
+        log::info!(
+            "action: close_connection | result: success | client_id: {}",
+            self.config.id
+        );
+    }
+}
+
 fn unexpected(stage: &'static str, got: &Message) -> ClientError {
     let mut got = format!("{got:?}");
     if got.len() > 200 {

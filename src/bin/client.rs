@@ -53,7 +53,7 @@ fn run(config: &ClientConfig) -> Result<Outcome, Box<dyn std::error::Error>> {
     let result = client::run(config, &shutdown);
     signals.stop();
     log::info!(
-        "action: close_connection | result: success | client_id: {}",
+        "action: close_signal_thread | result: success | client_id: {}",
         config.id
     );
     Ok(result?)
