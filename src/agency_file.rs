@@ -11,12 +11,16 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 
 use crate::bet::{Bet, MAX_NUMBER};
+
+/// The longest line read into memory; a longer one cannot be a bet that fits one
+/// frame, so it is reported and skipped without being held whole.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
 /// An open agency file.
 pub struct AgencyFile {
@@ -173,6 +177,27 @@ impl AgencyFile {
     }
 }
 
+/// Consumes input up to and including the next line break (or the end); returns
+/// `Ok(true)` so the caller reports the over-long line.
+fn skip_rest_of_line(reader: &mut BufReader<File>) -> io::Result<bool> {
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(true);
+        }
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                reader.consume(i + 1);
+                return Ok(true);
+            }
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
+    }
+}
+
 /// Splits one CSV line into trimmed fields, honouring double quotes.
 fn split_fields(text: &str) -> Result<Vec<String>, String> {
     let mut fields = Vec::with_capacity(5);
@@ -212,18 +237,35 @@ impl Iterator for AgencyFile {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             self.buf.clear();
-            match self.reader.read_until(b'\n', &mut self.buf) {
+            let limit = (MAX_LINE_BYTES + 1) as u64;
+            let read = match (&mut self.reader)
+                .take(limit)
+                .read_until(b'\n', &mut self.buf)
+            {
                 Ok(0) => return None,
-                Ok(_) => {}
+                Ok(_) if self.buf.len() > MAX_LINE_BYTES && !self.buf.ends_with(b"\n") => {
+                    skip_rest_of_line(&mut self.reader)
+                }
+                Ok(_) => Ok(false),
+                Err(e) => Err(e),
+            };
+            self.line += 1;
+            match read {
+                Ok(false) => {}
+                Ok(true) => {
+                    let line = self.line;
+                    return Some(Ok(
+                        self.bad(line, format!("line longer than {MAX_LINE_BYTES} bytes"))
+                    ));
+                }
                 Err(source) => {
                     return Some(Err(AgencyFileError {
                         path: self.path.clone(),
-                        line: self.line + 1,
+                        line: self.line,
                         source,
                     }));
                 }
             }
-            self.line += 1;
             let mut bytes = self.buf.as_slice();
             bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
             bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
@@ -345,6 +387,28 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_over_long_line_is_skipped_without_reading_it_whole() {
+        let mut bytes = b"Ana,Paz,1,2000-01-01,1\n".to_vec();
+        bytes.extend(std::iter::repeat_n(b'x', 3 * MAX_LINE_BYTES));
+        bytes.extend_from_slice(b"\nEva,Ro,2,1990-05-05,5\n");
+        let path = file_with("long", &bytes);
+        let lines = read(&path);
+        assert!(matches!(lines[0], Line::Bet { line: 1, .. }));
+        match &lines[1] {
+            Line::Invalid(bad) => {
+                assert_eq!(bad.line, 2);
+                assert_eq!(
+                    bad.reason,
+                    format!("line longer than {MAX_LINE_BYTES} bytes")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(lines[2], Line::Bet { line: 3, .. }));
+        assert_eq!(lines.len(), 3);
     }
 
     #[test]

@@ -13,6 +13,13 @@ pub const MAX_NUMBER: u16 = 9999;
 /// The longest document (DNI) accepted, in digits.
 pub const MAX_DOCUMENT_DIGITS: usize = 8;
 
+/// The earliest birthdate accepted (1900-01-01): anything before is a typo, not a
+/// bettor.
+pub const EARLIEST_BIRTHDATE: NaiveDate = match NaiveDate::from_ymd_opt(1900, 1, 1) {
+    Some(date) => date,
+    None => NaiveDate::MIN, // Unreachable: 1900-01-01 is a valid date.
+};
+
 /// Identifies an agency ("agencia de quiniela"); agencies are numbered `1..=N`.
 pub type AgencyId = u32;
 
@@ -50,6 +57,8 @@ pub enum BetError {
     BadDocument(String),
     /// The birthdate is today or in the future.
     FutureBirthdate(NaiveDate),
+    /// The birthdate is before [`EARLIEST_BIRTHDATE`]: not a real person's.
+    AncientBirthdate(NaiveDate),
     /// The number is above 9999.
     NumberOutOfRange(u16),
 }
@@ -67,6 +76,9 @@ impl fmt::Display for BetError {
             ),
             BetError::FutureBirthdate(date) => {
                 write!(f, "birthdate {date} is not in the past")
+            }
+            BetError::AncientBirthdate(date) => {
+                write!(f, "birthdate {date} is before {EARLIEST_BIRTHDATE}")
             }
             BetError::NumberOutOfRange(n) => {
                 write!(f, "number {n} is not in 0..={MAX_NUMBER}")
@@ -87,6 +99,9 @@ impl Bet {
         }
         if self.birthdate >= today {
             return Err(BetError::FutureBirthdate(self.birthdate));
+        }
+        if self.birthdate < EARLIEST_BIRTHDATE {
+            return Err(BetError::AncientBirthdate(self.birthdate));
         }
         if self.number > MAX_NUMBER {
             return Err(BetError::NumberOutOfRange(self.number));
@@ -222,6 +237,13 @@ mod tests {
         let mut b = bet(1);
         b.birthdate = today;
         assert_eq!(b.validate(today), Err(BetError::FutureBirthdate(today)));
+        b.birthdate = date(1899, 12, 31);
+        assert_eq!(
+            b.validate(today),
+            Err(BetError::AncientBirthdate(date(1899, 12, 31)))
+        );
+        b.birthdate = date(1900, 1, 1);
+        assert_eq!(b.validate(today), Ok(()));
         assert_eq!(
             bet(10000).validate(today),
             Err(BetError::NumberOutOfRange(10000))

@@ -4,10 +4,12 @@
 //! [`run`] blocks until the work is done, fails, or `shutdown` is triggered (which shuts
 //! the stream down so that any blocked read or write returns at once).
 
+use std::collections::hash_map::RandomState;
 use std::fmt;
+use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::{Shutdown as Both, SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::agency_file::{AgencyFile, AgencyFileError, Line};
 use crate::bet::{self, Bet};
@@ -131,6 +133,8 @@ struct Agency<'a> {
     config: &'a ClientConfig,
     shutdown: &'a Shutdown,
     conn: Connection,
+    /// This run's upload id (see `Message::Hello`).
+    upload: u64,
     _close_on_shutdown: HookGuard,
 }
 
@@ -144,14 +148,14 @@ impl<'a> Agency<'a> {
             stage: "connect",
             source: ConnectionError::Write(source),
         };
-        let closer = stream.try_clone().map_err(connection_error)?;
+        let mut conn = Connection::new(stream).map_err(connection_error)?;
+        conn.set_timeouts(Some(config.io_timeout))
+            .map_err(connection_error)?;
+        let closer = conn.shared_stream();
         let hook = shutdown.on_trigger(move || {
             // Unblocks any read or write in progress; errors mean it is closed already.
             let _ = closer.shutdown(Both::Both);
         });
-        let conn = Connection::new(stream).map_err(connection_error)?;
-        conn.set_timeouts(Some(config.io_timeout))
-            .map_err(connection_error)?;
         log::info!(
             "action: connect | result: success | client_id: {} | server_address: {}",
             config.id,
@@ -161,6 +165,7 @@ impl<'a> Agency<'a> {
             config,
             shutdown,
             conn,
+            upload: new_upload_id(),
             _close_on_shutdown: hook,
         })
     }
@@ -187,7 +192,8 @@ impl<'a> Agency<'a> {
 
     fn hello(&mut self) -> Result<(), ClientError> {
         let agency = self.config.id;
-        self.send("hello", &Message::Hello { agency })?;
+        let upload = self.upload;
+        self.send("hello", &Message::Hello { agency, upload })?;
         match self.receive("hello")? {
             Message::Welcome { agency: a } if a == agency => Ok(()),
             other => Err(unexpected("hello", &other)),
@@ -306,8 +312,7 @@ impl<'a> Agency<'a> {
         self.send("winners query", &Message::WinnersQuery)?;
         // The answer waits for every other agency: no timeout here (SIGTERM still ends it).
         self.conn
-            .stream()
-            .set_read_timeout(None)
+            .set_timeouts(None)
             .map_err(|source| ClientError::Connection {
                 stage: "winners query",
                 source: ConnectionError::Write(source),
@@ -378,6 +383,18 @@ fn unexpected(stage: &'static str, got: &Message) -> ClientError {
     ClientError::Unexpected { stage, got }
 }
 
+/// A fresh random upload id: std's `RandomState` is seeded randomly per process; the
+/// clock and the process id make two runs in one process differ too.
+fn new_upload_id() -> u64 {
+    let mut hasher = RandomState::new().build_hasher();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
 fn rate(count: u64, since: Instant) -> f64 {
     let secs = since.elapsed().as_secs_f64();
     if secs > 0.0 { count as f64 / secs } else { 0.0 }
@@ -428,8 +445,7 @@ fn try_connect(address: &str, deadline: Instant) -> io::Result<TcpStream> {
             .max(Duration::from_millis(100));
         match TcpStream::connect_timeout(&addr, budget) {
             Ok(stream) => {
-                // Small request/reply frames: do not let Nagle delay them.
-                stream.set_nodelay(true)?;
+                crate::connection::tune(&stream)?;
                 return Ok(stream);
             }
             Err(e) => last = e,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use log::LevelFilter;
 
-use crate::bet::{AgencyId, Bet, MAX_NUMBER};
+use crate::bet::{AgencyId, Bet, BetError, MAX_NUMBER};
 
 /// One configuration key: its TOML path, environment variable and default.
 #[derive(Debug, Clone, Copy)]
@@ -626,20 +626,23 @@ fn single_bet(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Bet>, Confi
         number: parsed_number,
     };
     bet.validate(crate::bet::today()).map_err(|e| {
-        let var = match e {
-            crate::bet::BetError::EmptyName {
+        let (var, value) = match e {
+            BetError::EmptyName {
                 field: "first_name",
             }
-            | crate::bet::BetError::ControlCharacter {
+            | BetError::ControlCharacter {
                 field: "first_name",
-            } => "NOMBRE",
-            crate::bet::BetError::EmptyName { .. }
-            | crate::bet::BetError::ControlCharacter { .. } => "APELLIDO",
-            crate::bet::BetError::BadDocument(_) => "DOCUMENTO",
-            crate::bet::BetError::FutureBirthdate(_) => "NACIMIENTO",
-            crate::bet::BetError::NumberOutOfRange(_) => "NUMERO",
+            } => ("NOMBRE", &first_name),
+            BetError::EmptyName { .. } | BetError::ControlCharacter { .. } => {
+                ("APELLIDO", &last_name)
+            }
+            BetError::BadDocument(_) => ("DOCUMENTO", &document),
+            BetError::FutureBirthdate(_) | BetError::AncientBirthdate(_) => {
+                ("NACIMIENTO", &birthdate)
+            }
+            BetError::NumberOutOfRange(_) => ("NUMERO", &number),
         };
-        invalid(var, "", e.to_string())
+        invalid(var, value, e.to_string())
     })?;
     Ok(Some(bet))
 }
@@ -704,7 +707,13 @@ where
     };
     load(&path).map_err(|e| {
         eprintln!("{program}: {e}");
-        println!("action: config | result: fail | error: {e}");
+        // The logger needs the config's level, so this one line is formatted by hand.
+        let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string();
+        let message = format!("action: config | result: fail | error: {e}");
+        println!(
+            "{}",
+            crate::logging::format_line(&now, log::Level::Error, &format_args!("{message}"))
+        );
         2
     })
 }

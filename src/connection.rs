@@ -1,29 +1,73 @@
 //! [`Connection`]: one TCP stream that speaks the protocol, frame by frame.
 //!
-//! It owns the [`TcpStream`], buffers reads, and writes each frame with one
-//! `write_all`. End of stream between frames is `Ok(None)`; inside a frame it is an
-//! error ([`FrameError::Truncated`]).
+//! It owns the [`TcpStream`] (shared through an [`Arc`], so that the server can keep a
+//! handle for shutdown without another file descriptor), buffers reads, and writes
+//! each frame with one `write_all`. End of stream between frames is `Ok(None)`; inside
+//! a frame it is an error ([`FrameError::Truncated`]).
+//!
+//! The read timeout is a deadline for a *whole frame*: a peer that trickles a frame
+//! in one byte at a time cannot keep a connection (and its thread) forever.
 
 use std::fmt;
-use std::io::{self, BufReader, Write};
-use std::net::{Shutdown as Both, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::io::{self, BufReader, Read, Write};
+use std::net::{Shutdown as Both, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::protocol::{self, DecodeError, EncodeError, Frame, FrameError, Message};
 
 /// A protocol connection over TCP.
 #[derive(Debug)]
 pub struct Connection {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: BufReader<DeadlineReader>,
+    stream: Arc<TcpStream>,
+    frame_timeout: Option<Duration>,
     out: Vec<u8>,
-    peer: Option<SocketAddr>,
+}
+
+/// Reads from the shared stream, failing with `TimedOut` once `deadline` has passed.
+#[derive(Debug)]
+struct DeadlineReader {
+    stream: Arc<TcpStream>,
+    deadline: Option<Instant>,
+}
+
+impl Read for DeadlineReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let timeout = match self.deadline {
+            None => None,
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "frame deadline passed",
+                    ));
+                }
+            },
+        };
+        self.stream.set_read_timeout(timeout)?;
+        (&*self.stream).read(buf)
+    }
+}
+
+/// TCP options every protocol connection uses: no Nagle delay for the small
+/// request/reply frames, and keepalive probes so that a peer that vanished without
+/// closing (a crashed host, a cut cable) is noticed within about a minute even while
+/// one side only waits (an agency waiting for the draw).
+pub fn tune(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
 /// A connection-level failure.
 #[derive(Debug)]
 pub enum ConnectionError {
-    /// The byte stream broke (I/O error, truncated frame, bad header).
+    /// The byte stream broke (I/O error, truncated frame, bad header, timeout).
     Frame(FrameError),
     /// A frame arrived whose payload makes no sense.
     Decode(DecodeError),
@@ -78,36 +122,40 @@ impl From<FrameError> for ConnectionError {
 }
 
 impl Connection {
-    /// Wraps a connected stream.
+    /// Wraps a connected stream (no timeouts until [`Connection::set_timeouts`]).
     pub fn new(stream: TcpStream) -> io::Result<Connection> {
-        let peer = stream.peer_addr().ok();
-        let reader = BufReader::new(stream.try_clone()?);
+        let stream = Arc::new(stream);
         Ok(Connection {
-            reader,
-            writer: stream,
+            reader: BufReader::new(DeadlineReader {
+                stream: Arc::clone(&stream),
+                deadline: None,
+            }),
+            stream,
+            frame_timeout: None,
             out: Vec::with_capacity(protocol::MAX_FRAME_LEN),
-            peer,
         })
     }
 
-    /// The remote address, when the OS still knew it at connection time.
-    pub fn peer(&self) -> Option<SocketAddr> {
-        self.peer
-    }
-
-    /// The underlying stream (to set timeouts or clone it for a shutdown hook).
+    /// The underlying stream (to set options or write raw bytes).
     pub fn stream(&self) -> &TcpStream {
-        &self.writer
+        &self.stream
     }
 
-    /// Sets both the read and the write timeout (`None`: block forever).
-    pub fn set_timeouts(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.writer.set_read_timeout(timeout)?;
-        self.writer.set_write_timeout(timeout)
+    /// Another handle to the same stream (same socket, no new file descriptor).
+    pub fn shared_stream(&self) -> Arc<TcpStream> {
+        Arc::clone(&self.stream)
+    }
+
+    /// Sets the time allowed to receive each whole frame (counted from the start of
+    /// [`Connection::read_frame`]) and the write timeout; `None` waits forever.
+    pub fn set_timeouts(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.frame_timeout = timeout;
+        self.stream.set_write_timeout(timeout)
     }
 
     /// Reads the next raw frame; `Ok(None)` at a clean end of stream.
     pub fn read_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        self.reader.get_mut().deadline = self.frame_timeout.map(|t| Instant::now() + t);
         protocol::read_frame(&mut self.reader)
     }
 
@@ -125,29 +173,28 @@ impl Connection {
         message
             .encode_into(&mut self.out)
             .map_err(ConnectionError::Encode)?;
-        self.writer
+        (&*self.stream)
             .write_all(&self.out)
             .map_err(ConnectionError::Write)
     }
 
     /// Writes an already encoded frame (used to echo a frame back unchanged).
     pub fn write_frame(&mut self, frame: &Frame) -> Result<(), ConnectionError> {
-        self.writer
+        (&*self.stream)
             .write_all(&frame.to_bytes())
             .map_err(ConnectionError::Write)
     }
 
-    /// Shuts both directions of the stream down; blocked reads on any clone return.
+    /// Shuts both directions of the stream down; blocked reads on any handle return.
     pub fn close(&self) {
         // Already closed by the peer or by a shutdown hook: nothing left to do.
-        let _ = self.writer.shutdown(Both::Both);
+        let _ = self.stream.shutdown(Both::Both);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
     use std::net::TcpListener;
 
     fn pair() -> (Connection, TcpStream) {
@@ -161,13 +208,21 @@ mod tests {
     #[test]
     fn reads_frames_and_a_clean_end() {
         let (mut conn, mut peer) = pair();
-        let mut bytes = Message::Hello { agency: 2 }.encode().expect("encodes");
+        let mut bytes = Message::Hello {
+            agency: 2,
+            upload: 1,
+        }
+        .encode()
+        .expect("encodes");
         Message::Fin.encode_into(&mut bytes).expect("encodes");
         peer.write_all(&bytes).expect("send");
         drop(peer);
         assert_eq!(
             conn.read_message().expect("ok"),
-            Some(Message::Hello { agency: 2 })
+            Some(Message::Hello {
+                agency: 2,
+                upload: 1,
+            })
         );
         assert_eq!(conn.read_message().expect("ok"), Some(Message::Fin));
         assert_eq!(conn.read_message().expect("ok"), None);
@@ -176,13 +231,18 @@ mod tests {
     #[test]
     fn end_inside_a_frame_is_an_error() {
         let (mut conn, mut peer) = pair();
-        let bytes = Message::Hello { agency: 2 }.encode().expect("encodes");
+        let bytes = Message::Hello {
+            agency: 2,
+            upload: 1,
+        }
+        .encode()
+        .expect("encodes");
         peer.write_all(&bytes[..6]).expect("send");
         drop(peer);
         assert!(matches!(
             conn.read_message(),
             Err(ConnectionError::Frame(FrameError::Truncated {
-                expected: 8,
+                expected: 16,
                 got: 6
             }))
         ));
@@ -199,5 +259,28 @@ mod tests {
             .expect("timeouts");
         let err = conn.read_message().expect_err("nothing sent");
         assert!(err.is_timeout(), "{err}");
+    }
+
+    #[test]
+    fn a_trickled_frame_hits_the_frame_deadline() {
+        let (mut conn, mut peer) = pair();
+        conn.set_timeouts(Some(Duration::from_millis(300)))
+            .expect("timeouts");
+        let bytes = Message::Echo(vec![7; 64]).encode().expect("encodes");
+        let writer = std::thread::spawn(move || {
+            // One byte every 20 ms: each read succeeds, the whole frame takes 1.3 s.
+            for byte in bytes {
+                if peer.write_all(&[byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let err = conn
+            .read_message()
+            .expect_err("deadline for the whole frame");
+        assert!(err.is_timeout(), "{err}");
+        conn.close();
+        writer.join().expect("writer");
     }
 }

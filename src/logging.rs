@@ -15,6 +15,24 @@ pub fn format_line(
     format!("{timestamp} {level:<8} {message}")
 }
 
+/// Makes untrusted text (a peer's reason, a line of a file) safe inside a log line:
+/// `|` would fake a field separator and a line break a whole new line, so `|`
+/// becomes `¦` and control characters are escaped.
+pub fn sanitize(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c == '|' || c.is_control()) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut clean = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '|' => clean.push('¦'),
+            c if c.is_control() => clean.extend(c.escape_default()),
+            c => clean.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(clean)
+}
+
 /// Installs the logger at `level`. Calling it again is harmless (the first call wins).
 pub fn init(level: LevelFilter) {
     let _ = env_logger::Builder::new()
@@ -48,5 +66,14 @@ mod tests {
         );
         let line = format_line("t", log::Level::Error, &format_args!("x"));
         assert_eq!(line, "t ERROR    x");
+    }
+
+    #[test]
+    fn untrusted_text_cannot_forge_fields_or_lines() {
+        assert_eq!(sanitize("plain text, ñandú"), "plain text, ñandú");
+        assert_eq!(
+            sanitize("x | action: sorteo | result: success\nfake"),
+            "x ¦ action: sorteo ¦ result: success\\nfake"
+        );
     }
 }

@@ -187,6 +187,9 @@ pub enum Message {
     Hello {
         /// The agency's id, `1..=N`.
         agency: AgencyId,
+        /// Identifies one run of the agency's upload (random per run): batch `seq`
+        /// numbers, and so replay detection, are per (agency, upload).
+        upload: u64,
     },
     /// Agency → server: one batch of bets, numbered `seq`.
     Bets {
@@ -516,9 +519,11 @@ impl Message {
 
     fn encode_payload(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         match self {
-            Message::Hello { agency } | Message::Welcome { agency } => {
+            Message::Hello { agency, upload } => {
                 out.extend_from_slice(&agency.to_be_bytes());
+                out.extend_from_slice(&upload.to_be_bytes());
             }
+            Message::Welcome { agency } => out.extend_from_slice(&agency.to_be_bytes()),
             Message::Bets { seq, bets } => {
                 out.extend_from_slice(&seq.to_be_bytes());
                 let count = u16::try_from(bets.len()).map_err(|_| EncodeError::FieldTooLong {
@@ -568,7 +573,10 @@ impl Message {
             message: name,
         };
         let message = match kind {
-            kind::HELLO => Message::Hello { agency: r.u32()? },
+            kind::HELLO => Message::Hello {
+                agency: r.u32()?,
+                upload: r.u64()?,
+            },
             kind::WELCOME => Message::Welcome { agency: r.u32()? },
             kind::BETS => {
                 let seq = r.u64()?;
@@ -823,8 +831,14 @@ mod tests {
 
     fn all_messages() -> Vec<Message> {
         vec![
-            Message::Hello { agency: 3 },
-            Message::Hello { agency: u32::MAX },
+            Message::Hello {
+                agency: 3,
+                upload: 0x0102_0304_0506_0708,
+            },
+            Message::Hello {
+                agency: u32::MAX,
+                upload: u64::MAX,
+            },
             Message::Bets {
                 seq: 1,
                 bets: vec![bet("Ana", "30904465", 7574)],
@@ -909,8 +923,15 @@ mod tests {
                 .join(" ")
         };
         assert_eq!(
-            hex(&Message::Hello { agency: 3 }),
-            "01 01 00 04 00 00 00 03"
+            hex(&Message::Hello {
+                agency: 3,
+                upload: 0x0102_0304_0506_0708
+            }),
+            "01 01 00 0c 00 00 00 03 01 02 03 04 05 06 07 08"
+        );
+        assert_eq!(
+            hex(&Message::Welcome { agency: 3 }),
+            "01 81 00 04 00 00 00 03"
         );
         let ana = Bet {
             first_name: "Ana".into(),
@@ -1002,14 +1023,23 @@ mod tests {
     #[test]
     fn two_frames_back_to_back_read_one_at_a_time() {
         let mut bytes = Message::Fin.encode().expect("encodes");
-        Message::Hello { agency: 1 }
-            .encode_into(&mut bytes)
-            .expect("encodes");
+        Message::Hello {
+            agency: 1,
+            upload: 9,
+        }
+        .encode_into(&mut bytes)
+        .expect("encodes");
         let mut reader = &bytes[..];
         let first = read_frame(&mut reader).expect("ok").expect("frame");
         let second = read_frame(&mut reader).expect("ok").expect("frame");
         assert_eq!(first.decode(), Ok(Message::Fin));
-        assert_eq!(second.decode(), Ok(Message::Hello { agency: 1 }));
+        assert_eq!(
+            second.decode(),
+            Ok(Message::Hello {
+                agency: 1,
+                upload: 9
+            })
+        );
         assert!(read_frame(&mut reader).expect("ok").is_none());
     }
 
@@ -1036,7 +1066,7 @@ mod tests {
             Err(DecodeError::UnknownKind(0x42))
         );
         assert!(matches!(
-            Message::decode(kind::HELLO, &[0, 0, 0, 1, 9]),
+            Message::decode(kind::HELLO, &[0, 0, 0, 1, 9, 9, 9, 9, 9, 9, 9, 9, 9]),
             Err(DecodeError::Malformed { .. })
         ));
         assert!(matches!(

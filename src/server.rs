@@ -27,7 +27,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::bet::{self, AgencyId, Bet, DrawResult};
 use crate::config::ServerConfig;
 use crate::connection::{Connection, ConnectionError};
-use crate::protocol::{self, ErrorCode, Frame, FrameError, Message};
+use crate::logging;
+use crate::protocol::{self, ErrorCode, Frame, FrameError, Message, kind};
 use crate::shutdown::{Shutdown, lock};
 use crate::storage::{self, Storage, StorageError};
 
@@ -72,6 +73,9 @@ impl From<StorageError> for ServerError {
 /// How often an agency waiting for the draw is checked for having left, so that its
 /// thread and connection slot are freed instead of being held until the draw.
 const PROBE_WAITER_EVERY: Duration = Duration::from_millis(250);
+
+/// How long the drawing thread may block writing to one waiting agency.
+const WAITER_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Binds the listening socket with the configured host, port and listen backlog.
 pub fn bind(config: &ServerConfig) -> Result<TcpListener, ServerError> {
@@ -158,8 +162,9 @@ pub fn run(
     }
     log::info!("action: join_connections | result: success | threads: {count}");
     drop(hook);
-    // The hook is gone and every worker joined: this is the last reference, and
-    // dropping it closes the bets file.
+    // Every worker is joined and the hook unregistered, so once a hook call still
+    // running on the signal thread (if any) returns, this is the last reference and
+    // the bets file closes with it.
     drop(shared);
     log::info!(
         "action: close_storage | result: success | path: {}",
@@ -194,14 +199,21 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) -> Vec<JoinHandle<(
         }
         next_id += 1;
         let id = next_id;
-        if !shared.register(id, &stream) {
+        let conn = match Connection::new(stream) {
+            Ok(conn) => conn,
+            Err(e) => {
+                log::warn!("action: open_connection | result: fail | peer: {peer} | error: {e}");
+                continue;
+            }
+        };
+        if !shared.register(id, conn.shared_stream()) {
             break; // Shutdown began between accept and registration.
         }
         let worker_shared = Arc::clone(shared);
         let spawned = thread::Builder::new()
             .name(format!("conn-{id}"))
             .spawn(move || {
-                Session::serve(&worker_shared, stream, id, peer);
+                Session::serve(&worker_shared, conn, id, peer);
                 worker_shared.unregister(id);
             });
         match spawned {
@@ -261,12 +273,13 @@ struct Shared {
     ledger: Mutex<Ledger>,
     barrier: Mutex<Barrier>,
     drawn: Condvar,
-    connections: Mutex<HashMap<u64, TcpStream>>,
+    connections: Mutex<HashMap<u64, Arc<TcpStream>>>,
 }
 
 struct Ledger {
     storage: Storage,
-    last_seq: HashMap<AgencyId, u64>,
+    /// The highest stored `seq` of each upload (agency, upload id).
+    last_seq: HashMap<(AgencyId, u64), u64>,
     finished: BTreeSet<AgencyId>,
     drawn: bool,
 }
@@ -277,8 +290,9 @@ struct Barrier {
     waiting: Vec<Waiter>,
     /// Connections the drawing thread is writing winners to right now.
     sending: HashSet<u64>,
-    /// Connections that have been answered and not yet noticed it.
-    answered: HashSet<u64>,
+    /// Connections that have been answered (`true`) or whose answer could not be
+    /// written (`false`), and have not yet noticed it.
+    answered: HashMap<u64, bool>,
 }
 
 type DrawOutcome = Result<Arc<DrawResult>, String>;
@@ -286,7 +300,7 @@ type DrawOutcome = Result<Arc<DrawResult>, String>;
 struct Waiter {
     conn_id: u64,
     agency: AgencyId,
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
 }
 
 enum Stored {
@@ -302,23 +316,15 @@ enum Refusal {
 
 impl Shared {
     /// Records a stream so shutdown can close it; `false` if shutdown already began.
-    fn register(&self, id: u64, stream: &TcpStream) -> bool {
+    fn register(&self, id: u64, stream: Arc<TcpStream>) -> bool {
         let mut connections = lock(&self.connections);
         // Checked under the lock the shutdown hook takes: either the hook sees this
         // stream, or we see the flag it set before running.
         if self.shutdown.is_triggered() {
             return false;
         }
-        match stream.try_clone() {
-            Ok(clone) => {
-                connections.insert(id, clone);
-                true
-            }
-            Err(e) => {
-                log::error!("action: register_connection | result: fail | error: {e}");
-                false
-            }
-        }
+        connections.insert(id, stream);
+        true
     }
 
     fn unregister(&self, id: u64) {
@@ -335,7 +341,13 @@ impl Shared {
 
     /// Stores a validated batch unless the agency finished, the draw ran, or it is a
     /// replay of a batch already stored.
-    fn store(&self, agency: AgencyId, seq: u64, bets: &[Bet]) -> Result<Stored, Refusal> {
+    fn store(
+        &self,
+        agency: AgencyId,
+        upload: u64,
+        seq: u64,
+        bets: &[Bet],
+    ) -> Result<Stored, Refusal> {
         let mut ledger = lock(&self.ledger);
         if ledger.drawn {
             return Err(Refusal::DrawDone);
@@ -343,14 +355,15 @@ impl Shared {
         if ledger.finished.contains(&agency) {
             return Err(Refusal::AgencyFinished);
         }
-        if let Some(&last) = ledger.last_seq.get(&agency).filter(|&&last| seq <= last) {
+        let key = (agency, upload);
+        if let Some(&last) = ledger.last_seq.get(&key).filter(|&&last| seq <= last) {
             return Ok(Stored::Replay { last });
         }
         ledger
             .storage
             .append(agency, bets)
             .map_err(Refusal::Storage)?;
-        ledger.last_seq.insert(agency, seq);
+        ledger.last_seq.insert(key, seq);
         Ok(Stored::New)
     }
 
@@ -401,16 +414,28 @@ impl Shared {
             barrier.sending.extend(waiters.iter().map(|w| w.conn_id));
             waiters
         };
+        let mut delivered = Vec::with_capacity(waiters.len());
         for waiter in &waiters {
-            let sent = winners_reply(&outcome, waiter.agency)
-                .iter()
-                .try_for_each(|message| protocol::write_message(&mut &waiter.stream, message));
+            // A waiter that does not read must not hold up the others for long.
+            let timeout = self.config.io_timeout.min(WAITER_WRITE_TIMEOUT);
+            let sent = waiter
+                .stream
+                .set_write_timeout(Some(timeout))
+                .and_then(|()| {
+                    winners_reply(&outcome, waiter.agency)
+                        .iter()
+                        .try_for_each(|m| protocol::write_message(&mut &*waiter.stream, m))
+                });
+            let _ = waiter
+                .stream
+                .set_write_timeout(Some(self.config.io_timeout));
             log_winners_sent(waiter.agency, &outcome, sent.as_ref().err());
+            delivered.push((waiter.conn_id, sent.is_ok()));
         }
         let mut barrier = lock(&self.barrier);
-        for waiter in &waiters {
-            barrier.sending.remove(&waiter.conn_id);
-            barrier.answered.insert(waiter.conn_id);
+        for (conn_id, ok) in delivered {
+            barrier.sending.remove(&conn_id);
+            barrier.answered.insert(conn_id, ok);
         }
         self.drawn.notify_all();
     }
@@ -453,20 +478,15 @@ struct Session<'a> {
     id: u64,
     peer: SocketAddr,
     agency: Option<AgencyId>,
+    /// The upload id the agency gave in its `HELLO`.
+    upload: u64,
 }
 
 impl Session<'_> {
-    fn serve(shared: &Shared, stream: TcpStream, id: u64, peer: SocketAddr) {
-        let conn = match Connection::new(stream) {
-            Ok(conn) => conn,
-            Err(e) => {
-                log::warn!("action: open_connection | result: fail | peer: {peer} | error: {e}");
-                return;
-            }
-        };
+    fn serve(shared: &Shared, mut conn: Connection, id: u64, peer: SocketAddr) {
         let configured = conn
             .set_timeouts(Some(shared.config.io_timeout))
-            .and_then(|()| conn.stream().set_nodelay(true));
+            .and_then(|()| crate::connection::tune(conn.stream()));
         if let Err(e) = configured {
             log::warn!("action: open_connection | result: fail | peer: {peer} | error: {e}");
             return;
@@ -478,6 +498,7 @@ impl Session<'_> {
             id,
             peer,
             agency: None,
+            upload: 0,
         };
         let reason = session.conversation();
         session.conn.close();
@@ -533,16 +554,25 @@ impl Session<'_> {
     }
 
     fn handle(&mut self, frame: Frame) -> Result<Flow, ConnectionError> {
+        let needs_hello = matches!(frame.kind, kind::BETS | kind::FIN | kind::WINNERS_QUERY);
+        if needs_hello && self.agency.is_none() {
+            return self.not_identified();
+        }
         let message = match frame.decode() {
             Ok(message) => message,
-            Err(e) => return self.reply_error(e.code(), e.to_string()),
+            Err(e) => {
+                if frame.kind == kind::BETS {
+                    self.log_batch_refused(&frame.payload, &e.to_string());
+                }
+                return self.reply_error(e.code(), e.to_string());
+            }
         };
         match message {
             Message::Echo(_) => {
                 self.conn.write_frame(&frame)?;
                 Ok(Flow::Continue)
             }
-            Message::Hello { agency } => self.hello(agency),
+            Message::Hello { agency, upload } => self.hello(agency, upload),
             Message::Bets { seq, bets } => self.bets(seq, bets),
             Message::Fin => self.fin(),
             Message::WinnersQuery => self.winners(),
@@ -553,11 +583,29 @@ impl Session<'_> {
         }
     }
 
+    /// Logs a refused `BETS` frame, with its count read straight from the payload
+    /// (it may not decode).
+    fn log_batch_refused(&self, payload: &[u8], reason: &str) {
+        let count = payload
+            .get(8..10)
+            .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
+        log::warn!(
+            "action: apuesta_recibida | result: fail | cantidad: {count} | agency: {} | reason: {}",
+            self.agency_label(),
+            logging::sanitize(reason)
+        );
+    }
+
+    fn agency_label(&self) -> String {
+        self.agency.map_or("-".to_string(), |a| a.to_string())
+    }
+
     fn reply_error(&mut self, code: ErrorCode, reason: String) -> Result<Flow, ConnectionError> {
         log::warn!(
-            "action: request | result: fail | peer: {} | agency: {} | code: {code} | reason: {reason}",
+            "action: request | result: fail | peer: {} | agency: {} | code: {code} | reason: {}",
             self.peer,
-            self.agency.map_or("-".to_string(), |a| a.to_string()),
+            self.agency_label(),
+            logging::sanitize(&reason)
         );
         self.conn.write_message(&Message::Error { code, reason })?;
         Ok(if code.closes_connection() {
@@ -567,7 +615,7 @@ impl Session<'_> {
         })
     }
 
-    fn hello(&mut self, agency: AgencyId) -> Result<Flow, ConnectionError> {
+    fn hello(&mut self, agency: AgencyId, upload: u64) -> Result<Flow, ConnectionError> {
         let agencies = self.shared.config.agencies;
         if !(1..=agencies).contains(&agency) {
             return self.reply_error(
@@ -582,8 +630,9 @@ impl Session<'_> {
             ),
             _ => {
                 self.agency = Some(agency);
+                self.upload = upload;
                 log::info!(
-                    "action: hello | result: success | agency: {agency} | peer: {}",
+                    "action: hello | result: success | agency: {agency} | upload: {upload:016x} | peer: {}",
                     self.peer
                 );
                 self.conn.write_message(&Message::Welcome { agency })?;
@@ -597,61 +646,66 @@ impl Session<'_> {
             return self.not_identified();
         };
         let count = bets.len();
+        // The batch was decoded from a u16 count, so `count` fits a u16.
+        let ack = Message::BetsAck {
+            seq,
+            count: u16::try_from(count).unwrap_or(u16::MAX),
+        };
         let today = bet::today();
         let invalid = bets.iter().enumerate().find_map(|(i, b)| {
             b.validate(today)
                 .err()
                 .map(|e| format!("bet {}: {e}", i + 1))
         });
-        let refusal = match invalid {
-            Some(reason) => Some((ErrorCode::InvalidBet, reason)),
-            None => match self.shared.store(agency, seq, &bets) {
-                Ok(Stored::New) => None,
+        let (code, reason) = match invalid {
+            Some(reason) => (ErrorCode::InvalidBet, reason),
+            None => match self.shared.store(agency, self.upload, seq, &bets) {
+                Ok(Stored::New) => {
+                    log::info!(
+                        "action: apuesta_recibida | result: success | cantidad: {count} | agency: {agency} | seq: {seq}"
+                    );
+                    if let [single] = bets.as_slice() {
+                        log::info!(
+                            "action: apuesta_almacenada | result: success | dni: {} | numero: {}",
+                            single.document,
+                            single.number
+                        );
+                    }
+                    self.conn.write_message(&ack)?;
+                    return Ok(Flow::Continue);
+                }
                 Ok(Stored::Replay { last }) => {
                     log::warn!(
-                        "action: batch_replay | result: success | agency: {agency} | seq: {seq} | last_stored: {last}"
+                        "action: batch_replay | result: success | agency: {agency} | upload: {:016x} | seq: {seq} | last_stored: {last} | cantidad: {count}",
+                        self.upload
                     );
-                    None
+                    self.conn.write_message(&ack)?;
+                    return Ok(Flow::Continue);
                 }
-                Err(Refusal::DrawDone) => Some((
+                Err(Refusal::DrawDone) => (
                     ErrorCode::DrawDone,
                     "the draw has already run; no more bets are accepted".to_string(),
-                )),
-                Err(Refusal::AgencyFinished) => Some((
+                ),
+                Err(Refusal::AgencyFinished) => (
                     ErrorCode::AgencyFinished,
                     format!("agency {agency} already sent FIN; no more bets are accepted"),
-                )),
+                ),
                 Err(Refusal::Storage(e)) => {
                     log::error!(
                         "action: store_bets | result: fail | agency: {agency} | seq: {seq} | error: {e}"
                     );
-                    Some((
+                    (
                         ErrorCode::Internal,
                         format!("could not store the batch: {e}"),
-                    ))
+                    )
                 }
             },
         };
-        if let Some((code, reason)) = refusal {
-            log::warn!(
-                "action: apuesta_recibida | result: fail | cantidad: {count} | agency: {agency} | seq: {seq} | reason: {reason}"
-            );
-            return self.reply_error(code, reason);
-        }
-        log::info!(
-            "action: apuesta_recibida | result: success | cantidad: {count} | agency: {agency} | seq: {seq}"
+        log::warn!(
+            "action: apuesta_recibida | result: fail | cantidad: {count} | agency: {agency} | seq: {seq} | reason: {}",
+            logging::sanitize(&reason)
         );
-        if let [single] = bets.as_slice() {
-            log::info!(
-                "action: apuesta_almacenada | result: success | dni: {} | numero: {}",
-                single.document,
-                single.number
-            );
-        }
-        // The batch was decoded from a u16 count, so `count` fits a u16.
-        let count = u16::try_from(count).unwrap_or(u16::MAX);
-        self.conn.write_message(&Message::BetsAck { seq, count })?;
-        Ok(Flow::Continue)
+        self.reply_error(code, reason)
     }
 
     fn fin(&mut self) -> Result<Flow, ConnectionError> {
@@ -663,12 +717,15 @@ impl Session<'_> {
         log::info!(
             "action: fin | result: success | agency: {agency} | finished: {finished} | agencies: {agencies}"
         );
+        // Acknowledge first: the drawing agency does not wait for the draw to hear
+        // that its FIN counted.
+        let acked = self
+            .conn
+            .write_message(&Message::FinAck { finished, agencies });
         if draw_now {
             self.shared.draw_and_answer();
         }
-        self.conn
-            .write_message(&Message::FinAck { finished, agencies })?;
-        Ok(Flow::Continue)
+        acked.map(|()| Flow::Continue)
     }
 
     fn winners(&mut self) -> Result<Flow, ConnectionError> {
@@ -702,19 +759,20 @@ impl Session<'_> {
                 None => Ok(Flow::Continue),
             };
         }
-        let stream = match self.conn.stream().try_clone() {
-            Ok(stream) => stream,
-            Err(e) => return Err(ConnectionError::Write(e)),
-        };
         barrier.waiting.push(Waiter {
             conn_id: self.id,
             agency,
-            stream,
+            stream: self.conn.shared_stream(),
         });
         log::info!("action: winners_wait | result: in_progress | agency: {agency}");
         loop {
-            if barrier.answered.remove(&self.id) {
-                return Ok(Flow::Continue);
+            if let Some(delivered) = barrier.answered.remove(&self.id) {
+                // A half-written answer leaves the stream unusable: close it.
+                return Ok(if delivered {
+                    Flow::Continue
+                } else {
+                    Flow::Close
+                });
             }
             // While the drawing thread writes to this socket, only it may touch it.
             let mine = !barrier.sending.contains(&self.id);
@@ -740,7 +798,7 @@ impl Session<'_> {
             let left = self.peer_has_left();
             barrier = lock(&shared.barrier);
             let answered_meanwhile =
-                barrier.answered.contains(&self.id) || barrier.sending.contains(&self.id);
+                barrier.answered.contains_key(&self.id) || barrier.sending.contains(&self.id);
             if left && !answered_meanwhile {
                 barrier.waiting.retain(|w| w.conn_id != self.id);
                 log::info!(

@@ -92,12 +92,20 @@ impl Shutdown {
     {
         let id = self.inner.next_hook.fetch_add(1, Ordering::SeqCst);
         let hook: Arc<Hook> = Arc::new(Box::new(hook));
-        lock(&self.inner.hooks).push((id, Arc::clone(&hook)));
-        // Checked after registering: a trigger that raced with us has either seen the
-        // hook in the list or set the flag before this load.
-        if self.is_triggered() {
-            hook();
+        {
+            let mut hooks = lock(&self.inner.hooks);
+            // Checked under the lock `trigger` takes *after* setting the flag: either
+            // the flag is already set (run the hook here, do not list it) or
+            // `trigger` will find the hook in the list. Never both, never neither.
+            if !self.is_triggered() {
+                hooks.push((id, Arc::clone(&hook)));
+                return HookGuard {
+                    inner: Arc::clone(&self.inner),
+                    id,
+                };
+            }
         }
+        hook();
         HookGuard {
             inner: Arc::clone(&self.inner),
             id,

@@ -126,6 +126,8 @@ fn impossible_dates_sent_as_raw_bytes_are_invalid_bets() {
         (1990, 0, 10),
         (1990, 1, 0),
         (1990, 1, 32),
+        (1899, 12, 31),
+        (1, 1, 1),
     ] {
         let batch = [
             good_raw_bet("2", 7574),
@@ -141,11 +143,11 @@ fn impossible_dates_sent_as_raw_bytes_are_invalid_bets() {
         assert_eq!(server.stored().len(), 1, "{y}-{m}-{d}: nothing stored");
     }
 
-    // Real but unusual past dates are fine: leap days, old years.
+    // Real but unusual past dates are fine: leap days, the earliest accepted day.
     let batch = [
         raw_bet("Ana", "Paz", "5", (2000, 2, 29), 7574),
         raw_bet("Ana", "Paz", "6", (1904, 2, 29), 2),
-        raw_bet("Ana", "Paz", "7", (1, 1, 1), 7574),
+        raw_bet("Ana", "Paz", "7", (1900, 1, 1), 7574),
     ];
     peer.send_bytes(&bets_frame(2, &batch));
     assert_eq!(peer.recv(), Some(Message::BetsAck { seq: 2, count: 3 }));

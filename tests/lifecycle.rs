@@ -262,7 +262,10 @@ fn a_connection_over_max_connections_gets_server_busy() {
     assert!(reason.contains('2'), "reason names the limit: {reason}");
     expect_closed(&mut third);
     let mut fourth = Peer::connect(server.addr);
-    fourth.send(&Message::Hello { agency: 3 });
+    fourth.send(&Message::Hello {
+        agency: 3,
+        upload: 0,
+    });
     expect_error(&mut fourth, ErrorCode::ServerBusy);
     expect_closed(&mut fourth);
 
@@ -276,7 +279,10 @@ fn a_connection_over_max_connections_gets_server_busy() {
     let mut admitted = None;
     for _ in 0..400 {
         let mut peer = Peer::connect(server.addr);
-        peer.send(&Message::Hello { agency: 3 });
+        peer.send(&Message::Hello {
+            agency: 3,
+            upload: 0,
+        });
         match recv_or_close(&mut peer) {
             Some(Message::Welcome { agency: 3 }) => {
                 admitted = Some(peer);
@@ -388,7 +394,10 @@ fn an_agency_that_leaves_while_held_frees_its_connection_slot() {
     let mut admitted = None;
     for _ in 0..200 {
         let mut peer = Peer::connect(server.addr);
-        peer.send(&Message::Hello { agency: 3 });
+        peer.send(&Message::Hello {
+            agency: 3,
+            upload: 0,
+        });
         match recv_or_close(&mut peer) {
             Some(Message::Welcome { agency: 3 }) => {
                 admitted = Some(peer);

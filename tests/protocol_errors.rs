@@ -13,7 +13,7 @@ use support::*;
 /// The connection still works after a non-closing error: HELLO gets WELCOME.
 fn assert_still_usable(peer: &mut Peer, agency: u32) {
     assert_eq!(
-        peer.request(&Message::Hello { agency }),
+        peer.request(&Message::Hello { agency, upload: 0 }),
         Message::Welcome { agency },
         "the connection must go on after a non-closing error"
     );
@@ -240,7 +240,28 @@ fn malformed_payloads_get_malformed_and_the_conversation_goes_on() {
         ("BETS with 4 bytes", frame(kind::BETS, &[0, 0, 0, 1])),
         ("WINNERS with last = 2", frame(kind::WINNERS, &[2, 0, 0])),
     ];
+    // Before HELLO, a request that needs one is refused as NOT_IDENTIFIED whatever its
+    // payload; the others are decoded and refused as MALFORMED.
+    let needs_hello =
+        |bytes: &[u8]| matches!(bytes[1], kind::BETS | kind::FIN | kind::WINNERS_QUERY);
     for (what, bytes) in &cases {
+        peer.send_bytes(bytes);
+        let expected = if needs_hello(bytes) {
+            ErrorCode::NotIdentified
+        } else {
+            ErrorCode::Malformed
+        };
+        match peer.recv() {
+            Some(Message::Error { code, .. }) if code == expected => {}
+            other => panic!("{what}: expected {expected}, got {other:?}"),
+        }
+    }
+    // Still in sync and still usable, and not identified by any of the above.
+    peer.send(&Message::Fin);
+    expect_error(&mut peer, ErrorCode::NotIdentified);
+    assert_still_usable(&mut peer, 1);
+    // Identified now: the same payloads are MALFORMED, and none of them counts.
+    for (what, bytes) in cases.iter().filter(|(_, b)| needs_hello(b)) {
         peer.send_bytes(bytes);
         match peer.recv() {
             Some(Message::Error {
@@ -250,10 +271,6 @@ fn malformed_payloads_get_malformed_and_the_conversation_goes_on() {
             other => panic!("{what}: expected MALFORMED, got {other:?}"),
         }
     }
-    // Still in sync and still usable, and not identified by any of the above.
-    peer.send(&Message::Fin);
-    expect_error(&mut peer, ErrorCode::NotIdentified);
-    assert_still_usable(&mut peer, 1);
     peer.store(1, vec![bet("Ana", "7", 7)]);
     assert_eq!(server.stored(), vec![(1, "7".to_string(), 7)]);
     server.stop().expect("clean stop");
@@ -289,7 +306,10 @@ fn garbage_on_one_connection_does_not_disturb_another_agency() {
                     2 => {
                         // Pretends to be agency 1, then sends a half batch and leaves.
                         assert_eq!(
-                            peer.request(&Message::Hello { agency: 1 }),
+                            peer.request(&Message::Hello {
+                                agency: 1,
+                                upload: 0
+                            }),
                             Message::Welcome { agency: 1 }
                         );
                         let whole = bets_frame(1000 + round, &[good_raw_bet("99999999", 7574)]);
@@ -361,7 +381,7 @@ fn hello_outside_one_to_n_gets_unknown_agency() {
     let server = TestServer::start(server_config(dir.path(), 3));
     let mut peer = Peer::connect(server.addr);
     for agency in [0u32, 4, 5, u32::MAX] {
-        peer.send(&Message::Hello { agency });
+        peer.send(&Message::Hello { agency, upload: 0 });
         let reason = expect_error(&mut peer, ErrorCode::UnknownAgency);
         assert!(reason.contains(&agency.to_string()), "{reason}");
     }
@@ -370,7 +390,10 @@ fn hello_outside_one_to_n_gets_unknown_agency() {
     expect_error(&mut peer, ErrorCode::NotIdentified);
     assert_still_usable(&mut peer, 3);
     // A bound connection asking for an unknown agency is refused and stays bound.
-    peer.send(&Message::Hello { agency: 0 });
+    peer.send(&Message::Hello {
+        agency: 0,
+        upload: 0,
+    });
     expect_error(&mut peer, ErrorCode::UnknownAgency);
     assert_eq!(peer.fin(), (1, 3));
     server.stop().expect("clean stop");
@@ -382,10 +405,16 @@ fn a_second_hello_is_welcome_for_the_same_agency_and_refused_for_another() {
     let server = TestServer::start(server_config(dir.path(), 3));
     let mut peer = Peer::hello(server.addr, 2);
     assert_eq!(
-        peer.request(&Message::Hello { agency: 2 }),
+        peer.request(&Message::Hello {
+            agency: 2,
+            upload: 0
+        }),
         Message::Welcome { agency: 2 }
     );
-    peer.send(&Message::Hello { agency: 3 });
+    peer.send(&Message::Hello {
+        agency: 3,
+        upload: 0,
+    });
     let reason = expect_error(&mut peer, ErrorCode::AlreadyIdentified);
     assert!(
         reason.contains('2'),

@@ -146,7 +146,7 @@ pub struct Peer {
 impl Peer {
     pub fn connect(addr: SocketAddr) -> Peer {
         let stream = TcpStream::connect(addr).expect("connect");
-        let conn = Connection::new(stream).expect("wrap");
+        let mut conn = Connection::new(stream).expect("wrap");
         conn.set_timeouts(Some(Duration::from_secs(20)))
             .expect("timeouts");
         Peer { conn }
@@ -171,10 +171,12 @@ impl Peer {
         self.recv().expect("a reply")
     }
 
+    /// Connects and binds to `agency` with upload id 0: every `Peer` of an agency
+    /// belongs to the same upload, so a resent `seq` is a replay across connections.
     pub fn hello(addr: SocketAddr, agency: u32) -> Peer {
         let mut peer = Peer::connect(addr);
         assert_eq!(
-            peer.request(&Message::Hello { agency }),
+            peer.request(&Message::Hello { agency, upload: 0 }),
             Message::Welcome { agency }
         );
         peer

@@ -30,9 +30,11 @@ pub fn raw_frame(version: u8, kind: u8, len: u16, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `HELLO(agency)` as bytes.
+/// `HELLO(agency, upload 0)` as bytes.
 pub fn hello_frame(agency: u32) -> Vec<u8> {
-    frame(kind::HELLO, &agency.to_be_bytes())
+    let mut payload = agency.to_be_bytes().to_vec();
+    payload.extend_from_slice(&0u64.to_be_bytes());
+    frame(kind::HELLO, &payload)
 }
 
 /// One bet as wire bytes, with the date given as raw numbers (so impossible dates can
