@@ -249,7 +249,7 @@ impl<'a> Agency<'a> {
                         "action: leer_apuesta | result: fail | client_id: {id} | file: {} | line: {} | reason: {}",
                         bad.path.display(),
                         bad.line,
-                        bad.reason
+                        crate::logging::sanitize(&bad.reason)
                     );
                     skipped += 1;
                     continue;
