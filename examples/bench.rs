@@ -38,7 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for i in 0..bets {
             text.push_str(&format!(
                 "Tiago Nicolás,Núñez,{:08},1990-05-17,{}\r\n",
-                i + u64::from(a) * 10_000_000,
+                (u64::from(a) * 1_000_000 + i) % 100_000_000,
                 i % 10_000
             ));
         }
