@@ -230,9 +230,36 @@ impl<'a> Agency<'a> {
     }
 
     fn upload(&mut self, file: AgencyFile) -> Result<Outcome, ClientError> {
+        self.hello()?;
+        let skipped = match self.stream_file(file) {
+            Ok(Some(skipped)) => skipped,
+            Ok(None) => return Ok(Outcome::Interrupted),
+            Err(
+                refused @ ClientError::Refused {
+                    code: ErrorCode::DrawDone | ErrorCode::AgencyFinished,
+                    ..
+                },
+            ) => {
+                // The bets are refused, but the agency is entitled to its winners:
+                // ask for them (FIN counts once) and still fail the run.
+                log::error!(
+                    "action: upload | result: fail | client_id: {} | error: {refused}",
+                    self.config.id
+                );
+                self.finish_and_get_winners()?;
+                return Err(refused);
+            }
+            Err(e) => return Err(e),
+        };
+        self.finish_and_get_winners()?;
+        Ok(Outcome::Completed { skipped })
+    }
+
+    /// Streams the agency file in batches, each acknowledged before the next is sent.
+    /// Returns how many invalid lines were skipped, or `None` if shutdown interrupted.
+    fn stream_file(&mut self, file: AgencyFile) -> Result<Option<u64>, ClientError> {
         let id = self.config.id;
         let max_amount = usize::from(self.config.batch_max_amount);
-        self.hello()?;
         let started = Instant::now();
         let mut last_progress = started;
         let mut batch: Vec<Bet> = Vec::with_capacity(max_amount.min(1024));
@@ -240,7 +267,7 @@ impl<'a> Agency<'a> {
         let (mut seq, mut sent, mut skipped) = (0u64, 0u64, 0u64);
         for line in file {
             if self.shutdown.is_triggered() {
-                return Ok(Outcome::Interrupted);
+                return Ok(None);
             }
             let (line, bet) = match line.map_err(ClientError::AgencyFile)? {
                 Line::Bet { line, bet } => (line, bet),
@@ -270,8 +297,9 @@ impl<'a> Agency<'a> {
                 || protocol::bets_frame_len(batch_len + len) > protocol::MAX_FRAME_LEN;
             if full {
                 seq += 1;
-                sent += batch.len() as u64;
+                let count = batch.len() as u64;
                 self.send_batch(seq, std::mem::take(&mut batch))?;
+                sent += count;
                 batch_len = 0;
                 if last_progress.elapsed() >= PROGRESS_EVERY {
                     last_progress = Instant::now();
@@ -286,8 +314,9 @@ impl<'a> Agency<'a> {
         }
         if !batch.is_empty() {
             seq += 1;
-            sent += batch.len() as u64;
+            let count = batch.len() as u64;
             self.send_batch(seq, batch)?;
+            sent += count;
         }
         log::info!(
             "action: upload | result: success | client_id: {id} | bets_sent: {sent} | batches: {seq} | skipped: {skipped} | elapsed: {} | rate: {:.0} bets/s",
@@ -296,8 +325,7 @@ impl<'a> Agency<'a> {
             )),
             rate(sent, started)
         );
-        self.finish_and_get_winners()?;
-        Ok(Outcome::Completed { skipped })
+        Ok(Some(skipped))
     }
 
     fn finish_and_get_winners(&mut self) -> Result<(), ClientError> {

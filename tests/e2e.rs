@@ -493,3 +493,37 @@ fn echo_loop_gets_every_message_back() {
     assert_no_failures(&[&client, &server.proc]);
     assert!(stored_bets(&server.storage).is_empty());
 }
+
+/// After the draw, re-running an agency's client gets its bets refused (DRAW_DONE, a
+/// clear error, exit 1) and still the same winners as the first time; nothing more
+/// is stored. A client that had already sent FIN (AGENCY_FINISHED) is treated alike.
+#[test]
+fn a_client_rerun_after_the_draw_is_refused_and_gets_the_same_winners() {
+    let dir = TempDir::new("e2e-rerun");
+    let agencies = mock_agencies(&[60, 40], 7);
+    let files = write_files(&dir, &agencies);
+    let mut server = Server::start(dir.path(), 2);
+    let mut first: Vec<Proc> = (0..2)
+        .map(|i| start_client(i as u32 + 1, server.addr, &files[i], &[]))
+        .collect();
+    for client in &mut first {
+        assert_eq!(client.exit_code(), 0, "{}", client.dump());
+    }
+    let expected = cant_ganadores(&first[0]);
+    assert_eq!(expected, agencies[0].1.len());
+
+    let mut again = start_client(1, server.addr, &files[0], &[]);
+    assert_eq!(again.exit_code(), 1, "{}", again.dump());
+    assert_eq!(cant_ganadores(&again), expected, "{}", again.dump());
+    let failed = again.log_lines("exit", "fail");
+    assert_eq!(failed.len(), 1, "{}", again.dump());
+    assert!(failed[0].contains("DRAW_DONE"), "{}", again.dump());
+    assert!(
+        again.stderr_lines().join("\n").contains("DRAW_DONE"),
+        "{}",
+        again.dump()
+    );
+    server.stop();
+    assert_eq!(stored_bets(&server.storage).len(), 100);
+    assert_eq!(server.proc.log_lines("sorteo", "success").len(), 1);
+}
