@@ -17,10 +17,11 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::io;
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -417,14 +418,16 @@ impl Shared {
         let mut delivered = Vec::with_capacity(waiters.len());
         for waiter in &waiters {
             // A waiter that does not read must not hold up the others for long.
-            let timeout = self.config.io_timeout.min(WAITER_WRITE_TIMEOUT);
-            let sent = waiter
-                .stream
-                .set_write_timeout(Some(timeout))
-                .and_then(|()| {
-                    winners_reply(&outcome, waiter.agency)
-                        .iter()
-                        .try_for_each(|m| protocol::write_message(&mut &*waiter.stream, m))
+            // One deadline for the whole answer, not per write call: a waiter that
+            // reads a little now and then must not hold the others up either.
+            let deadline = Instant::now() + self.config.io_timeout.min(WAITER_WRITE_TIMEOUT);
+            let sent = winners_reply(&outcome, waiter.agency)
+                .iter()
+                .try_for_each(|m| {
+                    let bytes = m
+                        .encode()
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                    write_all_before(&waiter.stream, &bytes, deadline)
                 });
             let _ = waiter
                 .stream
@@ -439,6 +442,25 @@ impl Shared {
         }
         self.drawn.notify_all();
     }
+}
+
+/// `write_all` that fails with `TimedOut` once `deadline` has passed, however the
+/// peer paces its reads.
+fn write_all_before(stream: &TcpStream, mut buf: &[u8], deadline: Instant) -> io::Result<()> {
+    while !buf.is_empty() {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "answer deadline passed"))?;
+        stream.set_write_timeout(Some(left))?;
+        match (&*stream).write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The messages that answer `agency`'s winners query once the draw is done.
@@ -511,6 +533,11 @@ impl Session<'_> {
     /// Serves requests until the connection ends; returns why it ended.
     fn conversation(&mut self) -> String {
         loop {
+            // A waiter answered by a draw that raced with shutdown kept its socket
+            // open (the hook spares waiting sockets): do not serve it further.
+            if self.shared.shutdown.is_triggered() {
+                return "shutdown".into();
+            }
             let frame = match self.conn.read_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) if self.shared.shutdown.is_triggered() => return "shutdown".into(),

@@ -92,12 +92,21 @@ impl Storage {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir).map_err(|e| io_err("create the directory of", e))?;
         }
+        let existed = path.exists();
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(path)
             .map_err(|e| io_err("open", e))?;
+        if !existed {
+            // A new file's directory entry must be durable too, or a crash could lose
+            // the whole file with every batch acknowledged into it.
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            File::open(dir.unwrap_or(Path::new(".")))
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err("sync the directory of", e))?;
+        }
         let len = complete_length(&mut file).map_err(|e| io_err("read", e))?;
         let on_disk = file.metadata().map_err(|e| io_err("inspect", e))?.len();
         if len != on_disk {

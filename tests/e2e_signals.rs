@@ -187,7 +187,7 @@ fn a_client_without_a_server_exits_1_naming_the_address() {
     let agencies = mock_agencies(&[3], 7);
     let path = dir.join("agency-1.csv");
     write_agency_file(&path, &agencies[0].0);
-    let addr = unused_addr();
+    let (_held, addr) = unused_addr();
     let mut client = start_client(1, addr, &path, &[("CLI_CONNECT_TIMEOUT", "300ms")]);
     assert_eq!(client.exit_code(), 1, "{}", client.dump());
     let stderr = client.stderr_lines().join("\n");

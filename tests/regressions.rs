@@ -280,16 +280,25 @@ fn drain(stream: &TcpStream) -> (usize, bool) {
     }
 }
 
-/// Regression: the drawing thread used to write every waiting agency's winners with
-/// the full `io_timeout` (60 s) per blocked write, and only sent the N-th agency's
-/// FIN_ACK after the draw. One agency that asked for its winners and then stopped
-/// reading (an answer bigger than the socket buffers) held up the FIN_ACK of the last
-/// agency and the answers of every other waiting agency for a minute or more.
-#[test]
-fn a_waiting_agency_that_stops_reading_does_not_hold_up_the_others() {
+/// How the big-answer agency of [`lottery_with_a_bad_reader`] reads its answer.
+#[derive(Clone, Copy)]
+enum BadReader {
+    /// Never reads.
+    Stalled,
+    /// Reads `bytes` every `pause`: always making a little progress.
+    Slow { bytes: usize, pause: Duration },
+}
+
+/// Three agencies; agency 1 has 100 000 winners (an answer of about 900 KB, more than
+/// the socket buffers) and reads it as `reader` says; agency 2 reads normally. Agency
+/// 3's FIN must be acknowledged and agency 2 must get its whole answer within 120 s,
+/// and the server must give up on agency 1 (close after part of the answer).
+fn lottery_with_a_bad_reader(name: &str, reader: BadReader) {
     const WINNERS: usize = 100_000;
-    let dir = TempDir::new("reg-stalled-waiter");
-    let server = TestServer::start(with_timeout(&dir, 3, Duration::from_secs(60)));
+    let dir = TempDir::new(name);
+    // A regression to "io_timeout per blocked write" would stall 600 s, far past the
+    // 120 s agency 2 waits below.
+    let server = TestServer::start(with_timeout(&dir, 3, Duration::from_secs(600)));
 
     // Agency 1: 100 000 winning bets, so its answer is about 900 KB.
     let documents: Vec<String> = (0..WINNERS).map(|i| format!("{i:08}")).collect();
@@ -301,11 +310,21 @@ fn a_waiting_agency_that_stops_reading_does_not_hold_up_the_others() {
     drop(uploader);
     // Then it finishes on a fresh connection with small buffers (on the busy upload
     // connection the server's send buffer has grown to megabytes).
-    let mut stalled = connect_small_buffers(server.addr, 1);
-    assert_eq!(stalled.fin(), (1, 3));
-    // Asks, and from now on never reads the answer.
-    stalled.send(&Message::WinnersQuery);
-    expect_no_reply_within(&mut stalled, HOLD); // held (nothing arrived, nothing read)
+    let mut bad = connect_small_buffers(server.addr, 1);
+    assert_eq!(bad.fin(), (1, 3));
+    bad.send(&Message::WinnersQuery);
+    expect_no_reply_within(&mut bad, HOLD); // held (nothing arrived, nothing read)
+    let bad_stream = bad.conn.stream().try_clone().expect("clone test socket");
+    let hurry = Arc::new(AtomicBool::new(false));
+    let bad_reader = {
+        let hurry = Arc::clone(&hurry);
+        thread::spawn(move || match reader {
+            BadReader::Stalled => None,
+            BadReader::Slow { bytes, pause } => {
+                Some(drain_slowly(&bad_stream, bytes, pause, &hurry))
+            }
+        })
+    };
 
     // Agency 2 asks too and reads normally.
     let mut two = Peer::hello(server.addr, 2);
@@ -322,15 +341,19 @@ fn a_waiting_agency_that_stops_reading_does_not_hold_up_the_others() {
     expect_no_reply_within(&mut two, HOLD);
 
     // Agency 3's FIN runs the draw: its FIN_ACK comes at once, and agency 2 gets its
-    // complete answer, each within the peers' 20 s read timeout (a 60 s stall on
-    // agency 1's socket would exceed it).
+    // complete answer.
     let mut three = Peer::hello(server.addr, 3);
     assert_eq!(three.fin(), (3, 3));
+    two.conn
+        .set_timeouts(Some(Duration::from_secs(120)))
+        .expect("timeouts");
     let chunks = collect_chunks(&mut two);
     assert_eq!(
         sorted(&flatten(&chunks)),
         vec!["2000001".to_string(), "2000003".into()]
     );
+    // The point is made: a slow reader may now drain the rest at full speed.
+    hurry.store(true, Ordering::SeqCst);
 
     // The server gave up on agency 1: what it had managed to send is followed by a
     // close, and it is less than the whole answer (so the stall really happened).
@@ -338,8 +361,11 @@ fn a_waiting_agency_that_stops_reading_does_not_hold_up_the_others() {
         .iter()
         .map(|m| m.encode().expect("encodes").len())
         .sum();
-    let (received, closed) = drain(stalled.conn.stream());
-    eprintln!("stalled agency received {received} of {full} bytes, closed: {closed}");
+    let (received, closed) = match bad_reader.join().expect("reader thread") {
+        Some(result) => result,
+        None => drain(bad.conn.stream()),
+    };
+    eprintln!("agency 1 received {received} of {full} bytes, closed: {closed}");
     assert!(
         received < full,
         "agency 1 got its whole {full}-byte answer: the socket buffers held it, so the \
@@ -347,11 +373,64 @@ fn a_waiting_agency_that_stops_reading_does_not_hold_up_the_others() {
     );
     assert!(
         closed,
-        "the stalled agency's connection is still open after {received} of {full} \
-         bytes: the server did not give up on it"
+        "agency 1's connection is still open after {received} of {full} bytes: the \
+         server did not give up on it"
     );
     assert_eq!(server.stored().len(), WINNERS + 3);
     stop_bounded(server);
+}
+
+/// Reads `bytes` every `pause` (without pausing once `hurry` is set) until the server
+/// closes the stream (or [`TIMEOUT`] passes without a byte); returns how many bytes
+/// came and whether it was closed.
+fn drain_slowly(
+    stream: &TcpStream,
+    bytes: usize,
+    pause: Duration,
+    hurry: &AtomicBool,
+) -> (usize, bool) {
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .expect("read timeout");
+    let mut buf = vec![0u8; bytes];
+    let mut received = 0;
+    loop {
+        match (&*stream).read(&mut buf) {
+            Ok(0) => return (received, true),
+            Ok(n) => received += n,
+            Err(e) if is_close(&e) => return (received, true),
+            Err(_) => return (received, false),
+        }
+        if !hurry.load(Ordering::SeqCst) {
+            thread::sleep(pause);
+        }
+    }
+}
+
+/// Regression: the drawing thread used to write every waiting agency's winners with
+/// the full `io_timeout` (60 s) per blocked write, and only sent the N-th agency's
+/// FIN_ACK after the draw. One agency that asked for its winners and then stopped
+/// reading (an answer bigger than the socket buffers) held up the FIN_ACK of the last
+/// agency and the answers of every other waiting agency for a minute or more.
+#[test]
+fn a_waiting_agency_that_stops_reading_does_not_hold_up_the_others() {
+    lottery_with_a_bad_reader("reg-stalled-waiter", BadReader::Stalled);
+}
+
+/// Regression: the 2 s limit on writing to a waiting agency was a socket write
+/// timeout, which restarts at every `write` call. An agency that read a little every
+/// now and then (here 2 KiB every 500 ms: the 900 KB answer would take 4 minutes)
+/// held up every other agency's winners for as long as it liked. Now one deadline
+/// covers the whole answer.
+#[test]
+fn a_waiting_agency_that_reads_slowly_does_not_hold_up_the_others() {
+    lottery_with_a_bad_reader(
+        "reg-slow-waiter",
+        BadReader::Slow {
+            bytes: 2048,
+            pause: Duration::from_millis(500),
+        },
+    );
 }
 
 // -------------------------------------------------------- 4. per-frame deadline
@@ -363,7 +442,7 @@ fn a_waiting_agency_that_stops_reading_does_not_hold_up_the_others() {
 #[test]
 fn a_trickled_frame_gets_idle_timeout_instead_of_an_echo() {
     let dir = TempDir::new("reg-trickle");
-    let server = TestServer::start(with_timeout(&dir, 1, Duration::from_millis(300)));
+    let server = TestServer::start(with_timeout(&dir, 1, Duration::from_secs(1)));
     let mut peer = Peer::connect(server.addr);
     let bytes = frame(kind::ECHO, &[7u8; 64]);
     let mut writer_stream = peer.conn.stream().try_clone().expect("clone test socket");
@@ -372,7 +451,7 @@ fn a_trickled_frame_gets_idle_timeout_instead_of_an_echo() {
         let stop = Arc::clone(&stop);
         thread::spawn(move || {
             // One byte every 30 ms (about 2 s for the frame): every gap is well under
-            // the 300 ms io_timeout.
+            // the 1 s io_timeout, the whole frame is not.
             for byte in bytes {
                 if stop.load(Ordering::SeqCst) || writer_stream.write_all(&[byte]).is_err() {
                     return;
@@ -382,10 +461,7 @@ fn a_trickled_frame_gets_idle_timeout_instead_of_an_echo() {
         })
     };
     let reason = expect_error(&mut peer, ErrorCode::IdleTimeout);
-    assert!(
-        reason.contains("300ms"),
-        "reason names the timeout: {reason}"
-    );
+    assert!(reason.contains("1s"), "reason names the timeout: {reason}");
     expect_closed(&mut peer);
     stop.store(true, Ordering::SeqCst);
     writer.join().expect("writer thread");

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -402,10 +402,21 @@ pub fn run_to_end(name: &str, exe: &str, args: &[&str], env: &[(&str, &str)]) ->
     proc
 }
 
-/// A loopback address where nothing listens (a port just released).
-pub fn unused_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    listener.local_addr().expect("local addr")
+/// A loopback address where nothing listens, with the socket that keeps it reserved.
+pub fn unused_addr() -> (socket2::Socket, SocketAddr) {
+    // Bound but never listening: connecting is refused, and no other test's `bind(0)`
+    // can take the port while the returned socket is alive.
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind loopback");
+    let addr = socket
+        .local_addr()
+        .expect("local addr")
+        .as_socket()
+        .expect("an inet address");
+    (socket, addr)
 }
 
 /// Whether `line` is the log line `action: <action> | result: <result> | …`.
