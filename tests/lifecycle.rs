@@ -8,25 +8,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use loteria::config::ServerConfig;
 use loteria::protocol::{ErrorCode, Message, kind};
 use support::wire::*;
 use support::*;
-
-const HOLD: Duration = Duration::from_millis(300);
-
-/// Stops the server on another thread; fails the test (instead of hanging it) if
-/// `stop` has not returned after a generous bound.
-fn stop_bounded(server: TestServer) {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(server.stop().map_err(|e| e.to_string()));
-    });
-    match rx.recv_timeout(TIMEOUT) {
-        Ok(result) => result.expect("stop returns Ok"),
-        Err(_) => panic!("server.stop() did not return: a thread is stuck"),
-    }
-}
 
 /// After shutdown a held agency gets SHUTTING_DOWN and a close, or just a close.
 fn expect_shutting_down_or_close(peer: &mut Peer) {
@@ -38,12 +22,6 @@ fn expect_shutting_down_or_close(peer: &mut Peer) {
         }) => expect_closed(peer),
         Some(other) => panic!("expected SHUTTING_DOWN or a close, got {other:?}"),
     }
-}
-
-fn with_timeout(dir: &TempDir, agencies: u32, io_timeout: Duration) -> ServerConfig {
-    let mut config = server_config(dir.path(), agencies);
-    config.io_timeout = io_timeout;
-    config
 }
 
 // ---------------------------------------------------------------------- shutdown

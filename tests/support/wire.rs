@@ -5,16 +5,42 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown as Both, SocketAddr, TcpStream};
+use std::sync::mpsc;
+use std::thread;
 use std::time::Duration;
 
 use loteria::bet::Bet;
+use loteria::config::ServerConfig;
 use loteria::connection::ConnectionError;
 use loteria::protocol::{ErrorCode, FrameError, Message, kind};
 
-use super::Peer;
+use super::{Peer, TempDir, TestServer, server_config};
 
 /// The bound on every blocking socket call made by these helpers.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a test watches a held request to see that no answer comes yet.
+pub const HOLD: Duration = Duration::from_millis(300);
+
+/// Stops the server on another thread; fails the test (instead of hanging it) if
+/// `stop` has not returned after a generous bound.
+pub fn stop_bounded(server: TestServer) {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(server.stop().map_err(|e| e.to_string()));
+    });
+    match rx.recv_timeout(TIMEOUT) {
+        Ok(result) => result.expect("stop returns Ok"),
+        Err(_) => panic!("server.stop() did not return: a thread is stuck"),
+    }
+}
+
+/// A test server configuration with `io_timeout` changed.
+pub fn with_timeout(dir: &TempDir, agencies: u32, io_timeout: Duration) -> ServerConfig {
+    let mut config = server_config(dir.path(), agencies);
+    config.io_timeout = io_timeout;
+    config
+}
 
 /// A frame with version 1 and the real payload length.
 pub fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
