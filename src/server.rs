@@ -417,22 +417,10 @@ impl Shared {
         };
         let mut delivered = Vec::with_capacity(waiters.len());
         for waiter in &waiters {
-            // A waiter that does not read must not hold up the others for long.
             // One deadline for the whole answer, not per write call: a waiter that
-            // reads a little now and then must not hold the others up either.
-            let deadline = Instant::now() + self.config.io_timeout.min(WAITER_WRITE_TIMEOUT);
-            let sent = winners_reply(&outcome, waiter.agency)
-                .iter()
-                .try_for_each(|m| {
-                    let bytes = m
-                        .encode()
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-                    write_all_before(&waiter.stream, &bytes, deadline)
-                });
-            let _ = waiter
-                .stream
-                .set_write_timeout(Some(self.config.io_timeout));
-            log_winners_sent(waiter.agency, &outcome, sent.as_ref().err());
+            // reads slowly or not at all must not hold the others up.
+            let limit = self.config.io_timeout.min(WAITER_WRITE_TIMEOUT);
+            let sent = self.send_winners(&waiter.stream, &outcome, waiter.agency, limit);
             delivered.push((waiter.conn_id, sent.is_ok()));
         }
         let mut barrier = lock(&self.barrier);
@@ -441,6 +429,36 @@ impl Shared {
             barrier.answered.insert(conn_id, ok);
         }
         self.drawn.notify_all();
+    }
+
+    /// Writes `agency`'s answer to `stream` within `limit` (however the peer paces its
+    /// reads), restores the stream's write timeout and logs the outcome.
+    fn send_winners(
+        &self,
+        stream: &TcpStream,
+        outcome: &DrawOutcome,
+        agency: AgencyId,
+        limit: Duration,
+    ) -> io::Result<()> {
+        let deadline = Instant::now() + limit;
+        let sent = winners_reply(outcome, agency).iter().try_for_each(|m| {
+            let bytes = m
+                .encode()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            write_all_before(stream, &bytes, deadline)
+        });
+        let restored = stream.set_write_timeout(Some(self.config.io_timeout));
+        let sent = sent.and(restored);
+        let count = outcome.as_ref().map_or(0, |d| d.winners_of(agency).len());
+        match &sent {
+            Ok(()) => log::info!(
+                "action: winners_sent | result: success | agency: {agency} | cant_ganadores: {count}"
+            ),
+            Err(e) => {
+                log::warn!("action: winners_sent | result: fail | agency: {agency} | error: {e}")
+            }
+        }
+        sent
     }
 }
 
@@ -471,18 +489,6 @@ fn winners_reply(outcome: &DrawOutcome, agency: AgencyId) -> Vec<Message> {
             code: ErrorCode::Internal,
             reason: reason.clone(),
         }],
-    }
-}
-
-fn log_winners_sent(agency: AgencyId, outcome: &DrawOutcome, error: Option<&io::Error>) {
-    let count = outcome.as_ref().map_or(0, |d| d.winners_of(agency).len());
-    match error {
-        None => log::info!(
-            "action: winners_sent | result: success | agency: {agency} | cant_ganadores: {count}"
-        ),
-        Some(e) => {
-            log::warn!("action: winners_sent | result: fail | agency: {agency} | error: {e}")
-        }
     }
 }
 
@@ -524,9 +530,9 @@ impl Session<'_> {
         };
         let reason = session.conversation();
         session.conn.close();
-        let agency = session.agency.map_or("-".to_string(), |a| a.to_string());
         log::info!(
-            "action: close_connection | result: success | peer: {peer} | agency: {agency} | reason: {reason}"
+            "action: close_connection | result: success | peer: {peer} | agency: {} | reason: {reason}",
+            session.agency_label()
         );
     }
 
@@ -769,22 +775,15 @@ impl Session<'_> {
         let mut barrier = lock(&shared.barrier);
         if let Some(outcome) = barrier.result.clone() {
             drop(barrier);
-            let mut error = None;
-            for message in winners_reply(&outcome, agency) {
-                if let Err(e) = self.conn.write_message(&message) {
-                    error = Some(e);
-                    break;
-                }
-            }
-            let io_error = match &error {
-                Some(ConnectionError::Write(e)) => Some(e),
-                _ => None,
-            };
-            log_winners_sent(agency, &outcome, io_error);
-            return match error {
-                Some(e) => Err(e),
-                None => Ok(Flow::Continue),
-            };
+            return shared
+                .send_winners(
+                    self.conn.stream(),
+                    &outcome,
+                    agency,
+                    shared.config.io_timeout,
+                )
+                .map(|()| Flow::Continue)
+                .map_err(ConnectionError::Write);
         }
         barrier.waiting.push(Waiter {
             conn_id: self.id,
@@ -837,7 +836,8 @@ impl Session<'_> {
     }
 
     /// Whether the peer has closed its side (or the connection broke). Only for a
-    /// connection that is not otherwise reading: it peeks with a 1 ms timeout.
+    /// connection that is not otherwise reading: it peeks with a 1 ms timeout (the
+    /// connection sets its own read timeout again before its next read).
     fn peer_has_left(&self) -> bool {
         let stream = self.conn.stream();
         if stream
@@ -846,17 +846,14 @@ impl Session<'_> {
         {
             return true;
         }
-        let left = match stream.peek(&mut [0u8; 1]) {
+        match stream.peek(&mut [0u8; 1]) {
             Ok(0) => true,
             Ok(_) => false,
             Err(e) => !matches!(
                 e.kind(),
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
             ),
-        };
-        left || stream
-            .set_read_timeout(Some(self.shared.config.io_timeout))
-            .is_err()
+        }
     }
 
     fn not_identified(&mut self) -> Result<Flow, ConnectionError> {
