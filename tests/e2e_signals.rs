@@ -19,19 +19,25 @@ fn position(proc: &Proc, lines: &[String], action: &str, result: &str) -> usize 
         })
 }
 
-#[test]
-fn sigterm_stops_the_server_while_an_agency_waits_for_the_draw() {
-    let dir = TempDir::new("sig-server");
-    let agencies = mock_agencies(&[30], 7);
+/// A server for two agencies where agency 1 (a real client) has uploaded `bets`
+/// bets, sent FIN and waits for a draw that never comes.
+fn agency_waiting_for_the_draw(dir: &TempDir, bets: usize) -> (Server, Proc) {
+    let agencies = mock_agencies(&[bets], 7);
     let path = dir.join("agency-1.csv");
     write_agency_file(&path, &agencies[0].0);
-    // Two agencies: agency 1 uploads, sends FIN and waits for a draw that never comes.
-    let mut server = Server::start(dir.path(), 2);
-    let mut client = start_client(1, server.addr, &path, &[]);
+    let server = Server::start(dir.path(), 2);
+    let client = start_client(1, server.addr, &path, &[]);
     server
         .proc
         .wait_for("action: winners_wait | result: in_progress | agency: 1");
     client.wait_for("action: fin | result: success");
+    (server, client)
+}
+
+#[test]
+fn sigterm_stops_the_server_while_an_agency_waits_for_the_draw() {
+    let dir = TempDir::new("sig-server");
+    let (mut server, mut client) = agency_waiting_for_the_draw(&dir, 30);
 
     server.proc.sigterm();
     let code = server.proc.exit_code();
@@ -75,14 +81,7 @@ fn sigterm_stops_the_server_while_an_agency_waits_for_the_draw() {
 #[test]
 fn a_waiting_agency_is_told_the_server_is_shutting_down() {
     let dir = TempDir::new("sig-shutting-down");
-    let agencies = mock_agencies(&[5], 7);
-    let path = dir.join("agency-1.csv");
-    write_agency_file(&path, &agencies[0].0);
-    let mut server = Server::start(dir.path(), 2);
-    let mut client = start_client(1, server.addr, &path, &[]);
-    server
-        .proc
-        .wait_for("action: winners_wait | result: in_progress | agency: 1");
+    let (mut server, mut client) = agency_waiting_for_the_draw(&dir, 5);
     server.stop();
     assert_eq!(client.exit_code(), 1, "{}", client.dump());
     let stderr = client.stderr_lines().join("\n");
