@@ -135,6 +135,9 @@ struct Agency<'a> {
     conn: Connection,
     /// This run's upload id (see `Message::Hello`).
     upload: u64,
+    /// Bets the server acknowledged on this connection (logged when it closes, so a
+    /// stopped or failed upload tells how much of it is safely stored).
+    acked: u64,
     _close_on_shutdown: HookGuard,
 }
 
@@ -166,6 +169,7 @@ impl<'a> Agency<'a> {
             shutdown,
             conn,
             upload: new_upload_id(),
+            acked: 0,
             _close_on_shutdown: hook,
         })
     }
@@ -206,6 +210,7 @@ impl<'a> Agency<'a> {
         self.send("send batch", &Message::Bets { seq, bets })?;
         match self.receive("send batch") {
             Ok(Message::BetsAck { seq: s, count: c }) if s == seq && usize::from(c) == count => {
+                self.acked += u64::from(c);
                 Ok(())
             }
             Ok(other) => Err(unexpected("send batch", &other)),
@@ -392,8 +397,9 @@ impl Drop for Agency<'_> {
     fn drop(&mut self) {
         self.conn.close();
         log::info!(
-            "action: close_connection | result: success | client_id: {}",
-            self.config.id
+            "action: close_connection | result: success | client_id: {} | bets_acked: {}",
+            self.config.id,
+            self.acked
         );
     }
 }
