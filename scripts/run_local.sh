@@ -52,14 +52,7 @@ server_rc=0
 wait $server || server_rc=$?
 trap - EXIT
 
-printf '\n%-8s %8s %10s  %s\n' agency bets winners documents
-for k in $(seq "$n"); do
-    log="$work/client-$k.log"
-    bets=$(grep -o 'action: upload | result: success | client_id: [0-9]* | bets_sent: [0-9]*' "$log" | grep -o '[0-9]*$' || echo '-')
-    count=$(grep -o 'cant_ganadores: [0-9]*' "$log" | grep -o '[0-9]*$' || echo 'FAILED')
-    dnis=$(grep -o 'action: ganadores | .*dnis: .*' "$log" | sed 's/.*dnis: //' || true)
-    printf '%-8s %8s %10s  %s\n' "$k" "$bets" "$count" "$dnis"
-done
+scripts/winners_table.sh "$work" "$n"
 stored=$(wc -l <"$work/bets.csv")
 echo
 echo "bets stored: $stored   logs: $work"

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Writes the Docker Compose file for a lottery with n agencies.
+
+    python3 compose_maker.py [n] [-o FILE|-] [--data-dir DIR] [--config-dir DIR]
+
+n (default 1) is the number of agencies. The file (default `docker-compose.yaml`)
+holds one `server` container and containers `client1` … `clientN` on a private
+network. The server is told to wait for n agencies (`SERVER_AGENCIES`) and keeps its
+bets file on the named volume `bets-data`, so stored bets outlive the container. Every
+container bind-mounts the configuration directory (`config/`) read-only, so an edited
+`server.toml` / `client.toml` takes effect on the next container start without
+rebuilding an image; `clientK` also gets `DATA_DIR/agency-K.csv`, read-only.
+
+Paths on the command line are taken relative to the current directory and written
+relative to the compose file (Compose resolves them from the file's directory).
+DATA_DIR defaults to `agencies/` and the configuration to `config/`, both next to
+this script. The committed `docker-compose.yaml` is this script's output for n = 5.
+
+Exit codes: 0 written, 2 bad arguments (n not a positive integer, …), 1 the file
+could not be written. Standard library only.
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+SERVER_IMAGE = "loteria-server:latest"
+CLIENT_IMAGE = "loteria-client:latest"
+# Where the images expect their files (WORKDIR /app, see the Dockerfiles).
+APP = "/app"
+# Every container joins one bridge network, and a Linux bridge holds at most 1024
+# interfaces: more agencies than this cannot run from one compose file anyway.
+MAX_AGENCIES = 1000
+
+
+def positive_int(text: str) -> int:
+    """argparse type for n: a decimal integer in 1..=MAX_AGENCIES, nothing else."""
+    value = text.strip()
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise argparse.ArgumentTypeError(
+            f"n must be a positive integer (1, 2, 3, …), got {text!r}")
+    if len(value) > 6 or int(value) > MAX_AGENCIES:
+        raise argparse.ArgumentTypeError(
+            f"n must be at most {MAX_AGENCIES} (one Docker bridge network holds "
+            f"at most 1024 containers), got {text!r}")
+    return int(value)
+
+
+def quote(text: str) -> str:
+    """A YAML double-quoted scalar (JSON's string syntax is valid YAML)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def mount_source(path: Path, compose_dir: Path) -> str:
+    """A bind-mount source as Compose wants it: relative to the compose file and
+    starting with `./` or `../` (a bare name would be a named volume), or absolute
+    when no relative path exists."""
+    try:
+        relative = os.path.relpath(path, compose_dir)
+    except ValueError:  # another drive on Windows
+        return str(path)
+    if relative == ".":
+        return "."
+    return relative if relative.startswith("..") else "./" + relative
+
+
+def service_lines(name: str, image: str, dockerfile: str, context: str,
+                  environment: list[str], volumes: list[str],
+                  depends_on: list[str]) -> list[str]:
+    """One service: fixed container name, its image (and how to build it), its
+    environment, mounts and network."""
+    lines = [
+        f"  {name}:",
+        f"    container_name: {name}",
+        f"    image: {image}",
+        "    build:",
+        f"      context: {quote(context)}",
+        f"      dockerfile: {dockerfile}",
+    ]
+    lines.append("    environment:")
+    lines += [f"      - {quote(item)}" for item in environment]
+    lines.append("    volumes:")
+    lines += [f"      - {quote(item)}" for item in volumes]
+    lines += ["    networks:", "      - lottery"]
+    if depends_on:
+        lines.append("    depends_on:")
+        lines += [f"      - {item}" for item in depends_on]
+    return lines
+
+
+def render(n: int, compose_dir: Path, data_dir: Path, config_dir: Path) -> str:
+    """The compose file's text for n agencies."""
+    context = mount_source(ROOT, compose_dir)
+    config = mount_source(config_dir, compose_dir)
+    lines = [
+        f"# The lottery with {n} agenc{'y' if n == 1 else 'ies'}, written by "
+        f"`python3 compose_maker.py {n}`: regenerate it, do not edit it.",
+        "services:",
+    ]
+    lines += service_lines(
+        "server", SERVER_IMAGE, "Dockerfile.server", context,
+        environment=[f"SERVER_AGENCIES={n}"],
+        volumes=[f"{config}:{APP}/config:ro", f"bets-data:{APP}/data"],
+        depends_on=[])
+    for k in range(1, n + 1):
+        data = mount_source(data_dir / f"agency-{k}.csv", compose_dir)
+        lines.append("")
+        lines += service_lines(
+            f"client{k}", CLIENT_IMAGE, "Dockerfile.client", context,
+            environment=[f"CLI_ID={k}"],
+            volumes=[f"{config}:{APP}/config:ro",
+                     f"{data}:{APP}/agencies/agency-{k}.csv:ro"],
+            depends_on=["server"])
+    lines += [
+        "",
+        "networks:",
+        "  lottery:",
+        "    driver: bridge",
+        "",
+        "volumes:",
+        "  bets-data:",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="compose_maker.py",
+        description="Write the Docker Compose file for a lottery with n agencies.")
+    parser.add_argument("n", nargs="?", type=positive_int, default=1,
+                        help="number of agencies (default 1)")
+    parser.add_argument("-o", "--output", default="docker-compose.yaml",
+                        help="file to write (default docker-compose.yaml; - for "
+                             "standard output, paths relative to the current directory)")
+    parser.add_argument("--data-dir", default=str(ROOT / "agencies"),
+                        help="directory of agency-K.csv files (default agencies/)")
+    parser.add_argument("--config-dir", default=str(ROOT / "config"),
+                        help="directory with server.toml and client.toml (default config/)")
+    args = parser.parse_args(argv)
+
+    output = Path(args.output).absolute()
+    data_dir = Path(args.data_dir).absolute()
+    config_dir = Path(args.config_dir).absolute()
+    for name in ("server.toml", "client.toml"):
+        if not (config_dir / name).is_file():
+            parser.error(f"--config-dir {args.config_dir}: no {name} there")
+    missing = [k for k in range(1, args.n + 1)
+               if not (data_dir / f"agency-{k}.csv").is_file()]
+    if missing:
+        shown = ", ".join(f"agency-{k}.csv" for k in missing[:3])
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        print(f"compose_maker.py: warning: {args.data_dir} has no {shown}{more}; "
+              f"generate a data set with `python3 scripts/gen_agencies.py "
+              f"--agencies {args.n} -o DIR` and pass --data-dir DIR", file=sys.stderr)
+
+    to_stdout = args.output == "-"
+    compose_dir = Path.cwd() if to_stdout else output.parent
+    text = render(args.n, compose_dir, data_dir, config_dir)
+    if to_stdout:
+        sys.stdout.write(text)
+        return 0
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as e:
+        print(f"compose_maker.py: cannot write {args.output}: {e.strerror}", file=sys.stderr)
+        return 1
+    print(f"{args.output}: server + {args.n} client(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,492 @@
+#!/usr/bin/env python3
+"""The lottery under Docker Compose, against the real Docker engine.
+
+    python3 tests/docker/test_compose.py [-v] [unittest arguments]
+
+Needs the images `loteria-server:latest`, `loteria-client:latest` and the netcat image
+of nc_test.sh (`make test-docker` builds them first). Each test writes its own compose
+file with compose_maker.py into a temporary directory (with its own copy of config/),
+runs it as the Compose project `loteria-test`, and removes every container, network
+and volume it made, also when it fails; the last test checks nothing is left.
+The containers keep their fixed names (`server`, `client1` …), so a lottery already
+running on this machine has to be stopped first (`make docker-compose-down`).
+
+The course dataset is read from ../shared/datasets/tp0 (or $LOTERIA_DATASET).
+Standard library only.
+"""
+
+import collections
+import csv
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import unittest
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DATASET = Path(os.environ.get("LOTERIA_DATASET", ROOT.parent / "shared/datasets/tp0"))
+PROJECT = "loteria-test"
+# On containers a test starts outside Compose (so the last test can find leftovers).
+TEST_LABEL = "loteria.test=true"
+WINNING_NUMBER = 7574
+# Generous bounds: they only stop a broken run from hanging; nothing is timed here.
+WAIT = 180
+
+
+def compose_command() -> list[str]:
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    return ["docker-compose"]
+
+
+COMPOSE = compose_command()
+
+
+def run(args, *, check=True, timeout=WAIT, env=None, stdin=None) -> subprocess.CompletedProcess:
+    """Runs a command, capturing text output; fails the test with its output."""
+    result = subprocess.run(args, capture_output=True, timeout=timeout,
+                            env=None if env is None else {**os.environ, **env},
+                            stdin=stdin)
+    result.stdout = result.stdout.decode("utf-8", "replace")
+    result.stderr = result.stderr.decode("utf-8", "replace")
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} exited {result.returncode}\n"
+                             f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+# ----- log lines (SPEC "Log lines") -----
+
+def is_log(line: str, action: str, result: str) -> bool:
+    return f"action: {action} | result: {result}" in line
+
+
+def field(line: str, key: str) -> str | None:
+    for part in line.split(" | "):
+        name, sep, value = part.partition(": ")
+        if sep and name.strip() == key:
+            return value.strip()
+    return None
+
+
+# ----- data -----
+
+Row = tuple[int, str, str, str, str, int]
+
+
+def agency_rows(path: Path, agency: int) -> list[Row]:
+    """The bets of one agency file, as the server stores them (agency first)."""
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        return [(agency, first, last, doc, born, int(number))
+                for first, last, doc, born, number in csv.reader(f)]
+
+
+def stored_rows(text: str) -> list[Row]:
+    """The server's bets file: agency,first_name,last_name,document,birthdate,number."""
+    return [(int(a), first, last, doc, born, int(number))
+            for a, first, last, doc, born, number in csv.reader(io.StringIO(text))]
+
+
+def generate(directory: Path, agencies: int, bets: int) -> Path:
+    run([sys.executable, ROOT / "scripts/gen_agencies.py", "--agencies", str(agencies),
+         "--bets", str(bets), "-o", directory])
+    return directory
+
+
+class Lottery:
+    """One compose project: a generated compose file in a temporary directory, with
+    its own copy of config/ (so a test may edit it) and an optional override file."""
+
+    def __init__(self, test: unittest.TestCase, n: int, data_dir: Path,
+                 override: str | None = None):
+        self.test = test
+        self.n = n
+        self.dir = Path(tempfile.mkdtemp(prefix="loteria-docker-"))
+        test.addCleanup(self.remove)
+        self.config = self.dir / "config"
+        shutil.copytree(ROOT / "config", self.config)
+        compose_file = self.dir / "docker-compose.yaml"
+        run([sys.executable, ROOT / "compose_maker.py", str(n), "-o", compose_file,
+             "--data-dir", data_dir, "--config-dir", self.config])
+        self.files = ["-f", str(compose_file)]
+        if override:
+            (self.dir / "override.yaml").write_text(override, encoding="utf-8")
+            self.files += ["-f", str(self.dir / "override.yaml")]
+
+    def compose(self, *args: str, check=True) -> subprocess.CompletedProcess:
+        return run([*COMPOSE, "-p", PROJECT, *self.files, *args], check=check)
+
+    def up(self, *services: str) -> None:
+        self.compose("up", "--detach", "--no-build", *services)
+
+    def stop(self, service: str) -> None:
+        """`docker compose stop` (SIGTERM), and a line on stderr telling how long the
+        command took and how long the program took from the signal to its exit."""
+        started = time.monotonic()
+        self.compose("stop", service)
+        took = time.monotonic() - started
+        print(f"\n    docker compose stop {service}: {took:.2f} s; in the program, signal "
+              f"to exit: {self.signal_to_exit_ms(service):.1f} ms", file=sys.stderr)
+
+    def signal_to_exit_ms(self, container: str) -> float:
+        """From the `signal` log line to the `exit` line, by Docker's timestamps."""
+        stamps = {}
+        for line in run(["docker", "logs", "--timestamps", container]).stdout.splitlines():
+            stamp, _, text = line.partition(" ")
+            for action in ("signal", "exit"):
+                if f"action: {action} | " in text:
+                    # 2026-11-27T02:54:46.735172801Z: keep microseconds for fromisoformat.
+                    stamps[action] = datetime.fromisoformat(stamp[:26])
+        self.test.assertEqual(set(stamps), {"signal", "exit"}, f"{container} logs")
+        return (stamps["exit"] - stamps["signal"]).total_seconds() * 1000
+
+    def wait(self, container: str) -> int:
+        """Waits for the container to exit; returns its exit code."""
+        return int(run(["docker", "wait", container]).stdout.strip())
+
+    def exit_code(self, container: str) -> int:
+        return int(run(["docker", "inspect", "-f", "{{.State.ExitCode}}", container]).stdout)
+
+    def logs(self, container: str) -> list[str]:
+        result = run(["docker", "logs", container])
+        return (result.stdout + result.stderr).splitlines()
+
+    def wait_for_log(self, container: str, action: str, result: str) -> str:
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            for line in self.logs(container):
+                if is_log(line, action, result):
+                    return line
+            time.sleep(0.1)
+        self.test.fail(f"{container} never logged {action}/{result}:\n"
+                       + "\n".join(self.logs(container)))
+
+    def network(self) -> str:
+        return run(["docker", "inspect", "-f",
+                    "{{range $name, $_ := .NetworkSettings.Networks}}{{println $name}}{{end}}",
+                    "server"]).stdout.split()[0]
+
+    def stored(self) -> list[Row]:
+        """The bets file on the server's volume (read with `docker cp`, which also works
+        on a stopped container)."""
+        archive = subprocess.run(["docker", "cp", "server:/app/data/bets.csv", "-"],
+                                 capture_output=True, timeout=WAIT, check=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            member = tar.extractfile("bets.csv")
+            assert member is not None, "bets.csv is not a regular file"
+            return stored_rows(member.read().decode("utf-8"))
+
+    def assert_no_fail(self, *containers: str) -> None:
+        for container in containers:
+            failures = [line for line in self.logs(container) if "result: fail" in line]
+            self.test.assertEqual(failures, [], f"{container} logged failures")
+
+    def remove(self) -> None:
+        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def edit(path: Path, *replacements: tuple[str, str]) -> None:
+    """Rewrites a file in place, each `old` text (which must be there once) by `new`."""
+    text = path.read_text(encoding="utf-8")
+    for old, new in replacements:
+        assert text.count(old) == 1, f"{path.name}: {old!r} is not there exactly once"
+        text = text.replace(old, new)
+    path.write_text(text, encoding="utf-8")
+
+
+def nc_test(**env: str) -> subprocess.CompletedProcess:
+    return run([ROOT / "nc_test.sh"], check=False, env=env)
+
+
+class DockerTestCase(unittest.TestCase):
+    def setUp(self) -> None:
+        names = ["server"] + [f"client{k}" for k in range(1, 51)]
+        found = run(["docker", "ps", "-a", "--format",
+                     '{{.Names}} {{.Label "com.docker.compose.project"}}']).stdout.split("\n")
+        for line in filter(None, found):
+            name, _, project = line.partition(" ")
+            if name not in names:
+                continue
+            if project != PROJECT:
+                self.skipTest(f"a container named {name} (project {project!r}) exists: "
+                              "stop that lottery first (make docker-compose-down)")
+            run(["docker", "rm", "-f", name])  # left by an interrupted earlier run
+
+
+class ComposeMakerTest(unittest.TestCase):
+    def maker(self, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, ROOT / "compose_maker.py", *args],
+                              capture_output=True, text=True, cwd=cwd, timeout=60)
+
+    def test_committed_compose_file_is_the_output_for_five(self):
+        result = self.maker("5", "-o", "-")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout, (ROOT / "docker-compose.yaml").read_text())
+
+    def test_bad_n_is_a_clear_error_with_exit_code_2(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "compose.yaml"
+            for bad in ["0", "-1", "abc", "1.5", "", "3x", "1e3", "٣", "1001",
+                        "99999999999999999999999"]:
+                with self.subTest(n=bad):
+                    result = self.maker(bad, "-o", str(out))
+                    self.assertEqual(result.returncode, 2, result.stderr)
+                    self.assertIn("n must be", result.stderr)
+                    self.assertIn(repr(bad), result.stderr)
+                    self.assertFalse(out.exists())
+            result = self.maker("2", "3", "-o", str(out))
+            self.assertEqual(result.returncode, 2)
+            self.assertIn("unrecognized arguments: 3", result.stderr)
+            result = self.maker("2", "--config-dir", tmp, "-o", str(out))
+            self.assertEqual(result.returncode, 2)
+            self.assertIn("no server.toml", result.stderr)
+            self.assertFalse(out.exists())
+
+    def test_default_is_one_agency_and_compose_accepts_what_it_writes(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "docker-compose.yaml"
+            for args, services in [((), ["server", "client1"]),
+                                   (("3",), ["server", "client1", "client2", "client3"])]:
+                with self.subTest(args=args):
+                    result = self.maker(*args, "-o", str(out))
+                    self.assertEqual(result.returncode, 0, result.stderr)
+                    listed = run([*COMPOSE, "-f", out, "config", "--services"]).stdout.split()
+                    self.assertEqual(sorted(listed), sorted(services))
+                    text = out.read_text()
+                    n = len(services) - 1
+                    self.assertIn(f'"SERVER_AGENCIES={n}"', text)
+                    self.assertIn(f"/agencies/agency-{n}.csv:/app/agencies/agency-{n}.csv:ro",
+                                  text)
+                    self.assertEqual(text.count("/config:/app/config:ro"), n + 1)
+                    self.assertIn('"bets-data:/app/data"', text)
+
+    def test_missing_agency_files_are_warned_about(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = self.maker("7", "-o", str(Path(tmp) / "c.yaml"))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertIn("agency-6.csv, agency-7.csv", result.stderr)
+
+
+class LotteryTest(DockerTestCase):
+    def run_lottery(self, n: int, data_dir: Path) -> Lottery:
+        """Starts a lottery, waits for every agency, checks each got exactly its own
+        winners, the draw ran once and nothing failed."""
+        lottery = Lottery(self, n, data_dir)
+        lottery.up()
+        for k in range(1, n + 1):
+            code = lottery.wait(f"client{k}")
+            self.assertEqual(code, 0, "\n".join(lottery.logs(f"client{k}")))
+            rows = agency_rows(data_dir / f"agency-{k}.csv", k)
+            expected = sorted(r[3] for r in rows if r[5] == WINNING_NUMBER)
+            logs = lottery.logs(f"client{k}")
+            counts = [field(l, "cant_ganadores") for l in logs
+                      if is_log(l, "consulta_ganadores", "success")]
+            self.assertEqual(counts, [str(len(expected))], f"client{k}")
+            documents = [field(l, "dnis") for l in logs if is_log(l, "ganadores", "success")]
+            self.assertEqual(len(documents), 1)
+            self.assertEqual(sorted(filter(None, documents[0].split(","))), expected)
+        draws = [l for l in lottery.logs("server") if is_log(l, "sorteo", "success")]
+        self.assertEqual(len(draws), 1)
+        lottery.assert_no_fail("server", *(f"client{k}" for k in range(1, n + 1)))
+        return lottery
+
+    def assert_all_stored(self, lottery: Lottery, data_dir: Path) -> list[Row]:
+        expected = collections.Counter()
+        for k in range(1, lottery.n + 1):
+            expected.update(agency_rows(data_dir / f"agency-{k}.csv", k))
+        stored = lottery.stored()
+        self.assertEqual(collections.Counter(stored), expected)
+        return stored
+
+    def test_three_agencies_on_generated_data(self):
+        lottery = self.run_lottery(3, ROOT / "agencies")
+        stored = self.assert_all_stored(lottery, ROOT / "agencies")
+        self.assertEqual(len(stored), 9000)
+
+        # The server keeps serving after the draw; the echo check goes through.
+        check = nc_test()
+        self.assertEqual(check.returncode, 0, check.stderr)
+        self.assertEqual(check.stdout, "action: test_echo_server | result: success\n")
+
+        # `docker compose stop`: SIGTERM, exit code 0, each closing logged.
+        lottery.stop("server")
+        self.assertEqual(lottery.exit_code("server"), 0)
+        logs = lottery.logs("server")
+        for action in ["signal", "close_listener", "join_connections", "close_storage",
+                       "exit"]:
+            self.assertTrue(any(is_log(l, action, "success") for l in logs), action)
+        self.assertEqual(collections.Counter(lottery.stored()), collections.Counter(stored))
+
+        # With the server down the echo check fails.
+        check = nc_test()
+        self.assertEqual(check.returncode, 1)
+        self.assertEqual(check.stdout, "action: test_echo_server | result: fail\n")
+
+    @unittest.skipUnless((DATASET / "agency-1.csv").is_file(), f"no dataset at {DATASET}")
+    def test_five_agencies_on_the_course_dataset(self):
+        lottery = self.run_lottery(5, DATASET)
+        stored = self.assert_all_stored(lottery, DATASET)
+        self.assertEqual(len(stored), 78697)
+        winners = [sum(1 for r in stored if r[0] == k and r[5] == WINNING_NUMBER)
+                   for k in range(1, 6)]
+        self.assertEqual(winners, [2, 3, 3, 2, 0])
+
+
+class EchoCheckTest(DockerTestCase):
+    def test_fails_when_something_else_answers_or_nothing_is_there(self):
+        lottery = Lottery(self, 1, ROOT / "agencies")
+        lottery.up("server")
+        lottery.wait_for_log("server", "listen", "success")
+        check = nc_test()
+        self.assertEqual(check.stdout, "action: test_echo_server | result: success\n")
+
+        # A look-alike on the same network that answers with other bytes.
+        impostor = "loteria-test-impostor"
+        run(["docker", "run", "--detach", "--rm", "--name", impostor,
+             "--label", TEST_LABEL,
+             "--network", lottery.network(), "busybox:1.35",
+             "sh", "-c", "while true; do echo not an echo | nc -l -p 12345; done"])
+        self.addCleanup(run, ["docker", "rm", "-f", impostor], check=False)
+        check = nc_test(NC_TEST_SERVER=impostor)
+        self.assertEqual(check.returncode, 1, check.stderr)
+        self.assertEqual(check.stdout, "action: test_echo_server | result: fail\n")
+        self.assertIn("not the message sent", check.stderr)
+
+        # A container that is not there, and a port nobody listens on.
+        check = nc_test(NC_TEST_SERVER="loteria-test-nobody")
+        self.assertEqual((check.returncode, check.stdout),
+                         (1, "action: test_echo_server | result: fail\n"))
+        check = nc_test(NC_TEST_PORT="12346")
+        self.assertEqual((check.returncode, check.stdout),
+                         (1, "action: test_echo_server | result: fail\n"))
+
+
+class GracefulStopTest(DockerTestCase):
+    """`docker compose stop` mid-upload: exit code 0, closing logged, and every bet the
+    client saw acknowledged is in the bets file (stored bets of an agency are always a
+    prefix of its file: batches are stored in order, each whole or not at all)."""
+
+    BETS = 100_000
+    # Small batches make the upload last several seconds.
+    OVERRIDE = "".join(f"""
+  client{k}:
+    environment:
+      - "CLI_BATCH_MAX_AMOUNT=10"
+""" for k in (1, 2))
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="loteria-docker-data-")
+        cls.data = generate(Path(cls.tmp.name), 2, cls.BETS)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def start(self) -> Lottery:
+        lottery = Lottery(self, 2, self.data, override="services:" + self.OVERRIDE)
+        lottery.up()
+        lottery.wait_for_log("client1", "upload", "in_progress")
+        return lottery
+
+    def assert_acknowledged_kept(self, lottery: Lottery, k: int) -> int:
+        closed = [l for l in lottery.logs(f"client{k}") if is_log(l, "close_connection", "success")]
+        self.assertEqual(len(closed), 1, f"client{k}")
+        acked = int(field(closed[0], "bets_acked"))
+        stored = [r for r in lottery.stored() if r[0] == k]
+        self.assertGreaterEqual(len(stored), acked, f"agency {k} lost acknowledged bets")
+        rows = agency_rows(self.data / f"agency-{k}.csv", k)
+        self.assertEqual(stored, rows[:len(stored)], f"agency {k}: not a prefix of its file")
+        return acked
+
+    def test_stopping_a_client_mid_upload(self):
+        lottery = self.start()
+        lottery.stop("client1")
+        self.assertEqual(lottery.exit_code("client1"), 0)
+        logs = lottery.logs("client1")
+        for action in ["signal", "close_connection", "close_signal_thread"]:
+            self.assertTrue(any(is_log(l, action, "success") for l in logs), action)
+        exits = [l for l in logs if is_log(l, "exit", "success")]
+        self.assertEqual([field(l, "status") for l in exits], ["interrupted"])
+        lottery.assert_no_fail("client1")
+        # The server notices the closed connection; then every batch it took is on disk.
+        deadline = time.monotonic() + WAIT
+        while not any(is_log(l, "close_connection", "success") and field(l, "agency") == "1"
+                      for l in lottery.logs("server")):
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.1)
+        acked = self.assert_acknowledged_kept(lottery, 1)
+        self.assertGreater(acked, 0)
+        self.assertLess(acked, self.BETS, "the upload was not interrupted")
+
+    def test_stopping_the_server_mid_upload(self):
+        lottery = self.start()
+        lottery.stop("server")
+        self.assertEqual(lottery.exit_code("server"), 0)
+        logs = lottery.logs("server")
+        for action in ["signal", "close_listener", "join_connections", "close_storage", "exit"]:
+            self.assertTrue(any(is_log(l, action, "success") for l in logs), action)
+        for k in (1, 2):
+            self.assertNotEqual(lottery.wait(f"client{k}"), 0, "an upload cut short")
+            self.assert_acknowledged_kept(lottery, k)
+        # The bets outlive the container: a restarted server finds them.
+        stored = len(lottery.stored())
+        lottery.compose("start", "server")
+        line = lottery.wait_for_log("server", "storage_open", "success")
+        opened = [l for l in lottery.logs("server") if is_log(l, "storage_open", "success")]
+        self.assertEqual(field(opened[-1], "bets"), str(stored), line)
+
+
+class ConfigWithoutRebuildTest(DockerTestCase):
+    def test_edited_config_takes_effect_after_a_restart(self):
+        lottery = Lottery(self, 1, ROOT / "agencies")
+        lottery.up()
+        self.assertEqual(lottery.wait("client1"), 0)
+        images = {c: run(["docker", "inspect", "-f", "{{.Image}}", c]).stdout.strip()
+                  for c in ("server", "client1")}
+
+        edit(lottery.config / "client.toml", ('mode = "bets"', 'mode = "echo"'),
+             ("amount = 5", "amount = 3"), ('period = "1s"', 'period = "100ms"'))
+        edit(lottery.config / "server.toml", ('level = "INFO"', 'level = "DEBUG"'))
+
+        lottery.compose("restart", "server", "client1")
+        self.assertEqual(lottery.wait("client1"), 0)
+        logs = lottery.logs("client1")
+        configs = [l for l in logs if is_log(l, "config", "success")]
+        self.assertEqual(len(configs), 2)
+        self.assertEqual((field(configs[1], "mode"), field(configs[1], "loop_amount"),
+                          field(configs[1], "loop_period")), ("echo", "3", "100ms"))
+        echoes = [l for l in logs if is_log(l, "receive_message", "success")]
+        self.assertEqual([field(l, "msg") for l in echoes],
+                         [f"[CLIENT 1] Message N°{k}" for k in (1, 2, 3)])
+        self.assertEqual(sum(is_log(l, "loop_finished", "success") for l in logs), 1)
+
+        server_configs = [l for l in lottery.logs("server") if is_log(l, "config", "success")]
+        self.assertEqual([field(l, "logging_level") for l in server_configs],
+                         ["INFO", "DEBUG"])
+        for container, image in images.items():
+            now = run(["docker", "inspect", "-f", "{{.Image}}", container]).stdout.strip()
+            self.assertEqual(now, image, f"{container} runs another image")
+
+
+class ZzCleanupTest(unittest.TestCase):
+    """Runs last (unittest sorts classes by name): nothing of the tests is left."""
+
+    def test_nothing_is_left_behind(self):
+        for label in (f"com.docker.compose.project={PROJECT}", TEST_LABEL):
+            for kind in ("ps -a", "network ls", "volume ls"):
+                with self.subTest(kind=kind, label=label):
+                    left = run(["docker", *kind.split(), "-q", "--filter",
+                                f"label={label}"]).stdout.split()
+                    self.assertEqual(left, [], f"docker {kind} still lists test objects")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
