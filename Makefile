@@ -30,6 +30,7 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --locked -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
+	shellcheck nc_test.sh scripts/*.sh .ci/run
 
 check: lint test
 

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 data=${1:-agencies}
 port=${PORT:-12345}
 work=${WORK:-$(mktemp -d)}
-mapfile -t files < <(ls "$data"/agency-*.csv 2>/dev/null | sort -V)
+mapfile -t files < <(find "$data" -maxdepth 1 -name 'agency-*.csv' 2>/dev/null | sort -V)
 n=${#files[@]}
 if [ "$n" -eq 0 ]; then
     echo "no agency-*.csv files in $data" >&2
