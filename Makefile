@@ -5,7 +5,6 @@
 
 # Compose v2 (`docker compose`) where installed, else the v1 `docker-compose`.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
-export COMPOSE_PROJECT_NAME ?= loteria
 
 # The whole lottery in containers: server + 5 agencies (agencies/), winners table.
 demo: docker-image

@@ -5,11 +5,12 @@
 
 n (default 1) is the number of agencies. The file (default `docker-compose.yaml`)
 holds one `server` container and containers `client1` … `clientN` on a private
-network. The server is told to wait for n agencies (`SERVER_AGENCIES`) and keeps its
+bridge network (internal: nothing outside it is reachable, no port is published). The server is told to wait for n agencies (`SERVER_AGENCIES`) and keeps its
 bets file on the named volume `bets-data`, so stored bets outlive the container. Every
 container bind-mounts the configuration directory (`config/`) read-only, so an edited
 `server.toml` / `client.toml` takes effect on the next container start without
-rebuilding an image; `clientK` also gets `DATA_DIR/agency-K.csv`, read-only.
+rebuilding an image; `clientK` also gets `DATA_DIR/agency-K.csv`, read-only (a
+missing one is warned about here, and Docker refuses to start that client).
 
 Paths on the command line are taken relative to the current directory and written
 relative to the compose file (Compose resolves them from the file's directory).
@@ -23,6 +24,7 @@ could not be written. Standard library only.
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -31,6 +33,8 @@ SERVER_IMAGE = "loteria-server:latest"
 CLIENT_IMAGE = "loteria-client:latest"
 # Where the images expect their files (WORKDIR /app, see the Dockerfiles).
 APP = "/app"
+DEFAULT_DATA_DIR = str(ROOT / "agencies")
+DEFAULT_CONFIG_DIR = str(ROOT / "config")
 # Every container joins one bridge network, and a Linux bridge holds at most 1024
 # interfaces: more agencies than this cannot run from one compose file anyway.
 MAX_AGENCIES = 1000
@@ -67,8 +71,20 @@ def mount_source(path: Path, compose_dir: Path) -> str:
     return relative if relative.startswith("..") else "./" + relative
 
 
+def literal_path(path: str) -> str:
+    """A path as a YAML scalar that Compose takes literally (`$` would start a
+    variable: `$$` is a plain dollar sign)."""
+    return quote(path.replace("$", "$$"))
+
+
+# A mount: (type, source, target in the container, read-only). The long syntax needs
+# no escaping of `:` in paths, and a bind mount of a missing file is an error instead
+# of an empty directory created on the host.
+Mount = tuple[str, str, str, bool]
+
+
 def service_lines(name: str, image: str, dockerfile: str, context: str,
-                  environment: list[str], volumes: list[str],
+                  environment: list[str], mounts: list[Mount],
                   depends_on: list[str]) -> list[str]:
     """One service: fixed container name, its image (and how to build it), its
     environment, mounts and network."""
@@ -77,13 +93,18 @@ def service_lines(name: str, image: str, dockerfile: str, context: str,
         f"    container_name: {name}",
         f"    image: {image}",
         "    build:",
-        f"      context: {quote(context)}",
+        f"      context: {literal_path(context)}",
         f"      dockerfile: {dockerfile}",
+        "    environment:",
     ]
-    lines.append("    environment:")
     lines += [f"      - {quote(item)}" for item in environment]
     lines.append("    volumes:")
-    lines += [f"      - {quote(item)}" for item in volumes]
+    for kind, source, target, read_only in mounts:
+        lines += [f"      - type: {kind}",
+                  f"        source: {literal_path(source)}",
+                  f"        target: {target}"]
+        if read_only:
+            lines.append("        read_only: true")
     lines += ["    networks:", "      - lottery"]
     if depends_on:
         lines.append("    depends_on:")
@@ -91,19 +112,21 @@ def service_lines(name: str, image: str, dockerfile: str, context: str,
     return lines
 
 
-def render(n: int, compose_dir: Path, data_dir: Path, config_dir: Path) -> str:
-    """The compose file's text for n agencies."""
+def render(n: int, compose_dir: Path, data_dir: Path, config_dir: Path,
+           options: str) -> str:
+    """The compose file's text for n agencies; `options` are the generator's options
+    besides n and -o, for the header."""
     context = mount_source(ROOT, compose_dir)
-    config = mount_source(config_dir, compose_dir)
+    config: Mount = ("bind", mount_source(config_dir, compose_dir), f"{APP}/config", True)
     lines = [
         f"# The lottery with {n} agenc{'y' if n == 1 else 'ies'}, written by "
-        f"`python3 compose_maker.py {n}`: regenerate it, do not edit it.",
+        f"`python3 compose_maker.py {n}{options}`: regenerate it, do not edit it.",
         "services:",
     ]
     lines += service_lines(
         "server", SERVER_IMAGE, "Dockerfile.server", context,
         environment=[f"SERVER_AGENCIES={n}"],
-        volumes=[f"{config}:{APP}/config:ro", f"bets-data:{APP}/data"],
+        mounts=[config, ("volume", "bets-data", f"{APP}/data", False)],
         depends_on=[])
     for k in range(1, n + 1):
         data = mount_source(data_dir / f"agency-{k}.csv", compose_dir)
@@ -111,14 +134,14 @@ def render(n: int, compose_dir: Path, data_dir: Path, config_dir: Path) -> str:
         lines += service_lines(
             f"client{k}", CLIENT_IMAGE, "Dockerfile.client", context,
             environment=[f"CLI_ID={k}"],
-            volumes=[f"{config}:{APP}/config:ro",
-                     f"{data}:{APP}/agencies/agency-{k}.csv:ro"],
+            mounts=[config, ("bind", data, f"{APP}/agencies/agency-{k}.csv", True)],
             depends_on=["server"])
     lines += [
         "",
         "networks:",
         "  lottery:",
         "    driver: bridge",
+        "    internal: true  # the lottery talks to nothing outside it",
         "",
         "volumes:",
         "  bets-data:",
@@ -136,9 +159,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("-o", "--output", default="docker-compose.yaml",
                         help="file to write (default docker-compose.yaml; - for "
                              "standard output, paths relative to the current directory)")
-    parser.add_argument("--data-dir", default=str(ROOT / "agencies"),
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                         help="directory of agency-K.csv files (default agencies/)")
-    parser.add_argument("--config-dir", default=str(ROOT / "config"),
+    parser.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR,
                         help="directory with server.toml and client.toml (default config/)")
     args = parser.parse_args(argv)
 
@@ -159,7 +182,10 @@ def main(argv: list[str]) -> int:
 
     to_stdout = args.output == "-"
     compose_dir = Path.cwd() if to_stdout else output.parent
-    text = render(args.n, compose_dir, data_dir, config_dir)
+    options = "".join(f" {flag} {shlex.quote(value)}" for flag, value, default in [
+        ("--data-dir", args.data_dir, DEFAULT_DATA_DIR),
+        ("--config-dir", args.config_dir, DEFAULT_CONFIG_DIR)] if value != default)
+    text = render(args.n, compose_dir, data_dir, config_dir, options)
     if to_stdout:
         sys.stdout.write(text)
         return 0

@@ -32,10 +32,10 @@ fail() {
     verdict fail
 }
 
-if [ "$(docker inspect -f '{{.State.Running}}' "$server" 2>/dev/null)" != true ]; then
+if [ "$(docker inspect --type container -f '{{.State.Running}}' "$server" 2>/dev/null)" != true ]; then
     fail "no running container named '$server' (start the lottery: make docker-compose-up)"
 fi
-network=${NC_TEST_NETWORK:-$(docker inspect -f \
+network=${NC_TEST_NETWORK:-$(docker inspect --type container -f \
     '{{range $name, $_ := .NetworkSettings.Networks}}{{println $name}}{{end}}' "$server" |
     head -n 1)}
 [ -n "$network" ] || fail "container '$server' is on no network"
@@ -45,7 +45,8 @@ message="nc_test $$ $(date +%s%N)"
 length=${#message} # ASCII only: characters are bytes
 frame=$(mktemp)
 reply=$(mktemp)
-trap 'rm -f "$frame" "$reply"' EXIT
+errors=$(mktemp)
+trap 'rm -f "$frame" "$reply" "$errors"' EXIT
 # shellcheck disable=SC2059 # the format is built on purpose: two octal escapes
 printf "\\001\\005$(printf '\\%03o\\%03o' $((length >> 8)) $((length & 255)))%s" \
     "$message" >"$frame"
@@ -53,12 +54,15 @@ printf "\\001\\005$(printf '\\%03o\\%03o' $((length >> 8)) $((length & 255)))%s"
 # The server closes the connection when nc half-closes after sending; `timeout` bounds
 # the wait if nothing answers.
 docker run --rm -i --network "$network" "$image" \
-    timeout "$wait_s" nc "$server" "$port" <"$frame" >"$reply" 2>/dev/null
+    timeout "$wait_s" nc "$server" "$port" <"$frame" >"$reply" 2>"$errors"
+status=$?
 
 if cmp -s "$frame" "$reply"; then
     verdict success
 elif [ ! -s "$reply" ]; then
-    fail "no answer from $server:$port on network $network"
+    detail=$(head -c 300 "$errors" | tr '\n' ' ')
+    fail "no answer from $server:$port on network $network" \
+        "(docker run exit code $status${detail:+: $detail})"
 else
     fail "$server:$port answered $(wc -c <"$reply") bytes that are not the message sent"
 fi

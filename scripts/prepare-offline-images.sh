@@ -40,6 +40,7 @@ BUSYBOX_TAG=busybox:1.35
 TOOLCHAIN_TAG=local/rust-toolchain-standin:1.95-bookworm  # heavy part of RUST_TAG
 SUITE=bookworm
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 # Bump when the way stand-ins are made changes: stand-ins with another value are rebuilt.
 RECIPE=1
 
@@ -84,9 +85,11 @@ work() {  # lazily, so the warm path creates nothing
     [ -n "$WORK" ] || WORK=$(mktemp -d "${TMPDIR:-/tmp}/prepare-offline-images.XXXXXX")
 }
 
-# Serialise concurrent runs (make -j, several make targets at once).
-exec 9>"${TMPDIR:-/tmp}/prepare-offline-images.lock"
-flock -w 3600 9 || die "another run holds ${TMPDIR:-/tmp}/prepare-offline-images.lock"
+# Serialise concurrent runs (make -j, several make targets at once), where flock exists.
+if command -v flock >/dev/null; then
+    exec 9>>"${TMPDIR:-/tmp}/prepare-offline-images.lock"
+    flock -w 3600 9 || die "another run holds ${TMPDIR:-/tmp}/prepare-offline-images.lock"
+fi
 
 docker version --format '{{.Server.Version}}' >/dev/null 2>&1 \
     || die "cannot talk to the Docker engine (is it running? are we root?)"
@@ -105,10 +108,17 @@ labels() {
     fi
 }
 
-# try_pull TAG: 0 if the real image could be pulled.
+# try_pull TAG: 0 if the real image could be pulled; else says why not, and 1.
 try_pull() {
+    local out
     [ "$PULL" = 1 ] || return 1
-    timeout "$PULL_TIMEOUT" docker pull -q "$1" >/dev/null 2>&1
+    if out=$(timeout "$PULL_TIMEOUT" docker pull -q "$1" 2>&1); then
+        return 0
+    fi
+    out=${out//$'\n'/ }
+    [ -n "$out" ] || out="no answer in $PULL_TIMEOUT s"
+    report "$1" "cannot be pulled (${out:0:160}); building a stand-in"
+    return 1
 }
 
 # A stand-in we replaced is left untagged: remove it (only if it is one of ours and
@@ -143,9 +153,14 @@ apt_retry() {
 debootstrap_rootfs() {
     local root=$1 include=$2 log
     log="$WORK/debootstrap-$(basename "$root").log"
-    command -v debootstrap >/dev/null \
-        || apt_retry env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap
-    debootstrap --variant=minbase --include="$include" "$SUITE" "$root" "$MIRROR" >"$log" 2>&1 \
+    # The archive keyring makes debootstrap check the packages' signatures (it only
+    # warns without one, and the mirror is plain HTTP).
+    if ! command -v debootstrap >/dev/null || [ ! -f "$KEYRING" ]; then
+        apt_retry env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends debootstrap debian-archive-keyring
+    fi
+    debootstrap --variant=minbase --keyring="$KEYRING" --include="$include" \
+        "$SUITE" "$root" "$MIRROR" >"$log" 2>&1 \
         || { tail -20 "$log" >&2; die "debootstrap $SUITE from $MIRROR failed (log above)"; }
 
     # Keep packages installed later slim too (what debian:*-slim ships).
@@ -260,7 +275,7 @@ ensure_busybox() {
     # The tag promises a version: check it (the binary is static, it runs on the host).
     version=$({ "$bb" 2>&1 || true; } | sed -n '1s/^BusyBox v\([0-9.]*\).*/\1/p')
     [[ $version == "${BUSYBOX_TAG#*:}"* ]] \
-        || die "$SUITE's busybox-static is $version, not ${BUSYBOX_TAG#*:}"
+        || die "this host's busybox-static package is $version, not ${BUSYBOX_TAG#*:}"
     # Layout of the official image: every applet in /bin, minimal /etc.
     root=$WORK/bb/root
     mkdir -p "$root"/{bin,dev,etc,home,proc,root,sys,tmp,usr/sbin,var/spool/mail,var/www}
@@ -276,8 +291,10 @@ ensure_busybox() {
     printf '127.0.0.1\tlocalhost\n' >"$root/etc/hosts"
     import_rootfs "$root" "$BUSYBOX_TAG" '["sh"]' --change "ENV PATH=$BASE_PATH"
     rm -rf "$WORK/bb"
-    docker run --rm --network none "$BUSYBOX_TAG" sh -c "nc -h 2>&1 | grep -q -- '-e PROG'" \
-        || die "$BUSYBOX_TAG stand-in: busybox nc lacks -e"
+    # What nc_test.sh and the Docker tests use: timeout, nc as client and with -l -p.
+    docker run --rm --network none "$BUSYBOX_TAG" sh -c \
+        "command -v timeout >/dev/null && nc -h 2>&1 | grep -q -- '-l' && nc -h 2>&1 | grep -q -- '-p PORT'" \
+        || die "$BUSYBOX_TAG stand-in: no timeout, or busybox nc lacks -l / -p"
     remove_old "$old"
     report "$BUSYBOX_TAG" "built stand-in in $((SECONDS - t0)) s"
 }

@@ -130,7 +130,13 @@ fn sigterm_to_a_client_mid_upload_keeps_every_acknowledged_bet() {
 
     // Two agencies, so even a finished upload would leave the client waiting.
     let mut server = Server::start(dir.path(), 2);
-    let mut client = start_client(1, server.addr, &path, &[("CLI_BATCH_MAX_AMOUNT", "20")]);
+    let batch = 20;
+    let mut client = start_client(
+        1,
+        server.addr,
+        &path,
+        &[("CLI_BATCH_MAX_AMOUNT", &batch.to_string())],
+    );
     // Normally the upload takes seconds and reports progress every second; on a
     // machine fast enough to finish first, the client waits for the draw instead, and
     // the checks below hold all the same.
@@ -169,7 +175,7 @@ fn sigterm_to_a_client_mid_upload_keeps_every_acknowledged_bet() {
     // What the client reports as acknowledged is stored (the server may have stored one
     // more batch whose ACK the stop cut off).
     assert!(
-        client_acked <= acknowledged && acknowledged - client_acked <= 20,
+        client_acked <= acknowledged && acknowledged - client_acked <= batch,
         "client: {client_acked} acknowledged, server: {acknowledged}"
     );
     if client.log_lines("upload", "success").is_empty() {
