@@ -228,46 +228,40 @@ import_rootfs() {
         "$@" - "$tag" >/dev/null
 }
 
-# ---- debian:bookworm-slim --------------------------------------------------------------
-ensure_debian() {
-    local l t0=$SECONDS old="" standin recipe
-    l=$(labels "$DEBIAN_TAG")
+# ensure_simple TAG BUILD: TAG is there (a real image, or a current stand-in), or is
+# pulled, or BUILD makes a stand-in under TAG (as root, with $WORK available).
+ensure_simple() {
+    local tag=$1 build=$2 l t0=$SECONDS old="" standin recipe
+    l=$(labels "$tag")
     if [ -n "$l" ]; then
         IFS='|' read -r standin recipe _ _ old <<<"$l"
-        [ "$standin" = true ] || { report "$DEBIAN_TAG" "real image kept"; return; }
+        [ "$standin" = true ] || { report "$tag" "real image kept"; return; }
         if [ "$recipe" = "$RECIPE" ] && [ "$FORCE" = 0 ]; then
-            report "$DEBIAN_TAG" "already present (stand-in)"; return
+            report "$tag" "already present (stand-in)"; return
         fi
     fi
-    if [ -z "$l" ] && try_pull "$DEBIAN_TAG"; then
-        report "$DEBIAN_TAG" "pulled real image in $((SECONDS - t0)) s"; remove_old "$old"; return
+    if [ -z "$l" ] && try_pull "$tag"; then
+        report "$tag" "pulled real image in $((SECONDS - t0)) s"; return
     fi
     require_root; work
+    "$build"
+    remove_old "$old"
+    report "$tag" "built stand-in in $((SECONDS - t0)) s"
+}
+
+# ---- debian:bookworm-slim --------------------------------------------------------------
+build_debian() {
     # passwd: the runtime stage runs useradd, which the real slim image has.
     debootstrap_rootfs "$WORK/debian" passwd
     import_rootfs "$WORK/debian" "$DEBIAN_TAG" '["bash"]' --change "ENV PATH=$BASE_PATH"
     rm -rf --one-file-system "$WORK/debian"
     docker run --rm --network none "$DEBIAN_TAG" sh -c 'command -v useradd >/dev/null' \
         || die "$DEBIAN_TAG stand-in has no useradd"
-    remove_old "$old"
-    report "$DEBIAN_TAG" "built stand-in in $((SECONDS - t0)) s"
 }
 
 # ---- busybox:1.35 ----------------------------------------------------------------------
-ensure_busybox() {
-    local l t0=$SECONDS old="" standin recipe root bb version applet
-    l=$(labels "$BUSYBOX_TAG")
-    if [ -n "$l" ]; then
-        IFS='|' read -r standin recipe _ _ old <<<"$l"
-        [ "$standin" = true ] || { report "$BUSYBOX_TAG" "real image kept"; return; }
-        if [ "$recipe" = "$RECIPE" ] && [ "$FORCE" = 0 ]; then
-            report "$BUSYBOX_TAG" "already present (stand-in)"; return
-        fi
-    fi
-    if [ -z "$l" ] && try_pull "$BUSYBOX_TAG"; then
-        report "$BUSYBOX_TAG" "pulled real image in $((SECONDS - t0)) s"; remove_old "$old"; return
-    fi
-    require_root; work
+build_busybox() {
+    local root bb version applet
     mkdir -p "$WORK/bb/deb"
     (cd "$WORK/bb/deb" && apt_retry apt-get download busybox-static)
     dpkg-deb -x "$WORK"/bb/deb/busybox-static_*.deb "$WORK/bb/x"
@@ -295,8 +289,6 @@ ensure_busybox() {
     docker run --rm --network none "$BUSYBOX_TAG" sh -c \
         "command -v timeout >/dev/null && nc -h 2>&1 | grep -q -- '-l' && nc -h 2>&1 | grep -q -- '-p PORT'" \
         || die "$BUSYBOX_TAG stand-in: no timeout, or busybox nc lacks -l / -p"
-    remove_old "$old"
-    report "$BUSYBOX_TAG" "built stand-in in $((SECONDS - t0)) s"
 }
 
 # ---- rust:1.95-slim-bookworm -------------------------------------------------------------
@@ -419,6 +411,6 @@ ensure_rust() {
     report "$RUST_TAG" "built stand-in in $((SECONDS - t0)) s (${tc_msg}vendor layer $((SECONDS - t1)) s${why:+; $why})"
 }
 
-ensure_debian
-ensure_busybox
+ensure_simple "$DEBIAN_TAG" build_debian
+ensure_simple "$BUSYBOX_TAG" build_busybox
 ensure_rust
