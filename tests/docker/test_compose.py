@@ -527,16 +527,59 @@ class ConfigWithoutRebuildTest(DockerTestCase):
             self.assertEqual(now, image, f"{container} runs another image")
 
 
+class MakeTargetsTest(DockerTestCase):
+    """The README's make targets on the committed docker-compose.yaml (5 agencies,
+    agencies/), under the Compose project named after the checkout's directory."""
+
+    def make(self, target: str) -> subprocess.CompletedProcess:
+        return run(["make", "--no-print-directory", "-C", ROOT, target], timeout=600)
+
+    def test_up_logs_down(self):
+        self.addCleanup(run, ["make", "-C", ROOT, "docker-compose-down"], check=False,
+                        timeout=600)
+        self.make("docker-compose-up")
+        project = run(["docker", "inspect", "-f",
+                       '{{index .Config.Labels "com.docker.compose.project"}}',
+                       "server"]).stdout.strip()
+        for k in range(1, 6):
+            code = int(run(["docker", "wait", f"client{k}"]).stdout)
+            self.assertEqual(code, 0, f"client{k}")
+        check = nc_test()
+        self.assertEqual(check.stdout, "action: test_echo_server | result: success\n",
+                         check.stderr)
+
+        # `docker-compose-logs` follows the logs until interrupted.
+        logs = subprocess.Popen(["make", "--no-print-directory", "-C", ROOT,
+                                 "docker-compose-logs"], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            out, _ = logs.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(logs.pid, 15)
+            out, _ = logs.communicate(timeout=30)
+        text = out.decode("utf-8", "replace")
+        self.assertIn("action: sorteo | result: success", text)
+        self.assertEqual(text.count("action: consulta_ganadores | result: success"), 5)
+
+        self.make("docker-compose-down")
+        self.assertEqual(lottery_objects(f"com.docker.compose.project={project}"), [])
+
+
+def lottery_objects(label: str) -> list[str]:
+    """Containers, networks and volumes carrying `label`."""
+    return [f"{kind}: {ident}"
+            for kind in ("ps -a", "network ls", "volume ls")
+            for ident in run(["docker", *kind.split(), "-q", "--filter",
+                              f"label={label}"]).stdout.split()]
+
+
 class ZzCleanupTest(unittest.TestCase):
     """Runs last (unittest sorts classes by name): nothing of the tests is left."""
 
     def test_nothing_is_left_behind(self):
         for label in (f"com.docker.compose.project={PROJECT}", TEST_LABEL):
-            for kind in ("ps -a", "network ls", "volume ls"):
-                with self.subTest(kind=kind, label=label):
-                    left = run(["docker", *kind.split(), "-q", "--filter",
-                                f"label={label}"]).stdout.split()
-                    self.assertEqual(left, [], f"docker {kind} still lists test objects")
+            with self.subTest(label=label):
+                self.assertEqual(lottery_objects(label), [])
 
 
 if __name__ == "__main__":
