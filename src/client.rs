@@ -269,7 +269,7 @@ impl<'a> Agency<'a> {
         let mut last_progress = started;
         let mut batch: Vec<Bet> = Vec::with_capacity(max_amount.min(1024));
         let mut batch_len = 0;
-        let (mut seq, mut sent, mut skipped) = (0u64, 0u64, 0u64);
+        let (mut seq, mut skipped) = (0u64, 0u64);
         for line in file {
             if self.shutdown.is_triggered() {
                 return Ok(None);
@@ -302,15 +302,14 @@ impl<'a> Agency<'a> {
                 || protocol::bets_frame_len(batch_len + len) > protocol::MAX_FRAME_LEN;
             if full {
                 seq += 1;
-                let count = batch.len() as u64;
                 self.send_batch(seq, std::mem::take(&mut batch))?;
-                sent += count;
                 batch_len = 0;
                 if last_progress.elapsed() >= PROGRESS_EVERY {
                     last_progress = Instant::now();
                     log::info!(
-                        "action: upload | result: in_progress | client_id: {id} | bets_sent: {sent} | batches: {seq} | rate: {:.0} bets/s",
-                        rate(sent, started)
+                        "action: upload | result: in_progress | client_id: {id} | bets_sent: {} | batches: {seq} | rate: {:.0} bets/s",
+                        self.acked,
+                        rate(self.acked, started)
                     );
                 }
             }
@@ -319,16 +318,15 @@ impl<'a> Agency<'a> {
         }
         if !batch.is_empty() {
             seq += 1;
-            let count = batch.len() as u64;
             self.send_batch(seq, batch)?;
-            sent += count;
         }
         log::info!(
-            "action: upload | result: success | client_id: {id} | bets_sent: {sent} | batches: {seq} | skipped: {skipped} | elapsed: {} | rate: {:.0} bets/s",
+            "action: upload | result: success | client_id: {id} | bets_sent: {} | batches: {seq} | skipped: {skipped} | elapsed: {} | rate: {:.0} bets/s",
+            self.acked,
             crate::config::format_duration(Duration::from_millis(
                 u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
             )),
-            rate(sent, started)
+            rate(self.acked, started)
         );
         Ok(Some(skipped))
     }

@@ -3,6 +3,7 @@
 //! upload, and a client with no server to talk to.
 mod support;
 
+use loteria::bet::Bet;
 use support::process::*;
 use support::*;
 
@@ -32,6 +33,22 @@ fn agency_waiting_for_the_draw(dir: &TempDir, bets: usize) -> (Server, Proc) {
         .wait_for("action: winners_wait | result: in_progress | agency: 1");
     client.wait_for("action: fin | result: success");
     (server, client)
+}
+
+/// Batch size of the mid-upload tests: small, so that an upload lasts seconds.
+const MID_UPLOAD_BATCH: usize = 20;
+
+/// A server for two agencies (so even a finished upload would leave the client
+/// waiting) and agency 1, a real client, uploading `count` bets in batches of
+/// `MID_UPLOAD_BATCH`. Returns the bets of its file too.
+fn agency_uploading(dir: &TempDir, count: usize) -> (Vec<Bet>, Server, Proc) {
+    let bets = mock_agencies(&[count], 1000).swap_remove(0).0;
+    let path = dir.join("agency-1.csv");
+    write_agency_file(&path, &bets);
+    let server = Server::start(dir.path(), 2);
+    let batch = MID_UPLOAD_BATCH.to_string();
+    let client = start_client(1, server.addr, &path, &[("CLI_BATCH_MAX_AMOUNT", &batch)]);
+    (bets, server, client)
 }
 
 #[test]
@@ -123,20 +140,7 @@ fn sigterm_to_an_idle_server_exits_0() {
 fn sigterm_to_a_client_mid_upload_keeps_every_acknowledged_bet() {
     const BETS: usize = 300_000;
     let dir = TempDir::new("sig-client");
-    let agencies = mock_agencies(&[BETS], 1000);
-    let bets = &agencies[0].0;
-    let path = dir.join("agency-1.csv");
-    write_agency_file(&path, bets);
-
-    // Two agencies, so even a finished upload would leave the client waiting.
-    let mut server = Server::start(dir.path(), 2);
-    let batch = 20;
-    let mut client = start_client(
-        1,
-        server.addr,
-        &path,
-        &[("CLI_BATCH_MAX_AMOUNT", &batch.to_string())],
-    );
+    let (bets, mut server, mut client) = agency_uploading(&dir, BETS);
     // Normally the upload takes seconds and reports progress every second; on a
     // machine fast enough to finish first, the client waits for the draw instead, and
     // the checks below hold all the same.
@@ -175,7 +179,7 @@ fn sigterm_to_a_client_mid_upload_keeps_every_acknowledged_bet() {
     // What the client reports as acknowledged is stored (the server may have stored one
     // more batch whose ACK the stop cut off).
     assert!(
-        client_acked <= acknowledged && acknowledged - client_acked <= batch,
+        client_acked <= acknowledged && acknowledged - client_acked <= MID_UPLOAD_BATCH,
         "client: {client_acked} acknowledged, server: {acknowledged}"
     );
     if client.log_lines("upload", "success").is_empty() {
@@ -235,15 +239,8 @@ fn acknowledged(server: &Proc) -> usize {
 
 #[test]
 fn sigterm_to_the_server_mid_upload_keeps_every_acknowledged_bet() {
-    const BETS: usize = 200_000;
     let dir = TempDir::new("sig-server-upload");
-    let agencies = mock_agencies(&[BETS], 1000);
-    let bets = &agencies[0].0;
-    let path = dir.join("agency-1.csv");
-    write_agency_file(&path, bets);
-
-    let mut server = Server::start(dir.path(), 2);
-    let mut client = start_client(1, server.addr, &path, &[("CLI_BATCH_MAX_AMOUNT", "20")]);
+    let (bets, mut server, mut client) = agency_uploading(&dir, 200_000);
     server
         .proc
         .wait_for_lines("of stored batches", 10, TIMEOUT, |l| {
