@@ -450,11 +450,13 @@ class GracefulStopTest(DockerTestCase):
             self.assertEqual(finished, [], "the upload ended before the stop: use more bets")
         return lottery
 
-    def assert_acknowledged_kept(self, lottery: Lottery, k: int) -> int:
+    def assert_acknowledged_kept(self, lottery: Lottery, stored: list[Row], k: int) -> int:
+        """Agency k's rows among `stored` (the bets file) are a prefix of its file, at
+        least as long as what its client saw acknowledged; returns that count."""
         closed = [l for l in lottery.logs(f"client{k}") if is_log(l, "close_connection", "success")]
         self.assertEqual(len(closed), 1, f"client{k}")
         acked = int(field(closed[0], "bets_acked"))
-        stored = [r for r in lottery.stored() if r[0] == k]
+        stored = [r for r in stored if r[0] == k]
         self.assertGreaterEqual(len(stored), acked, f"agency {k} lost acknowledged bets")
         rows = agency_rows(self.data / f"agency-{k}.csv", k)
         self.assertEqual(stored, rows[:len(stored)], f"agency {k}: not a prefix of its file")
@@ -474,7 +476,7 @@ class GracefulStopTest(DockerTestCase):
         # read whole: it has stored every batch it took, in order.
         lottery.stop("server")
         self.assertEqual(lottery.exit_code("server"), 0)
-        acked = self.assert_acknowledged_kept(lottery, 1)
+        acked = self.assert_acknowledged_kept(lottery, lottery.stored(), 1)
         self.assertGreater(acked, 0)
         self.assertLess(acked, self.BETS, "the upload was not interrupted")
 
@@ -485,14 +487,14 @@ class GracefulStopTest(DockerTestCase):
         logs = lottery.logs("server")
         for action in ["signal", "close_listener", "join_connections", "close_storage", "exit"]:
             self.assertTrue(any(is_log(l, action, "success") for l in logs), action)
+        stored = lottery.stored()
         for k in (1, 2):
             self.assertNotEqual(lottery.wait(f"client{k}"), 0, "an upload cut short")
-            self.assert_acknowledged_kept(lottery, k)
+            self.assert_acknowledged_kept(lottery, stored, k)
         # The bets outlive the container: a restarted server finds them.
-        stored = len(lottery.stored())
         lottery.compose("start", "server")
         second = lottery.wait_for_log("server", "storage_open", "success", nth=2)
-        self.assertEqual(field(second, "bets"), str(stored), second)
+        self.assertEqual(field(second, "bets"), str(len(stored)), second)
 
 
 class ConfigWithoutRebuildTest(DockerTestCase):
