@@ -74,6 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 data,
                 server_address: addr.to_string(),
                 connect_timeout: Duration::from_secs(5),
+                retry_deadline: Duration::from_secs(30),
                 io_timeout: Duration::from_secs(60),
                 loop_amount: 0,
                 loop_period: Duration::ZERO,
@@ -94,9 +95,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     shutdown.trigger();
     server.join().map_err(|_| "server panicked")??;
     let total = u64::from(agencies) * bets;
-    let stored = std::fs::read_to_string(dir.join("bets.csv"))?
-        .lines()
-        .count() as u64;
+    let stored = loteria::storage::for_each_stored(&dir.join("bets.csv"), |_, _| {})?;
     std::fs::remove_dir_all(&dir)?;
     assert_eq!(stored, total, "every bet stored once");
     println!(

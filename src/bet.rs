@@ -175,6 +175,11 @@ impl DrawResult {
         self.winners.get(&agency).map_or(&[], Vec::as_slice)
     }
 
+    /// The number this draw looks for.
+    pub fn winning_number(&self) -> u16 {
+        self.winning_number
+    }
+
     /// How many winning bets the draw found, over all agencies.
     pub fn total(&self) -> usize {
         self.winners.values().map(Vec::len).sum()

@@ -125,7 +125,13 @@ pub const CLIENT_KEYS: &[Key] = &[
         "server.connect_timeout",
         "CLI_CONNECT_TIMEOUT",
         Some("10s"),
-        "how long to keep retrying the first connection",
+        "how long one connection attempt may take",
+    ),
+    key(
+        "server.retry_deadline",
+        "CLI_RETRY_DEADLINE",
+        Some("300s"),
+        "how long to keep reconnecting without a working session before giving up",
     ),
     key(
         "server.io_timeout",
@@ -287,8 +293,10 @@ pub struct ClientConfig {
     pub data: PathBuf,
     /// Server `host:port`.
     pub server_address: String,
-    /// Retry window for the first connection.
+    /// The bound of one connection attempt.
     pub connect_timeout: Duration,
+    /// How long to keep reconnecting without a working session before giving up.
+    pub retry_deadline: Duration,
     /// Wait for each reply.
     pub io_timeout: Duration,
     /// Echo messages to send.
@@ -547,7 +555,8 @@ impl ClientConfig {
                     _ => Err("expected host:port".into()),
                 }
             })?,
-            connect_timeout: src.get("server.connect_timeout", duration)?,
+            connect_timeout: src.get("server.connect_timeout", positive_duration)?,
+            retry_deadline: src.get("server.retry_deadline", duration)?,
             io_timeout: src.get("server.io_timeout", positive_duration)?,
             loop_amount: src.get("loop.amount", int(0, u64::MAX))?,
             loop_period: src.get("loop.period", duration)?,
@@ -566,7 +575,7 @@ impl ClientConfig {
         format!(
             "client_id: {} | server_address: {} | loop_amount: {} | loop_period: {} | \
              log_level: {} | mode: {} | data: {} | batch_max_amount: {} | \
-             connect_timeout: {} | io_timeout: {}",
+             connect_timeout: {} | retry_deadline: {} | io_timeout: {}",
             self.id,
             self.server_address,
             self.loop_amount,
@@ -576,6 +585,7 @@ impl ClientConfig {
             self.data.display(),
             self.batch_max_amount,
             format_duration(self.connect_timeout),
+            format_duration(self.retry_deadline),
             format_duration(self.io_timeout)
         )
     }
@@ -878,6 +888,15 @@ mod tests {
         assert_eq!(config.loop_period, Duration::from_millis(100));
         assert_eq!(config.batch_max_amount, 80);
         assert_eq!(config.single_bet, None);
+        assert_eq!(config.connect_timeout, Duration::from_secs(10));
+        assert_eq!(config.retry_deadline, Duration::from_secs(300));
+        assert!(
+            config
+                .summary()
+                .contains("connect_timeout: 10s | retry_deadline: 300s | io_timeout: 60s"),
+            "{}",
+            config.summary()
+        );
         assert!(config.summary().starts_with(
             "client_id: 1 | server_address: server:12345 | loop_amount: 5 | loop_period: 100ms | log_level: DEBUG"
         ));
@@ -891,6 +910,8 @@ mod tests {
                 ("CLI_LOOP_PERIOD", "5s"),
                 ("CLI_LOG_LEVEL", "ERROR"),
                 ("CLI_BATCH_MAX_AMOUNT", "7"),
+                ("CLI_RETRY_DEADLINE", "2m"),
+                ("CLI_CONNECT_TIMEOUT", "250ms"),
             ]),
         )
         .expect("loads");
@@ -901,7 +922,21 @@ mod tests {
         assert_eq!(config.loop_amount, 2);
         assert_eq!(config.loop_period, Duration::from_secs(5));
         assert_eq!(config.batch_max_amount, 7);
+        assert_eq!(config.retry_deadline, Duration::from_secs(120));
+        assert_eq!(config.connect_timeout, Duration::from_millis(250));
+        let path_deadline = write_temp(
+            "client-deadline",
+            &CLIENT.replace(
+                "address = \"server:12345\"\n",
+                "address = \"server:12345\"\nretry_deadline = \"45s\"\n",
+            ),
+        );
+        let config = ClientConfig::load_with_env(&path_deadline, &env(&[])).expect("loads");
+        assert_eq!(config.retry_deadline, Duration::from_secs(45));
         for (var, value) in [
+            ("CLI_RETRY_DEADLINE", "soon"),
+            ("CLI_RETRY_DEADLINE", "5"),
+            ("CLI_CONNECT_TIMEOUT", "0s"),
             ("CLI_ID", "0"),
             ("CLI_MODE", "both"),
             ("CLI_SERVER_ADDRESS", "nohost"),

@@ -254,7 +254,7 @@ mod tests {
         conn.write_message(&Message::WinnersQuery).expect("write");
         let mut buf = [0u8; 4];
         peer.read_exact(&mut buf).expect("read");
-        assert_eq!(buf, [1, 4, 0, 0]);
+        assert_eq!(buf, [protocol::VERSION, 4, 0, 0]);
         conn.set_timeouts(Some(Duration::from_millis(20)))
             .expect("timeouts");
         let err = conn.read_message().expect_err("nothing sent");

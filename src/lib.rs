@@ -26,9 +26,9 @@
 //!   bytes to messages, reading from any [`std::io::Read`].
 //! * [`connection`] — a [`connection::Connection`] owns one `TcpStream` and moves whole
 //!   frames over it.
-//! * [`storage`] — the append-only, fsynced CSV file of bets.
+//! * [`storage`] — the `Store` interface and its CSV + commit-journal implementation.
 //! * [`agency_file`] — streams an agency's bets file line by line.
-//! * [`server`] — thread per connection, the shared ledger, the FIN barrier and draw.
+//! * [`server`] — thread per connection, the ledger over the store, the draw barrier.
 //! * [`client`] — the agency: batch upload, single bet, echo loop.
 //! * [`config`] — TOML files and environment overrides; [`logging`] — the log format;
 //!   [`shutdown`] — the shutdown switch and the signal thread.

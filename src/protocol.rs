@@ -19,7 +19,7 @@ use chrono::{Datelike, NaiveDate};
 use crate::bet::{AgencyId, Bet};
 
 /// The protocol version this crate speaks; the first byte of every frame.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes in a frame header: version, kind, 2-byte payload length.
 pub const HEADER_LEN: usize = 4;
 /// The hard maximum size of a whole frame, header included (8 KiB).
@@ -88,8 +88,14 @@ pub enum ErrorCode {
     ServerBusy,
     /// 14: the server is stopping.
     ShuttingDown,
-    /// 15: the server failed (e.g. storage); nothing was stored.
+    /// 15: the server failed (e.g. storage); nothing was stored. Worth retrying.
     Internal,
+    /// 16: another connection of the same agency said `HELLO`; this one is closed.
+    Superseded,
+    /// 17: the agency already stored bets of another upload (another file).
+    UploadConflict,
+    /// 18: a batch that is neither the next one nor a replay of the last stored one.
+    BadSeq,
     /// A code this version does not know.
     Other(u16),
 }
@@ -113,6 +119,9 @@ impl ErrorCode {
             ErrorCode::ServerBusy => 13,
             ErrorCode::ShuttingDown => 14,
             ErrorCode::Internal => 15,
+            ErrorCode::Superseded => 16,
+            ErrorCode::UploadConflict => 17,
+            ErrorCode::BadSeq => 18,
             ErrorCode::Other(code) => code,
         }
     }
@@ -135,6 +144,9 @@ impl ErrorCode {
             13 => ErrorCode::ServerBusy,
             14 => ErrorCode::ShuttingDown,
             15 => ErrorCode::Internal,
+            16 => ErrorCode::Superseded,
+            17 => ErrorCode::UploadConflict,
+            18 => ErrorCode::BadSeq,
             other => ErrorCode::Other(other),
         }
     }
@@ -148,6 +160,7 @@ impl ErrorCode {
                 | ErrorCode::IdleTimeout
                 | ErrorCode::ServerBusy
                 | ErrorCode::ShuttingDown
+                | ErrorCode::Superseded
         )
     }
 
@@ -169,6 +182,9 @@ impl ErrorCode {
             ErrorCode::ServerBusy => "SERVER_BUSY",
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Superseded => "SUPERSEDED",
+            ErrorCode::UploadConflict => "UPLOAD_CONFLICT",
+            ErrorCode::BadSeq => "BAD_SEQ",
             ErrorCode::Other(_) => "UNKNOWN_ERROR",
         }
     }
@@ -187,8 +203,8 @@ pub enum Message {
     Hello {
         /// The agency's id, `1..=N`.
         agency: AgencyId,
-        /// Identifies one run of the agency's upload (random per run): batch `seq`
-        /// numbers, and so replay detection, are per (agency, upload).
+        /// Identifies the agency's upload: a fingerprint of what it uploads (its
+        /// file's content), so a restarted client with the same file resumes it.
         upload: u64,
     },
     /// Agency → server: one batch of bets, numbered `seq`.
@@ -204,10 +220,23 @@ pub enum Message {
     WinnersQuery,
     /// Both ways: the reply repeats the request byte for byte.
     Echo(Vec<u8>),
-    /// Server → agency: the connection is bound to `agency`.
+    /// Server → agency: the connection is bound to `agency`, and this is how far the
+    /// agency's upload is durably stored.
     Welcome {
         /// The agency the connection is now bound to.
         agency: AgencyId,
+        /// The upload the agency's stored bets belong to (the `HELLO`'s own upload
+        /// when nothing is stored yet). Another value than the `HELLO`'s means the
+        /// agency stored bets of another upload: its `BETS` get `UPLOAD_CONFLICT`.
+        upload: u64,
+        /// The `seq` of the last batch stored for that upload (0: none).
+        stored_seq: u64,
+        /// How many bets of the agency are stored.
+        stored_bets: u64,
+        /// Whether the agency's `FIN` is recorded.
+        finished: bool,
+        /// Whether the draw has run.
+        drawn: bool,
     },
     /// Server → agency: batch `seq` is stored durably.
     BetsAck {
@@ -523,7 +552,21 @@ impl Message {
                 out.extend_from_slice(&agency.to_be_bytes());
                 out.extend_from_slice(&upload.to_be_bytes());
             }
-            Message::Welcome { agency } => out.extend_from_slice(&agency.to_be_bytes()),
+            Message::Welcome {
+                agency,
+                upload,
+                stored_seq,
+                stored_bets,
+                finished,
+                drawn,
+            } => {
+                out.extend_from_slice(&agency.to_be_bytes());
+                out.extend_from_slice(&upload.to_be_bytes());
+                out.extend_from_slice(&stored_seq.to_be_bytes());
+                out.extend_from_slice(&stored_bets.to_be_bytes());
+                out.push(u8::from(*finished));
+                out.push(u8::from(*drawn));
+            }
             Message::Bets { seq, bets } => {
                 out.extend_from_slice(&seq.to_be_bytes());
                 let count = u16::try_from(bets.len()).map_err(|_| EncodeError::FieldTooLong {
@@ -577,7 +620,14 @@ impl Message {
                 agency: r.u32()?,
                 upload: r.u64()?,
             },
-            kind::WELCOME => Message::Welcome { agency: r.u32()? },
+            kind::WELCOME => Message::Welcome {
+                agency: r.u32()?,
+                upload: r.u64()?,
+                stored_seq: r.u64()?,
+                stored_bets: r.u64()?,
+                finished: r.flag("finished")?,
+                drawn: r.flag("drawn")?,
+            },
             kind::BETS => {
                 let seq = r.u64()?;
                 let count = usize::from(r.u16()?);
@@ -603,11 +653,7 @@ impl Message {
                 agencies: r.u32()?,
             },
             kind::WINNERS => {
-                let last = match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    other => return Err(r.malformed(format!("last flag is {other}, not 0 or 1"))),
-                };
+                let last = r.flag("last")?;
                 let count = usize::from(r.u16()?);
                 let mut documents = Vec::with_capacity(count.min(payload.len()));
                 for _ in 0..count {
@@ -782,6 +828,15 @@ impl<'a> PayloadReader<'a> {
         Ok(self.array::<1>("u8")?[0])
     }
 
+    /// A `u8` that must be 0 (`false`) or 1 (`true`).
+    fn flag(&mut self, name: &str) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(self.malformed(format!("{name} flag is {other}, not 0 or 1"))),
+        }
+    }
+
     fn u16(&mut self) -> Result<u16, DecodeError> {
         Ok(u16::from_be_bytes(self.array("u16")?))
     }
@@ -852,7 +907,22 @@ mod tests {
             Message::Echo(b"[CLIENT 1] Message N\xc2\xb01".to_vec()),
             Message::Echo(Vec::new()),
             Message::Echo(vec![0xff; MAX_PAYLOAD_LEN]),
-            Message::Welcome { agency: 3 },
+            Message::Welcome {
+                agency: 3,
+                upload: 0x0102_0304_0506_0708,
+                stored_seq: 2,
+                stored_bets: 150,
+                finished: false,
+                drawn: false,
+            },
+            Message::Welcome {
+                agency: u32::MAX,
+                upload: u64::MAX,
+                stored_seq: u64::MAX,
+                stored_bets: u64::MAX,
+                finished: true,
+                drawn: true,
+            },
             Message::BetsAck { seq: 7, count: 100 },
             Message::FinAck {
                 finished: 2,
@@ -883,7 +953,7 @@ mod tests {
 
     #[test]
     fn wire_constants_are_pinned() {
-        assert_eq!(VERSION, 1);
+        assert_eq!(VERSION, 2);
         assert_eq!(HEADER_LEN, 4);
         assert_eq!(MAX_FRAME_LEN, 8192);
         assert_eq!(MAX_PAYLOAD_LEN, 8188);
@@ -902,14 +972,17 @@ mod tests {
         for (actual, expected) in kinds {
             assert_eq!(actual, expected);
         }
-        for code in 1..=15u16 {
+        for code in 1..=18u16 {
             let known = ErrorCode::from_u16(code);
             assert_ne!(known, ErrorCode::Other(code), "code {code} is named");
             assert_eq!(known.to_u16(), code);
         }
         assert_eq!(ErrorCode::InvalidBet.to_u16(), 8);
         assert_eq!(ErrorCode::Internal.to_u16(), 15);
-        assert_eq!(ErrorCode::from_u16(16), ErrorCode::Other(16));
+        assert_eq!(ErrorCode::Superseded.to_u16(), 16);
+        assert_eq!(ErrorCode::UploadConflict.to_u16(), 17);
+        assert_eq!(ErrorCode::BadSeq.to_u16(), 18);
+        assert_eq!(ErrorCode::from_u16(19), ErrorCode::Other(19));
     }
 
     #[test]
@@ -927,11 +1000,19 @@ mod tests {
                 agency: 3,
                 upload: 0x0102_0304_0506_0708
             }),
-            "01 01 00 0c 00 00 00 03 01 02 03 04 05 06 07 08"
+            "02 01 00 0c 00 00 00 03 01 02 03 04 05 06 07 08"
         );
         assert_eq!(
-            hex(&Message::Welcome { agency: 3 }),
-            "01 81 00 04 00 00 00 03"
+            hex(&Message::Welcome {
+                agency: 3,
+                upload: 0x0102_0304_0506_0708,
+                stored_seq: 2,
+                stored_bets: 150,
+                finished: false,
+                drawn: false,
+            }),
+            "02 81 00 1e 00 00 00 03 01 02 03 04 05 06 07 08 00 00 00 00 00 00 00 02 \
+             00 00 00 00 00 00 00 96 00 00"
         );
         let ana = Bet {
             first_name: "Ana".into(),
@@ -942,39 +1023,39 @@ mod tests {
                 seq: 1,
                 bets: vec![ana]
             }),
-            "01 02 00 27 00 00 00 00 00 00 00 01 00 01 00 03 41 6e 61 00 07 4e c3 ba c3 b1 65 7a \
+            "02 02 00 27 00 00 00 00 00 00 00 01 00 01 00 03 41 6e 61 00 07 4e c3 ba c3 b1 65 7a \
              08 33 30 39 30 34 34 36 35 07 cf 03 11 1d 96"
         );
         assert_eq!(
             hex(&Message::BetsAck { seq: 1, count: 1 }),
-            "01 82 00 0a 00 00 00 00 00 00 00 01 00 01"
+            "02 82 00 0a 00 00 00 00 00 00 00 01 00 01"
         );
-        assert_eq!(hex(&Message::Fin), "01 03 00 00");
+        assert_eq!(hex(&Message::Fin), "02 03 00 00");
         assert_eq!(
             hex(&Message::FinAck {
                 finished: 2,
                 agencies: 5
             }),
-            "01 83 00 08 00 00 00 02 00 00 00 05"
+            "02 83 00 08 00 00 00 02 00 00 00 05"
         );
-        assert_eq!(hex(&Message::WinnersQuery), "01 04 00 00");
+        assert_eq!(hex(&Message::WinnersQuery), "02 04 00 00");
         assert_eq!(
             hex(&Message::Winners {
                 last: true,
                 documents: vec!["30904465".into(), "00000000".into()]
             }),
-            "01 84 00 15 01 00 02 08 33 30 39 30 34 34 36 35 08 30 30 30 30 30 30 30 30"
+            "02 84 00 15 01 00 02 08 33 30 39 30 34 34 36 35 08 30 30 30 30 30 30 30 30"
         );
         assert_eq!(
             hex(&Message::Echo(b"hello".to_vec())),
-            "01 05 00 05 68 65 6c 6c 6f"
+            "02 05 00 05 68 65 6c 6c 6f"
         );
         assert!(
             hex(&Message::Error {
                 code: ErrorCode::InvalidBet,
                 reason: "bet 1: number 12000 is not in 0..=9999".into()
             })
-            .starts_with("01 ff 00 2a 00 08 00 26 62 65 74")
+            .starts_with("02 ff 00 2a 00 08 00 26 62 65 74")
         );
     }
 
@@ -1193,10 +1274,10 @@ mod tests {
 
     #[test]
     fn error_codes_that_close_the_connection() {
-        let closing: Vec<u16> = (1..=15)
+        let closing: Vec<u16> = (1..=18)
             .filter(|c| ErrorCode::from_u16(*c).closes_connection())
             .collect();
-        assert_eq!(closing, vec![3, 4, 12, 13, 14]);
+        assert_eq!(closing, vec![3, 4, 12, 13, 14, 16]);
     }
 
     mod fuzz {

@@ -1,6 +1,7 @@
 //! Batches over loopback: one invalid bet rejects its whole batch (and nothing of it is
-//! stored) while the batches around it are stored; replayed `seq`s are acknowledged
-//! again but stored once.
+//! stored) while the batches around it are stored; only the next batch is stored, the
+//! last one sent again is acknowledged again but stored once, any other `seq` is
+//! refused.
 mod support;
 
 use chrono::Days;
@@ -198,8 +199,15 @@ fn an_invalid_batch_of_one_agency_does_not_touch_another() {
     server.stop().expect("clean stop");
 }
 
+/// Sends `bets` as `seq` and expects BAD_SEQ.
+fn expect_bad_seq(peer: &mut Peer, seq: u64, bets: Vec<Bet>) {
+    peer.send(&Message::Bets { seq, bets });
+    let reason = expect_error(peer, ErrorCode::BadSeq);
+    assert!(reason.contains(&seq.to_string()), "names the seq: {reason}");
+}
+
 #[test]
-fn replayed_batches_are_acked_but_stored_once() {
+fn only_the_last_batch_is_replayed_and_every_other_seq_is_refused() {
     let dir = TempDir::new("replay");
     let server = TestServer::start(server_config(dir.path(), 2));
     let mut peer = Peer::hello(server.addr, 1);
@@ -220,41 +228,51 @@ fn replayed_batches_are_acked_but_stored_once() {
     ]);
     assert_eq!(server.stored(), expected);
 
-    // The same batch again, and an older one: both ACKed with their own seq and count.
+    // The last batch again (its ACK was lost): ACKed with its seq and count, not stored.
     peer.store(2, second.clone());
-    peer.store(1, first.clone());
-    // A "replay" whose content differs is still a replay: not stored.
-    peer.store(1, vec![bet("Intrusa", "66666666", 7574)]);
-    peer.store(0, vec![bet("Cero", "77777777", 7574)]);
-    assert_eq!(server.stored(), expected, "replays stored nothing");
+    // An older batch, the last seq with other content, seq 0, a gap: all refused.
+    expect_bad_seq(&mut peer, 1, first.clone());
+    expect_bad_seq(&mut peer, 2, vec![bet("Intrusa", "66666666", 7574)]);
+    expect_bad_seq(&mut peer, 2, second[..2].to_vec());
+    expect_bad_seq(&mut peer, 0, vec![bet("Cero", "77777777", 7574)]);
+    expect_bad_seq(&mut peer, 4, vec![bet("Gap", "9", 9)]);
+    assert_eq!(
+        server.stored(),
+        expected,
+        "refusals and replays stored nothing"
+    );
 
-    // The replay is per agency: agency 2's seq 1 is new.
+    // The numbering is per agency: agency 2's seq 1 is new.
     let mut other = Peer::hello(server.addr, 2);
     other.store(1, vec![bet("Otro", "8", 8)]);
-    // A replay from a new connection of agency 1 is still a replay.
-    let mut again = Peer::hello(server.addr, 1);
+    // A new connection of agency 1 is told where the upload is, may replay the last
+    // batch, and goes on with the next one.
+    drop(peer);
+    let (mut again, progress) = Peer::hello_upload(server.addr, 1, 0);
+    assert_eq!((progress.stored_seq, progress.stored_bets), (2, 5));
     again.store(2, second);
-    // A gap is allowed; anything not above the highest stored seq is then a replay.
-    again.store(5, vec![bet("Gap", "9", 9)]);
-    again.store(4, vec![bet("Late", "10", 10)]);
-    again.store(6, vec![bet("Next", "11", 11)]);
+    again.store(3, vec![bet("Next", "11", 11)]);
 
     let mut all = expected.clone();
-    all.extend(rows(&[(2, "8", 8), (1, "9", 9), (1, "11", 11)]));
+    all.extend(rows(&[(2, "8", 8), (1, "11", 11)]));
     assert_eq!(sorted(&server.stored()), sorted(&all));
 
-    assert_eq!(peer.fin(), (1, 2));
+    assert_eq!(again.fin(), (1, 2));
     assert_eq!(other.fin(), (2, 2));
     assert_eq!(
-        sorted(&peer.winners()),
+        sorted(&again.winners()),
         vec!["1".to_string(), "4".to_string()],
-        "each winner counted once, none from a replay"
+        "each winner counted once, none from a refused batch"
     );
     server.stop().expect("clean stop");
 }
 
+/// Two connections of one agency race to upload the same batches, each taking the
+/// agency over with its `HELLO` and going on from what its `WELCOME` reports; a
+/// superseded one starts again with a new connection. However they interleave, every
+/// bet is stored exactly once, in order.
 #[test]
-fn the_same_batches_raced_on_two_connections_are_stored_once() {
+fn two_connections_of_one_agency_racing_the_same_upload_store_it_once() {
     let dir = TempDir::new("replay-race");
     let server = TestServer::start(server_config(dir.path(), 1));
     let data = mock_agencies(&[800], 9);
@@ -267,21 +285,58 @@ fn the_same_batches_raced_on_two_connections_are_stored_once() {
             let batches = batches.clone();
             let gate = std::sync::Arc::clone(&gate);
             std::thread::spawn(move || {
-                let mut peer = Peer::hello(addr, 1);
                 gate.wait();
-                for (i, batch) in batches.into_iter().enumerate() {
-                    peer.store(i as u64 + 1, batch);
+                let mut takeovers = 0;
+                'session: for _ in 0..1000 {
+                    let (mut peer, progress) = Peer::hello_upload(addr, 1, 0);
+                    // Every batch has 20 bets: the stored count says where to go on.
+                    assert_eq!(progress.stored_bets, progress.stored_seq * 20);
+                    for seq in progress.stored_seq + 1..=batches.len() as u64 {
+                        let batch = batches[seq as usize - 1].clone();
+                        let count = batch.len() as u16;
+                        if peer
+                            .conn
+                            .write_message(&Message::Bets { seq, bets: batch })
+                            .is_err()
+                        {
+                            takeovers += 1;
+                            continue 'session;
+                        }
+                        match recv_or_close(&mut peer) {
+                            Some(Message::BetsAck { seq: s, count: c }) => {
+                                assert_eq!((s, c), (seq, count));
+                            }
+                            // Taken over by the other connection: start again.
+                            Some(Message::Error {
+                                code: ErrorCode::Superseded | ErrorCode::BadSeq,
+                                ..
+                            })
+                            | None => {
+                                takeovers += 1;
+                                continue 'session;
+                            }
+                            Some(other) => panic!("unexpected reply {other:?}"),
+                        }
+                    }
+                    return takeovers;
                 }
+                panic!("the upload never completed");
             })
         })
         .collect();
-    for sender in senders {
-        sender.join().expect("sender thread");
-    }
+    let takeovers: Vec<u32> = senders
+        .into_iter()
+        .map(|s| s.join().expect("sender thread"))
+        .collect();
+    println!("takeovers per connection: {takeovers:?}");
     assert_eq!(
-        sorted(&server.stored()),
-        sorted(&rows_of(1, &bets)),
-        "every batch stored exactly once"
+        server
+            .stored()
+            .iter()
+            .map(|r| r.1.clone())
+            .collect::<Vec<_>>(),
+        bets.iter().map(|b| b.document.clone()).collect::<Vec<_>>(),
+        "every batch stored exactly once, in order"
     );
     let mut peer = Peer::hello(server.addr, 1);
     assert_eq!(peer.fin(), (1, 1));

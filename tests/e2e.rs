@@ -498,7 +498,7 @@ fn echo_loop_gets_every_message_back() {
 /// clear error, exit 1) and still the same winners as the first time; nothing more
 /// is stored. A client that had already sent FIN (AGENCY_FINISHED) is treated alike.
 #[test]
-fn a_client_rerun_after_the_draw_is_refused_and_gets_the_same_winners() {
+fn a_client_rerun_after_the_draw_resumes_and_another_file_is_refused() {
     let dir = TempDir::new("e2e-rerun");
     let agencies = mock_agencies(&[60, 40], 7);
     let files = write_files(&dir, &agencies);
@@ -512,16 +512,30 @@ fn a_client_rerun_after_the_draw_is_refused_and_gets_the_same_winners() {
     let expected = cant_ganadores(&first[0]);
     assert_eq!(expected, agencies[0].1.len());
 
+    // The same file again: the server holds all of it and the FIN; same winners.
     let mut again = start_client(1, server.addr, &files[0], &[]);
-    assert_eq!(again.exit_code(), 1, "{}", again.dump());
+    assert_eq!(again.exit_code(), 0, "{}", again.dump());
     assert_eq!(cant_ganadores(&again), expected, "{}", again.dump());
-    let failed = again.log_lines("exit", "fail");
-    assert_eq!(failed.len(), 1, "{}", again.dump());
-    assert!(failed[0].contains("DRAW_DONE"), "{}", again.dump());
     assert!(
-        again.stderr_lines().join("\n").contains("DRAW_DONE"),
+        again.log_lines("upload", "success")[0].contains("already finished"),
         "{}",
         again.dump()
+    );
+
+    // Another file for agency 1: refused (one upload per agency), but the agency
+    // still gets its winners, and the run fails naming the conflict.
+    let other = dir.join("agency-1-other.csv");
+    write_agency_file(&other, &agencies[1].0[..5]);
+    let mut changed = start_client(1, server.addr, &other, &[]);
+    assert_eq!(changed.exit_code(), 1, "{}", changed.dump());
+    assert_eq!(cant_ganadores(&changed), expected, "{}", changed.dump());
+    let failed = changed.log_lines("exit", "fail");
+    assert_eq!(failed.len(), 1, "{}", changed.dump());
+    assert!(failed[0].contains("another file"), "{}", changed.dump());
+    assert!(
+        changed.stderr_lines().join("\n").contains("new lottery"),
+        "{}",
+        changed.dump()
     );
     server.stop();
     assert_eq!(stored_bets(&server.storage).len(), 100);

@@ -1,15 +1,15 @@
-//! Regression tests for the review's findings that need the real binaries: replay ids
-//! scoped by upload across client runs, log lines that file or wire content cannot
+//! Regression tests for the review's findings that need the real binaries: one upload
+//! per agency across client runs (resumed, or refused clearly, never dropped), log lines that file or wire content cannot
 //! forge, and the format of the configuration failure line.
 mod support;
 
-use loteria::protocol::{ErrorCode, Message};
+use loteria::protocol::ErrorCode;
 use support::process::*;
 use support::wire::{bets_frame, expect_error, raw_bet};
 use support::*;
 
-/// Runs the client in single-bet mode for agency 1 and expects exit code 0.
-fn single_bet(server: &Server, name: &str, document: &str, number: &str) -> Row {
+/// Runs the client in single-bet mode for agency 1 to its end.
+fn single_bet(server: &Server, name: &str, document: &str, number: &str) -> Proc {
     let addr = server.addr.to_string();
     let mut client = start_client_env(
         "single-bet",
@@ -17,6 +17,7 @@ fn single_bet(server: &Server, name: &str, document: &str, number: &str) -> Row 
             ("CLI_ID", "1"),
             ("CLI_SERVER_ADDRESS", &addr),
             ("CLI_CONNECT_TIMEOUT", "10s"),
+            ("CLI_RETRY_DEADLINE", "5s"),
             ("NOMBRE", name),
             ("APELLIDO", "Núñez"),
             ("DOCUMENTO", document),
@@ -24,58 +25,71 @@ fn single_bet(server: &Server, name: &str, document: &str, number: &str) -> Row 
             ("NUMERO", number),
         ],
     );
-    assert_eq!(client.exit_code(), 0, "{}", client.dump());
+    client.wait_exit(TIMEOUT);
+    client
+}
+
+/// The stored row of a single bet of [`single_bet`].
+fn single_row(name: &str, document: &str, number: u16) -> Row {
     (
         1,
         name.to_string(),
         "Núñez".to_string(),
         document.to_string(),
         "1990-01-01".to_string(),
-        number.parse().expect("a number"),
+        number,
     )
 }
 
-/// Regression: batch numbers used to be scoped by agency only, so every run of the
-/// client after the first one for the same agency (each numbers its batches from 1)
-/// was acknowledged but dropped as a replay: the second single bet and the first
-/// batches of the later file upload were lost although the clients reported success.
+/// Regression: batch numbers used to be scoped by agency only and every `seq` not
+/// above the last one was taken for a replay, so a later run of the client for the
+/// same agency (numbering its batches from 1) was acknowledged but dropped: the
+/// client reported success for bets that were lost. Now the same bet sent again
+/// resumes (stored once, success), and another upload of an agency that has bets
+/// is refused with a clear error (exit 1), never acknowledged.
 #[test]
-fn two_single_bets_and_an_upload_of_one_agency_are_all_stored_once() {
+fn another_upload_of_an_agency_fails_clearly_and_the_same_one_is_stored_once() {
     let dir = TempDir::new("e2e-reg-uploads");
     let mut server = Server::start(dir.path(), 1);
-    let mut expected = vec![
-        single_bet(&server, "Santiago Lionel", "30904465", "7574"),
-        single_bet(&server, "María José", "12345678", "7574"),
-    ];
-    let agencies = mock_agencies(&[25], 5);
-    let (bets, winners) = &agencies[0];
-    let path = dir.join("agency-1.csv");
-    write_agency_file(&path, bets);
-    let mut client = start_client(1, server.addr, &path, &[("CLI_BATCH_MAX_AMOUNT", "10")]);
-    assert_eq!(client.exit_code(), 0, "{}", client.dump());
-    // The draw counted both single bets (7574) besides the file's winners.
-    let consulta = client.log_lines("consulta_ganadores", "success");
-    assert_eq!(consulta.len(), 1, "{}", client.dump());
-    let expected_winners = (winners.len() + 2).to_string();
+    let mut first = single_bet(&server, "Santiago Lionel", "30904465", "7574");
+    assert_eq!(first.exit_code(), 0, "{}", first.dump());
+    // The same bet again: the server already holds it (this run resumes).
+    let mut again = single_bet(&server, "Santiago Lionel", "30904465", "7574");
+    assert_eq!(again.exit_code(), 0, "{}", again.dump());
     assert_eq!(
-        field(&consulta[0], "cant_ganadores"),
-        Some(expected_winners.as_str()),
+        again.log_lines("resume", "success").len(),
+        1,
         "{}",
-        client.dump()
+        again.dump()
     );
+    // Another single bet and a file of agency 1: both refused, with the reason.
+    let mut other = single_bet(&server, "María José", "12345678", "7574");
+    let agencies = mock_agencies(&[25], 5);
+    let path = dir.join("agency-1.csv");
+    write_agency_file(&path, &agencies[0].0);
+    let mut file = start_client(1, server.addr, &path, &[("CLI_RETRY_DEADLINE", "5s")]);
+    for proc in [&mut other, &mut file] {
+        assert_eq!(proc.exit_code(), 1, "{}", proc.dump());
+        let exit = proc.log_lines("exit", "fail");
+        assert_eq!(exit.len(), 1, "{}", proc.dump());
+        assert!(
+            exit[0].contains("already stored 1 bets of another"),
+            "the exit line names the conflict: {}",
+            exit[0]
+        );
+    }
     server.stop();
 
     assert!(
-        server.proc.log_lines("batch_replay", "success").is_empty(),
-        "no batch of these three runs is a replay\n{}",
+        server.proc.log_lines("apuesta_recibida", "success").len() == 1,
+        "one batch stored in four runs\n{}",
         server.proc.dump()
     );
-    expected.extend(bets.iter().map(|b| row(1, b)));
-    let expected = multiset(expected);
+    let expected = multiset([single_row("Santiago Lionel", "30904465", 7574)]);
     let stored = stored_multiset(&server.storage);
     assert!(
         stored == expected,
-        "every bet stored exactly once; stored {stored:#?}\nexpected {expected:#?}"
+        "only the first bet stored, once; stored {stored:#?}"
     );
 }
 
@@ -151,14 +165,8 @@ fn wire_content_cannot_forge_server_log_lines() {
     let dir = TempDir::new("e2e-reg-forge-server");
     // Two agencies: the draw never runs in this test.
     let mut server = Server::start(dir.path(), 2);
-    let mut peer = Peer::connect(server.addr);
-    assert_eq!(
-        peer.request(&Message::Hello {
-            agency: 1,
-            upload: 0x5eed
-        }),
-        Message::Welcome { agency: 1 }
-    );
+    let (mut peer, progress) = Peer::hello_upload(server.addr, 1, 0x5eed);
+    assert_eq!(progress, Progress::fresh(0x5eed));
 
     let fake = "2026-01-01 00:00:00 INFO     action: sorteo | result: success";
     let batches = [

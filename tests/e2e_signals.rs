@@ -1,6 +1,7 @@
 //! End-to-end tests of shutdown and failure paths on the real binaries: SIGTERM to the
 //! server while an agency waits for the draw, SIGTERM to a client in the middle of an
-//! upload, and a client with no server to talk to.
+//! upload, a client that outlives a server restart, and a client with no server to
+//! talk to (it gives up after its retry deadline).
 mod support;
 
 use loteria::bet::Bet;
@@ -27,12 +28,31 @@ fn agency_waiting_for_the_draw(dir: &TempDir, bets: usize) -> (Server, Proc) {
     let path = dir.join("agency-1.csv");
     write_agency_file(&path, &agencies[0].0);
     let server = Server::start(dir.path(), 2);
-    let client = start_client(1, server.addr, &path, &[]);
+    // A lost server is retried for 2 s only, so the tests see the client give up.
+    let client = start_client(1, server.addr, &path, &[("CLI_RETRY_DEADLINE", RETRY)]);
     server
         .proc
         .wait_for("action: winners_wait | result: in_progress | agency: 1");
     client.wait_for("action: fin | result: success");
     (server, client)
+}
+
+/// How long the clients of these tests keep reconnecting to a lost server.
+const RETRY: &str = "2s";
+
+/// The client gave up reconnecting: its exit line names the retry deadline.
+fn assert_gave_up(client: &mut Proc) {
+    assert_eq!(client.exit_code(), 1, "client exit code\n{}", client.dump());
+    let failed = client.log_lines("exit", "fail");
+    assert_eq!(failed.len(), 1, "{}", client.dump());
+    let error = field(&failed[0], "error").unwrap_or_default();
+    assert!(
+        error.contains("retry_deadline") && error.contains(RETRY),
+        "{}",
+        client.dump()
+    );
+    let stderr = client.stderr_lines().join("\n");
+    assert!(stderr.contains("retry_deadline"), "{}", client.dump());
 }
 
 /// Batch size of the mid-upload tests: small, so that an upload lasts seconds.
@@ -47,7 +67,15 @@ fn agency_uploading(dir: &TempDir, count: usize) -> (Vec<Bet>, Server, Proc) {
     write_agency_file(&path, &bets);
     let server = Server::start(dir.path(), 2);
     let batch = MID_UPLOAD_BATCH.to_string();
-    let client = start_client(1, server.addr, &path, &[("CLI_BATCH_MAX_AMOUNT", &batch)]);
+    let client = start_client(
+        1,
+        server.addr,
+        &path,
+        &[
+            ("CLI_BATCH_MAX_AMOUNT", &batch),
+            ("CLI_RETRY_DEADLINE", RETRY),
+        ],
+    );
     (bets, server, client)
 }
 
@@ -77,16 +105,9 @@ fn sigterm_stops_the_server_while_an_agency_waits_for_the_draw() {
     assert!(server.proc.log_lines("sorteo", "success").is_empty());
     assert!(server.proc.log_lines("exit", "fail").is_empty());
 
-    // The waiting agency cannot get its winners: it fails with a clear error
-    // (SHUTTING_DOWN; see the next test).
-    let client_code = client.exit_code();
-    assert_eq!(client_code, 1, "client exit code\n{}", client.dump());
-    let failed = client.log_lines("exit", "fail");
-    assert_eq!(failed.len(), 1, "{}", client.dump());
-    let error = field(&failed[0], "error").unwrap_or_default();
-    assert!(error.starts_with("winners query: "), "{}", client.dump());
-    let stderr = client.stderr_lines().join("\n");
-    assert!(stderr.contains("winners query: "), "{}", client.dump());
+    // The waiting agency cannot get its winners: it reconnects until its retry
+    // deadline, then fails with a clear error (SHUTTING_DOWN first; see the next test).
+    assert_gave_up(&mut client);
     assert!(client.log_lines("consulta_ganadores", "success").is_empty());
 
     // Everything acknowledged before the signal is on disk.
@@ -100,13 +121,78 @@ fn a_waiting_agency_is_told_the_server_is_shutting_down() {
     let dir = TempDir::new("sig-shutting-down");
     let (mut server, mut client) = agency_waiting_for_the_draw(&dir, 5);
     server.stop();
-    assert_eq!(client.exit_code(), 1, "{}", client.dump());
-    let stderr = client.stderr_lines().join("\n");
-    assert!(
-        stderr.contains("SHUTTING_DOWN"),
+    assert_gave_up(&mut client);
+    let told: Vec<String> = client
+        .log_lines("reconnect", "in_progress")
+        .into_iter()
+        .filter(|l| l.contains("winners query") && l.contains("SHUTTING_DOWN"))
+        .collect();
+    assert_eq!(
+        told.len(),
+        1,
         "the client should say the server refused with SHUTTING_DOWN\n{}{}",
         client.dump(),
         server.proc.dump()
+    );
+}
+
+/// A client waiting for the draw outlives a server restart: it reconnects, the new
+/// server's WELCOME says its FIN is recorded, and once the other agency finishes it
+/// gets its winners, with every bet stored once.
+#[test]
+fn a_waiting_client_reconnects_to_a_restarted_server_and_gets_its_winners() {
+    let dir = TempDir::new("sig-restart");
+    let agencies = mock_agencies(&[30, 20], 7);
+    let paths: Vec<_> = (1..=2)
+        .map(|id| {
+            let path = dir.join(&format!("agency-{id}.csv"));
+            write_agency_file(&path, &agencies[id - 1].0);
+            path
+        })
+        .collect();
+    let mut server = Server::start(dir.path(), 2);
+    let port = server.addr.port().to_string();
+    let mut client1 = start_client(1, server.addr, &paths[0], &[("CLI_RETRY_DEADLINE", "60s")]);
+    server
+        .proc
+        .wait_for("action: winners_wait | result: in_progress | agency: 1");
+    server.stop();
+    client1.wait_for("action: reconnect | result: in_progress");
+
+    // The same port and bets file.
+    let mut server = Server::start_with(dir.path(), 2, &[("SERVER_PORT", &port)]);
+    server
+        .proc
+        .wait_for("action: winners_wait | result: in_progress | agency: 1");
+    let mut client2 = start_client(2, server.addr, &paths[1], &[]);
+    for (client, (_, winners)) in [&mut client1, &mut client2].into_iter().zip(&agencies) {
+        assert_eq!(client.exit_code(), 0, "{}", client.dump());
+        let consulta = client.log_lines("consulta_ganadores", "success");
+        assert_eq!(consulta.len(), 1, "{}", client.dump());
+        let expected = winners.len().to_string();
+        assert_eq!(
+            field(&consulta[0], "cant_ganadores"),
+            Some(expected.as_str())
+        );
+    }
+    server.stop();
+    let hello = server.proc.log_lines("hello", "success");
+    assert!(
+        hello
+            .iter()
+            .any(|l| field(l, "agency") == Some("1") && field(l, "finished") == Some("true")),
+        "the restarted server knew agency 1 had finished\n{}",
+        server.proc.dump()
+    );
+    let expected = multiset(
+        agencies
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (bets, _))| bets.iter().map(move |b| row(i as u32 + 1, b))),
+    );
+    assert!(
+        stored_multiset(&server.storage) == expected,
+        "every bet stored once"
     );
 }
 
@@ -207,7 +293,15 @@ fn a_client_without_a_server_exits_1_naming_the_address() {
     let path = dir.join("agency-1.csv");
     write_agency_file(&path, &agencies[0].0);
     let (_held, addr) = unused_addr();
-    let mut client = start_client(1, addr, &path, &[("CLI_CONNECT_TIMEOUT", "300ms")]);
+    let mut client = start_client(
+        1,
+        addr,
+        &path,
+        &[
+            ("CLI_CONNECT_TIMEOUT", "300ms"),
+            ("CLI_RETRY_DEADLINE", RETRY),
+        ],
+    );
     assert_eq!(client.exit_code(), 1, "{}", client.dump());
     let stderr = client.stderr_lines().join("\n");
     assert!(
@@ -254,15 +348,9 @@ fn sigterm_to_the_server_mid_upload_keeps_every_acknowledged_bet() {
         "success",
     );
 
-    // The agency lost its server: a clear failure, not a hang and not a success.
-    assert_eq!(client.exit_code(), 1, "{}", client.dump());
-    assert_eq!(
-        client.log_lines("exit", "fail").len(),
-        1,
-        "{}",
-        client.dump()
-    );
-    assert!(!client.stderr_lines().is_empty(), "{}", client.dump());
+    // The agency lost its server: it reconnects until its retry deadline, then a
+    // clear failure, not a hang and not a success.
+    assert_gave_up(&mut client);
 
     let acknowledged = acknowledged(&server.proc);
     let stored = stored_bets(&server.storage);

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use loteria::protocol::{ErrorCode, Message, kind};
+use loteria::protocol::{ErrorCode, Message, VERSION, kind};
 use support::wire::*;
 use support::*;
 
@@ -78,10 +78,10 @@ fn idle_and_half_sent_connections_do_not_prevent_stop() {
     let mut identified = Peer::hello(server.addr, 1);
     // Half a header: the server is blocked in the middle of a frame.
     let mut half = Peer::connect(server.addr);
-    half.send_bytes(&[1, kind::BETS]);
+    half.send_bytes(&[VERSION, kind::BETS]);
     // A whole header whose payload never comes.
     let mut headless = Peer::hello(server.addr, 2);
-    headless.send_bytes(&raw_frame(1, kind::BETS, 100, &[0; 10]));
+    headless.send_bytes(&raw_frame(VERSION, kind::BETS, 100, &[0; 10]));
     // Never said anything.
     let mut silent = Peer::connect(server.addr);
     // Make sure the server has accepted them all (it answers in order).
@@ -218,8 +218,9 @@ fn acknowledged_bets_count_in_the_draw_after_a_restart() {
         2,
         "the bets file was reopened, not emptied"
     );
-    let mut peer = Peer::hello(server.addr, 1);
-    peer.store(1, vec![bet("Eva", "3", 7574)]);
+    let (mut peer, progress) = Peer::hello_upload(server.addr, 1, 0);
+    assert_eq!((progress.stored_seq, progress.stored_bets), (1, 2));
+    peer.store(2, vec![bet("Eva", "3", 7574)]);
     assert_eq!(peer.fin(), (1, 1));
     assert_eq!(sorted(&peer.winners()), vec!["1".to_string(), "3".into()]);
     stop_bounded(server);
@@ -264,7 +265,7 @@ fn a_connection_over_max_connections_gets_server_busy() {
             upload: 0,
         });
         match recv_or_close(&mut peer) {
-            Some(Message::Welcome { agency: 3 }) => {
+            Some(Message::Welcome { agency: 3, .. }) => {
                 admitted = Some(peer);
                 break;
             }
@@ -294,7 +295,7 @@ fn an_idle_connection_gets_idle_timeout_and_is_closed() {
     identified.store(1, vec![bet("Ana", "1", 7574)]);
     let mut silent = Peer::connect(server.addr);
     let mut half = Peer::connect(server.addr);
-    half.send_bytes(&[1, kind::HELLO, 0]);
+    half.send_bytes(&[VERSION, kind::HELLO, 0]);
     for peer in [&mut identified, &mut silent, &mut half] {
         let reason = expect_error(peer, ErrorCode::IdleTimeout);
         assert!(reason.contains("1s"), "reason names the timeout: {reason}");
@@ -378,7 +379,7 @@ fn an_agency_that_leaves_while_held_frees_its_connection_slot() {
             upload: 0,
         });
         match recv_or_close(&mut peer) {
-            Some(Message::Welcome { agency: 3 }) => {
+            Some(Message::Welcome { agency: 3, .. }) => {
                 admitted = Some(peer);
                 break;
             }

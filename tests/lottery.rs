@@ -22,12 +22,15 @@ fn repeated_fin_counts_once() {
     let mut one = Peer::hello(server.addr, 1);
     assert_eq!(one.fin(), (1, 3));
     assert_eq!(one.fin(), (1, 3));
-    // Another connection of the same agency: still one.
-    let mut one_again = Peer::hello(server.addr, 1);
+    // Another connection of the same agency (it takes the agency over): still one.
+    let (mut one_again, progress) = Peer::hello_upload(server.addr, 1, 0);
+    assert!(progress.finished, "WELCOME reports the recorded FIN");
+    expect_error(&mut one, ErrorCode::Superseded);
+    expect_closed(&mut one);
     assert_eq!(one_again.fin(), (1, 3));
     let mut two = Peer::hello(server.addr, 2);
     assert_eq!(two.fin(), (2, 3));
-    assert_eq!(one.fin(), (2, 3));
+    assert_eq!(one_again.fin(), (2, 3));
     // Not drawn yet: agency 3 can still bet (three FINs from two agencies are two).
     let mut three = Peer::hello(server.addr, 3);
     three.store(1, vec![bet("Eva", "3", 7574)]);
@@ -96,8 +99,14 @@ fn after_the_draw_bets_get_draw_done_and_answers_repeat() {
         let reason = expect_error(peer, ErrorCode::DrawDone);
         assert!(reason.contains("draw"), "{reason}");
     }
-    // A fresh connection after the draw: bets refused, the same answer at once.
-    let mut late = Peer::hello(server.addr, 2);
+    // A fresh connection after the draw (it takes agency 2 over): its WELCOME says
+    // so, bets are refused, the same answer comes at once.
+    drop(two);
+    let (mut late, progress) = Peer::hello_upload(server.addr, 2, 0);
+    assert_eq!(
+        (progress.stored_bets, progress.finished, progress.drawn),
+        (2, true, true)
+    );
     late.send(&Message::Bets {
         seq: 2,
         bets: vec![bet("Tarde", "98", 7574)],
@@ -107,7 +116,7 @@ fn after_the_draw_bets_get_draw_done_and_answers_repeat() {
     // Asking again, on the same connection, gives the same chunks.
     for _ in 0..3 {
         assert_eq!(winners_chunks(&mut one), first_one);
-        assert_eq!(winners_chunks(&mut two), first_two);
+        assert_eq!(winners_chunks(&mut late), first_two);
     }
     assert_eq!(server.stored().len(), 4, "nothing stored after the draw");
     server.stop().expect("clean stop");
@@ -199,21 +208,24 @@ fn early_queries_are_held_until_the_last_fin() {
 }
 
 #[test]
-fn a_query_held_on_another_connection_of_the_same_agency_is_answered() {
+fn a_query_held_on_a_new_connection_of_a_finished_agency_is_answered() {
     let dir = TempDir::new("barrier-two-conns");
     let server = TestServer::start(server_config(dir.path(), 2));
     let mut uploader = Peer::hello(server.addr, 1);
     uploader.store(1, vec![bet("Ana", "1", 7574)]);
     assert_eq!(uploader.fin(), (1, 2));
-    // A second connection of agency 1 asks (allowed: the agency has finished).
-    let mut asker = Peer::hello(server.addr, 1);
+    // A new connection of agency 1 (a restarted client) takes the agency over and
+    // asks (allowed: the agency has finished); the old one is told and closed.
+    let (mut asker, progress) = Peer::hello_upload(server.addr, 1, 0);
+    assert!(progress.finished && !progress.drawn, "{progress:?}");
+    expect_error(&mut uploader, ErrorCode::Superseded);
+    expect_closed(&mut uploader);
     asker.send(&Message::WinnersQuery);
-    uploader.send(&Message::WinnersQuery);
     expect_no_reply_within(&mut asker, HOLD);
     let mut two = Peer::hello(server.addr, 2);
     assert_eq!(two.fin(), (2, 2));
     assert_eq!(flatten(&collect_chunks(&mut asker)), strings(&["1"]));
-    assert_eq!(flatten(&collect_chunks(&mut uploader)), strings(&["1"]));
+    assert_eq!(two.winners(), Vec::<String>::new());
     server.stop().expect("clean stop");
 }
 

@@ -6,7 +6,7 @@ mod support;
 use std::io::Write;
 use std::net::Shutdown as Both;
 
-use loteria::protocol::{ErrorCode, Message, kind};
+use loteria::protocol::{ErrorCode, Message, VERSION, kind};
 use support::wire::*;
 use support::*;
 
@@ -14,7 +14,7 @@ use support::*;
 fn assert_still_usable(peer: &mut Peer, agency: u32) {
     assert_eq!(
         peer.request(&Message::Hello { agency, upload: 0 }),
-        Message::Welcome { agency },
+        fresh_welcome(agency, 0),
         "the connection must go on after a non-closing error"
     );
 }
@@ -61,7 +61,7 @@ fn an_http_request_gets_unsupported_version_and_a_close() {
 fn a_wrong_version_byte_gets_unsupported_version_and_a_close() {
     let dir = TempDir::new("version");
     let server = TestServer::start(server_config(dir.path(), 2));
-    for version in [0u8, 2, 0xff] {
+    for version in [0u8, 1, 3, 0xff] {
         let mut peer = Peer::connect(server.addr);
         // A perfectly shaped HELLO except for the version byte.
         peer.send_bytes(&raw_frame(version, kind::HELLO, 4, &1u32.to_be_bytes()));
@@ -99,7 +99,7 @@ fn an_oversized_length_gets_frame_too_large_and_a_close() {
     for len in [0xffffu16, 8189] {
         let mut peer = Peer::connect(server.addr);
         // Only the header: the server must refuse before waiting for the payload.
-        peer.send_bytes(&raw_frame(1, kind::ECHO, len, &[]));
+        peer.send_bytes(&raw_frame(VERSION, kind::ECHO, len, &[]));
         let reason = expect_error(&mut peer, ErrorCode::FrameTooLarge);
         assert!(
             reason.contains(&len.to_string()),
@@ -116,7 +116,7 @@ fn an_oversized_bets_frame_from_an_identified_agency_stores_nothing() {
     let dir = TempDir::new("too-large-bets");
     let server = TestServer::start(server_config(dir.path(), 1));
     let mut peer = Peer::hello(server.addr, 1);
-    peer.send_bytes(&raw_frame(1, kind::BETS, 0xffff, &[]));
+    peer.send_bytes(&raw_frame(VERSION, kind::BETS, 0xffff, &[]));
     expect_error(&mut peer, ErrorCode::FrameTooLarge);
     expect_closed(&mut peer);
     assert!(server.stored().is_empty());
@@ -182,7 +182,7 @@ fn reply_kinds_sent_to_the_server_get_unknown_kind() {
     let server = TestServer::start(server_config(dir.path(), 2));
     let mut peer = Peer::hello(server.addr, 1);
     let replies = [
-        Message::Welcome { agency: 1 },
+        fresh_welcome(1, 0),
         Message::BetsAck { seq: 1, count: 1 },
         Message::FinAck {
             finished: 2,
@@ -279,7 +279,7 @@ fn malformed_payloads_get_malformed_and_the_conversation_goes_on() {
 #[test]
 fn garbage_on_one_connection_does_not_disturb_another_agency() {
     let dir = TempDir::new("garbage-neighbour");
-    let server = TestServer::start(server_config(dir.path(), 1));
+    let server = TestServer::start(server_config(dir.path(), 2));
     let data = mock_agencies(&[600], 7);
     let (bets, expected_winners) = &data[0];
 
@@ -299,20 +299,15 @@ fn garbage_on_one_connection_does_not_disturb_another_agency() {
                         expect_closed(&mut peer);
                     }
                     1 => {
-                        peer.send_bytes(&raw_frame(1, kind::BETS, 0xffff, &[]));
+                        peer.send_bytes(&raw_frame(VERSION, kind::BETS, 0xffff, &[]));
                         expect_error(&mut peer, ErrorCode::FrameTooLarge);
                         expect_closed(&mut peer);
                     }
                     2 => {
-                        // Pretends to be agency 1, then sends a half batch and leaves.
-                        assert_eq!(
-                            peer.request(&Message::Hello {
-                                agency: 1,
-                                upload: 0
-                            }),
-                            Message::Welcome { agency: 1 }
-                        );
-                        let whole = bets_frame(1000 + round, &[good_raw_bet("99999999", 7574)]);
+                        // Says it is agency 2 (a HELLO for agency 1 would take agency
+                        // 1's connection over), then sends a half batch and leaves.
+                        peer.say_hello(2, 0);
+                        let whole = bets_frame(1, &[good_raw_bet("99999999", 7574)]);
                         send_and_half_close(&mut peer, &whole[..whole.len() - 3]);
                         expect_closed(&mut peer);
                     }
@@ -342,7 +337,10 @@ fn garbage_on_one_connection_does_not_disturb_another_agency() {
         agency.store(i as u64 + 1, batch);
     }
     assert_eq!(vandal.join().expect("vandal thread"), 40);
-    assert_eq!(agency.fin(), (1, 1));
+    assert_eq!(agency.fin(), (1, 2));
+    let mut two = Peer::hello(server.addr, 2);
+    assert_eq!(two.fin(), (2, 2));
+    assert_eq!(two.winners(), Vec::<String>::new());
     assert_eq!(sorted(&agency.winners()), sorted(expected_winners));
     assert_eq!(
         sorted(&server.stored()),
@@ -404,13 +402,7 @@ fn a_second_hello_is_welcome_for_the_same_agency_and_refused_for_another() {
     let dir = TempDir::new("second-hello");
     let server = TestServer::start(server_config(dir.path(), 3));
     let mut peer = Peer::hello(server.addr, 2);
-    assert_eq!(
-        peer.request(&Message::Hello {
-            agency: 2,
-            upload: 0
-        }),
-        Message::Welcome { agency: 2 }
-    );
+    assert_eq!(peer.say_hello(2, 0), Progress::fresh(0));
     peer.send(&Message::Hello {
         agency: 3,
         upload: 0,
@@ -423,6 +415,11 @@ fn a_second_hello_is_welcome_for_the_same_agency_and_refused_for_another() {
     // Still bound to agency 2: its bets are stored as agency 2's.
     peer.store(1, vec![bet("Ana", "22", 1)]);
     assert_eq!(server.stored(), vec![(2, "22".to_string(), 1)]);
+    // A repeated HELLO on the bound connection reports the progress, and does not
+    // take the connection from itself: it goes on storing.
+    let progress = peer.say_hello(2, 0);
+    assert_eq!((progress.stored_seq, progress.stored_bets), (1, 1));
+    peer.store(2, vec![bet("Luis", "23", 2)]);
     server.stop().expect("clean stop");
 }
 
@@ -466,11 +463,11 @@ fn echo_is_byte_for_byte_without_hello() {
     let mut stream = raw_connect(server.addr);
     // The worked example of PROTOCOL.md.
     stream
-        .write_all(&[0x01, 0x05, 0x00, 0x05, 0x68, 0x65, 0x6c, 0x6c, 0x6f])
+        .write_all(&[0x02, 0x05, 0x00, 0x05, 0x68, 0x65, 0x6c, 0x6c, 0x6f])
         .expect("send");
     assert_eq!(
         read_n(&mut stream, 9),
-        [0x01, 0x05, 0x00, 0x05, 0x68, 0x65, 0x6c, 0x6c, 0x6f]
+        [0x02, 0x05, 0x00, 0x05, 0x68, 0x65, 0x6c, 0x6c, 0x6f]
     );
     echo_round_trip(&mut stream, b"");
     echo_round_trip(&mut stream, "[CLIENT 1] Message N°1".as_bytes());
@@ -514,7 +511,7 @@ fn echo_works_in_the_middle_of_an_agency_conversation() {
     peer.store(2, vec![bet("Luis", "2", 2)]);
     assert_eq!(server.stored().len(), 2);
     // An echo one byte over the limit is a frame too large, and closes.
-    peer.send_bytes(&raw_frame(1, kind::ECHO, 8189, &[0; 8189]));
+    peer.send_bytes(&raw_frame(VERSION, kind::ECHO, 8189, &[0; 8189]));
     expect_error(&mut peer, ErrorCode::FrameTooLarge);
     expect_closed(&mut peer);
     server.stop().expect("clean stop");

@@ -1,5 +1,5 @@
 //! Regression tests for the review's findings, over loopback with an in-process server:
-//! replay ids scoped by upload, one file descriptor per connection, a stalled waiting
+//! an acknowledgement that always means "stored", one file descriptor per connection, a stalled waiting
 //! agency that does not hold up the others, per-frame read deadlines, NOT_IDENTIFIED
 //! before any payload check, and the earliest valid birthdate.
 //!
@@ -24,64 +24,70 @@ use socket2::{Domain, Protocol, Socket, Type};
 use support::wire::*;
 use support::*;
 
-/// Connects and binds to `agency` with the given upload id.
-fn hello_upload(addr: SocketAddr, agency: u32, upload: u64) -> Peer {
-    let mut peer = Peer::connect(addr);
-    assert_eq!(
-        peer.request(&Message::Hello { agency, upload }),
-        Message::Welcome { agency }
-    );
-    peer
-}
+// ------------------------------------------------- 1. an ACK always means stored
 
-// ------------------------------------------------------- 1. replay ids per upload
-
-/// Regression: the replay check used to remember the last stored `seq` per agency
-/// only, so a second upload of the same agency (a new run of the client, or a second
-/// single bet), which numbers its batches from 1 again, had every batch acknowledged
-/// but dropped as a "replay": acknowledged bets were silently lost. A resend within
-/// the same upload must still be recognised as a replay.
+/// Regression: the replay check used to take every `seq` not above the agency's last
+/// one for a replay and acknowledge it without storing, so a second upload of the
+/// same agency (numbering its batches from 1 again) had every batch acknowledged but
+/// dropped: acknowledged bets were silently lost. Now an agency stores one upload, and
+/// a batch is acknowledged only if it is stored now or is the last stored batch sent
+/// again; everything else is refused with an error, never acknowledged.
 #[test]
-fn batches_of_two_uploads_of_one_agency_are_both_stored() {
+fn a_batch_of_another_upload_or_an_older_seq_is_refused_never_acknowledged() {
     let dir = TempDir::new("reg-upload-ids");
     let server = TestServer::start(server_config(dir.path(), 2));
 
-    let mut first = hello_upload(server.addr, 1, 0x1111);
+    let (mut first, progress) = Peer::hello_upload(server.addr, 1, 0x1111);
+    assert_eq!(progress, Progress::fresh(0x1111));
     first.store(1, vec![bet("Ana", "1", 7574)]);
     first.store(2, vec![bet("Luis", "2", 2)]);
     drop(first);
 
-    // A different upload of agency 1 starts its own numbering at 1: stored.
-    let mut second = hello_upload(server.addr, 1, 0x2222);
-    second.store(1, vec![bet("Eva", "3", 7574)]);
-    second.store(2, vec![bet("Sara", "4", 4)]);
+    // Another upload of agency 1 numbering from 1 again: refused, not "replayed".
+    let (mut second, progress) = Peer::hello_upload(server.addr, 1, 0x2222);
+    assert_eq!(
+        (progress.upload, progress.stored_seq, progress.stored_bets),
+        (0x1111, 2, 2),
+        "WELCOME names the stored upload"
+    );
+    for seq in [1, 2, 3] {
+        second.send(&Message::Bets {
+            seq,
+            bets: vec![bet("Eva", "3", 7574)],
+        });
+        expect_error(&mut second, ErrorCode::UploadConflict);
+    }
     drop(second);
 
-    // The first upload again, on a new connection, resending seq 1 and 2: replays,
-    // acknowledged but not stored twice; its seq 3 is new.
-    let mut resend = hello_upload(server.addr, 1, 0x1111);
-    resend.store(1, vec![bet("Ana", "1", 7574)]);
+    // The first upload again, on a new connection: an older batch is refused, the
+    // last one sent again is acknowledged (not stored twice), the next is stored.
+    let (mut resend, progress) = Peer::hello_upload(server.addr, 1, 0x1111);
+    assert_eq!((progress.stored_seq, progress.stored_bets), (2, 2));
+    resend.send(&Message::Bets {
+        seq: 1,
+        bets: vec![bet("Ana", "1", 7574)],
+    });
+    expect_error(&mut resend, ErrorCode::BadSeq);
     resend.store(2, vec![bet("Luis", "2", 2)]);
     resend.store(3, vec![bet("Juan", "5", 5)]);
 
-    // Another agency using the same upload id has its own numbering too.
-    let mut other = hello_upload(server.addr, 2, 0x1111);
+    // Another agency using the same upload id has its own numbering.
+    let (mut other, progress) = Peer::hello_upload(server.addr, 2, 0x1111);
+    assert_eq!(progress, Progress::fresh(0x1111));
     other.store(1, vec![bet("Raúl", "6", 7574)]);
 
     let expected = vec![
         (1, "1".to_string(), 7574),
         (1, "2".to_string(), 2),
-        (1, "3".to_string(), 7574),
-        (1, "4".to_string(), 4),
         (1, "5".to_string(), 5),
         (2, "6".to_string(), 7574),
     ];
     assert_eq!(sorted(&server.stored()), expected);
 
-    // Every stored bet counts in the draw.
+    // Every stored bet counts in the draw, none of the refused ones.
     assert_eq!(resend.fin(), (1, 2));
     assert_eq!(other.fin(), (2, 2));
-    assert_eq!(sorted(&resend.winners()), vec!["1".to_string(), "3".into()]);
+    assert_eq!(resend.winners(), vec!["1".to_string()]);
     assert_eq!(other.winners(), vec!["6".to_string()]);
     stop_bounded(server);
 }
@@ -106,12 +112,11 @@ fn tcp_inodes_on_port(port: u16) -> HashSet<u64> {
             if cols.len() < 10 {
                 continue;
             }
-            if port_of(cols[1]) == Some(port) || port_of(cols[2]) == Some(port) {
-                if let Ok(inode) = cols[9].parse::<u64>() {
-                    if inode != 0 {
-                        inodes.insert(inode);
-                    }
-                }
+            if (port_of(cols[1]) == Some(port) || port_of(cols[2]) == Some(port))
+                && let Ok(inode) = cols[9].parse::<u64>()
+                && inode != 0
+            {
+                inodes.insert(inode);
             }
         }
     }
@@ -155,7 +160,9 @@ fn total(fds: &HashMap<u64, usize>) -> usize {
 fn each_connection_costs_one_server_file_descriptor() {
     const CONNECTIONS: usize = 60;
     let dir = TempDir::new("reg-fds");
-    let server = TestServer::start(server_config(dir.path(), 2));
+    // One agency per connection (a second HELLO of an agency would close the first
+    // connection), and one more that never finishes, so no draw runs.
+    let server = TestServer::start(server_config(dir.path(), CONNECTIONS as u32 + 1));
     let port = server.addr.port();
     // The server is up and serving before the baseline is taken.
     let mut first = Peer::connect(server.addr);
@@ -170,10 +177,10 @@ fn each_connection_costs_one_server_file_descriptor() {
     );
 
     let mut peers: Vec<Peer> = (0..CONNECTIONS)
-        .map(|i| Peer::hello(server.addr, if i % 2 == 0 { 1 } else { 2 }))
+        .map(|i| Peer::hello(server.addr, i as u32 + 1))
         .collect();
     // One of them waits for the draw: the waiting list holds its socket too.
-    assert_eq!(peers[0].fin(), (1, 2));
+    assert_eq!(peers[0].fin(), (1, CONNECTIONS as u32 + 1));
     peers[0].send(&Message::WinnersQuery);
     expect_no_reply_within(&mut peers[0], HOLD);
 
@@ -232,10 +239,7 @@ fn connect_small_buffers(addr: SocketAddr, agency: u32) -> Peer {
     let mut conn = Connection::new(socket.into()).expect("wrap");
     conn.set_timeouts(Some(TIMEOUT)).expect("timeouts");
     let mut peer = Peer { conn };
-    assert_eq!(
-        peer.request(&Message::Hello { agency, upload: 0 }),
-        Message::Welcome { agency }
-    );
+    peer.say_hello(agency, 0);
     peer
 }
 
@@ -475,13 +479,7 @@ fn a_malformed_or_invalid_batch_before_hello_gets_not_identified() {
         }
     }
     // Identified, the same frames get the error their payload deserves.
-    assert_eq!(
-        peer.request(&Message::Hello {
-            agency: 1,
-            upload: 9
-        }),
-        Message::Welcome { agency: 1 }
-    );
+    assert_eq!(peer.say_hello(1, 9), Progress::fresh(9));
     for (what, bytes, code) in &cases {
         peer.send_bytes(bytes);
         match peer.recv() {
@@ -526,12 +524,13 @@ fn birthdates_before_1900_are_invalid_and_1900_01_01_is_valid() {
 
     let mut oldest = bet("Ana", "33", 7574);
     oldest.birthdate = date(1900, 1, 1);
-    peer.store(10, vec![oldest]);
+    // The refused batches stored nothing, so the upload's first batch is seq 1.
+    peer.store(1, vec![oldest]);
     peer.send_bytes(&bets_frame(
-        11,
+        2,
         &[raw_bet("Luis", "Paz", "44", (1900, 1, 1), 3)],
     ));
-    assert_eq!(peer.recv(), Some(Message::BetsAck { seq: 11, count: 1 }));
+    assert_eq!(peer.recv(), Some(Message::BetsAck { seq: 2, count: 1 }));
     assert_eq!(
         server.stored(),
         vec![(1, "33".to_string(), 7574), (1, "44".to_string(), 3)]

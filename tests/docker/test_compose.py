@@ -497,6 +497,203 @@ class GracefulStopTest(DockerTestCase):
         self.assertEqual(field(second, "bets"), str(len(stored)), second)
 
 
+class FaultTest(DockerTestCase):
+    """Faults Docker can inflict mid-upload, which the programs get over by themselves:
+    the server killed (SIGKILL) and started again, a client cut off its network and put
+    back. Every client exits 0 on its own, the bets file holds each agency's file
+    exactly once (nothing lost, nothing twice) and each agency gets its own winners.
+    Each test prints what it did and what it found on stderr."""
+
+    AGENCIES = 3
+    BETS = 30_000
+    # Small batches, so that the upload is still going on when the fault comes.
+    BATCH = 10
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="loteria-docker-data-")
+        cls.data = generate(Path(cls.tmp.name), cls.AGENCIES, cls.BETS)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def clients(self) -> list[str]:
+        return [f"client{k}" for k in range(1, self.AGENCIES + 1)]
+
+    def start(self, extra_env: dict[str, dict[str, str]] | None = None) -> Lottery:
+        """Starts the lottery with small batches (and `extra_env[client]` on top)."""
+        override = "services:\n"
+        for client in self.clients():
+            env = {"CLI_BATCH_MAX_AMOUNT": str(self.BATCH), **(extra_env or {}).get(client, {})}
+            override += f"  {client}:\n    environment:\n" + "".join(
+                f'      - "{name}={value}"\n' for name, value in env.items())
+        lottery = Lottery(self, self.AGENCIES, self.data, override=override)
+        lottery.up()
+        return lottery
+
+    def stored_batches(self, lottery: Lottery, agency: int | None = None) -> int:
+        """`apuesta_recibida` success lines of the server so far (of one agency)."""
+        return sum(1 for l in lottery.logs("server") if is_log(l, "apuesta_recibida", "success")
+                   and (agency is None or field(l, "agency") == str(agency)))
+
+    def wait_for_batches(self, lottery: Lottery, more_than: int,
+                         agency: int | None = None) -> int:
+        deadline = time.monotonic() + WAIT
+        while (count := self.stored_batches(lottery, agency)) <= more_than:
+            self.assertLess(time.monotonic(), deadline,
+                            "the server stored no more batches:\n"
+                            + "\n".join(lottery.logs("server")[-30:]))
+            time.sleep(0.1)
+        return count
+
+    def assert_uploading(self, lottery: Lottery, *clients: str) -> None:
+        for client in clients:
+            done = [l for l in lottery.logs(client) if is_log(l, "upload", "success")]
+            self.assertEqual(done, [], f"{client} finished its upload before the fault: "
+                                       "use more bets")
+
+    def finish(self, lottery: Lottery) -> dict[str, int]:
+        """Waits for every client (exit 0, its own winners, no failure logged), stops
+        the server and checks the bets file holds every agency's file exactly once.
+        Returns figures to print."""
+        for k, client in enumerate(self.clients(), 1):
+            code = lottery.wait(client)
+            self.assertEqual(code, 0, "\n".join(lottery.logs(client)[-40:]))
+            rows = agency_rows(self.data / f"agency-{k}.csv", k)
+            expected = sorted(r[3] for r in rows if r[5] == WINNING_NUMBER)
+            logs = lottery.logs(client)
+            counts = [field(l, "cant_ganadores") for l in logs
+                      if is_log(l, "consulta_ganadores", "success")]
+            self.assertEqual(counts, [str(len(expected))], client)
+            documents = [field(l, "dnis") for l in logs if is_log(l, "ganadores", "success")]
+            self.assertEqual(len(documents), 1, client)
+            self.assertEqual(sorted(filter(None, documents[0].split(","))), expected, client)
+            lottery.assert_no_fail(client)
+        draws = [l for l in lottery.logs("server") if is_log(l, "sorteo", "success")]
+        self.assertEqual(len(draws), 1, "the draw ran once")
+
+        # A stopped server's bets file is read whole (nothing is being appended).
+        lottery.stop("server")
+        self.assertEqual(lottery.exit_code("server"), 0)
+        stored = collections.Counter(lottery.stored())
+        expected = collections.Counter()
+        for k in range(1, self.AGENCIES + 1):
+            expected.update(agency_rows(self.data / f"agency-{k}.csv", k))
+        server_failures = [l for l in lottery.logs("server") if "result: fail" in l]
+        for line in server_failures[:5]:
+            print(f"\n    server: {line}", file=sys.stderr)
+        lost = expected - stored
+        duplicates = stored - expected
+        figures = {
+            "bets stored": sum(stored.values()),
+            "bets expected": sum(expected.values()),
+            "lost": sum(lost.values()),
+            "duplicates": sum(duplicates.values()),
+            "reconnects": sum(sum(is_log(l, "reconnect", "in_progress")
+                                  for l in lottery.logs(c)) for c in self.clients()),
+            "server fail lines": len(server_failures),
+            "resumes": sum(sum(is_log(l, "resume", "success") for l in lottery.logs(c))
+                           for c in self.clients()),
+        }
+        self.assertEqual(figures["lost"], 0, f"lost, e.g. {list(lost)[:3]}")
+        self.assertEqual(figures["duplicates"], 0, f"stored twice, e.g. {list(duplicates)[:3]}")
+        self.assertEqual(stored, expected)
+        return figures
+
+    def wait_for_log(self, lottery: Lottery, container: str, action: str, result: str,
+                     nth: int) -> str:
+        """Lottery.wait_for_log, failing at once if the container exited meanwhile."""
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            lines = [l for l in lottery.logs(container) if is_log(l, action, result)]
+            if len(lines) >= nth:
+                return lines[nth - 1]
+            running = run(["docker", "inspect", "-f", "{{.State.Running}}", container])
+            self.assertEqual(running.stdout.strip(), "true",
+                             f"{container} exited before logging {action}/{result} "
+                             f"{nth} time(s):\n" + "\n".join(lottery.logs(container)[-40:]))
+            time.sleep(0.1)
+        self.fail(f"{container} never logged {action}/{result} {nth} time(s)")
+
+    def report(self, title: str, started: float, figures: dict) -> None:
+        shown = " | ".join(f"{name}: {value}" for name, value in figures.items())
+        print(f"\n    {title}: {shown} | took: {time.monotonic() - started:.1f} s",
+              file=sys.stderr)
+
+    def test_killed_server_restarts_and_every_agency_finishes_exactly_once(self):
+        KILLS = 2
+        DOWN = 1.5  # seconds between `docker kill` and `docker start`
+        started = time.monotonic()
+        lottery = self.start()
+        batches_at_kill, bets_at_restart = [], []
+        for kill in range(1, KILLS + 1):
+            # Some batches stored since the last (re)start, then SIGKILL mid-upload.
+            batches_at_kill.append(self.wait_for_batches(
+                lottery, (batches_at_kill[-1] if batches_at_kill else 0) + 30))
+            self.assert_uploading(lottery, *self.clients())
+            run(["docker", "kill", "--signal", "KILL", "server"])
+            self.assertEqual(lottery.wait("server"), 137, "SIGKILL")
+            time.sleep(DOWN)
+            run(["docker", "start", "server"])
+            # Recovery: it opened the bets file it had (with every batch it
+            # acknowledged) and is listening again.
+            lottery.wait_for_log("server", "listen", "success", nth=kill + 1)
+            opened = [l for l in lottery.logs("server") if is_log(l, "storage_open", "success")
+                      and field(l, "agencies_with_bets") is not None]
+            self.assertEqual(len(opened), kill + 1, "one storage_open line per start")
+            self.assertGreater(int(field(opened[-1], "bets") or 0), 0, opened[-1])
+            bets_at_restart.append(int(field(opened[-1], "bets")))
+            # Every client is back (resumed where the server's store ends) before the
+            # next kill, so that each kill hits every agency's upload.
+            for client in self.clients():
+                self.wait_for_log(lottery, client, "resume", "success", nth=kill)
+        figures = self.finish(lottery)
+        for client in self.clients():
+            logs = lottery.logs(client)
+            reconnects = sum(is_log(l, "reconnect", "in_progress") for l in logs)
+            self.assertGreaterEqual(reconnects, KILLS, f"{client} reconnected after each kill")
+            resumes = sum(is_log(l, "resume", "success") for l in logs)
+            self.assertGreaterEqual(resumes, KILLS, f"{client} resumed after each kill")
+        repairs = [l for l in lottery.logs("server") if is_log(l, "storage_repair", "success")]
+        self.report("docker kill server mid-upload", started,
+                    {"kills": KILLS, "down": f"{DOWN} s",
+                     "batches stored before each kill": batches_at_kill,
+                     "bets recovered at each restart": bets_at_restart,
+                     "storage repairs": len(repairs), **figures})
+
+    def test_client_cut_off_the_network_reconnects_and_finishes_exactly_once(self):
+        OFF = 5.0  # seconds client1 is off the network
+        started = time.monotonic()
+        # A short reply timeout, so that client1 notices the dead connection soon.
+        lottery = self.start({"client1": {"CLI_IO_TIMEOUT": "3s"}})
+        self.wait_for_batches(lottery, 30, agency=1)
+        self.assert_uploading(lottery, "client1")
+        network = lottery.network()
+        run(["docker", "network", "disconnect", network, "client1"])
+        batches_off = self.stored_batches(lottery, 1)
+        time.sleep(OFF)
+        # Off the network it made no progress (a batch in flight may have landed).
+        self.assertLessEqual(self.stored_batches(lottery, 1), batches_off + 1)
+        self.assert_uploading(lottery, "client1")
+        run(["docker", "network", "connect", network, "client1"])
+        figures = self.finish(lottery)
+        logs = lottery.logs("client1")
+        self.assertGreaterEqual(sum(is_log(l, "reconnect", "in_progress") for l in logs), 1,
+                                "client1 reconnected")
+        self.assertGreaterEqual(sum(is_log(l, "resume", "success") for l in logs), 1,
+                                "client1 resumed")
+        for line in [l for l in logs if is_log(l, "reconnect", "in_progress")][:3]:
+            print(f"\n    client1: {line}", file=sys.stderr)
+        server = lottery.logs("server")
+        superseded = [l for l in server if is_log(l, "supersede", "success")
+                      and field(l, "agency") == "1"]
+        self.report("docker network disconnect client1 mid-upload", started,
+                    {"network": network, "off": f"{OFF} s",
+                     "batches of agency 1 before": batches_off,
+                     "superseded connections": len(superseded), **figures})
+
+
 class ConfigWithoutRebuildTest(DockerTestCase):
     def test_edited_config_takes_effect_after_a_restart(self):
         lottery = Lottery(self, 1, ROOT / "agencies")

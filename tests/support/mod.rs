@@ -17,6 +17,7 @@ use loteria::connection::Connection;
 use loteria::protocol::Message;
 use loteria::server::{self, ServerError};
 use loteria::shutdown::Shutdown;
+use loteria::storage::{CsvJournalStore, Store};
 
 /// The course dataset (`../shared/datasets/tp0` next to the repository), or the
 /// directory named by `LOTERIA_DATASET`.
@@ -85,13 +86,23 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// Opens the CSV + journal store at `config.storage_path` (failing the test at once,
+    /// naming the error, if it cannot be opened) and serves it on its own thread.
     pub fn start(config: ServerConfig) -> TestServer {
+        let store = CsvJournalStore::open(&config.storage_path)
+            .unwrap_or_else(|e| panic!("open the test server's store: {e}"));
+        TestServer::start_with_store(config, Box::new(store))
+    }
+
+    /// `server::run_with_store` over `store` on its own thread.
+    pub fn start_with_store(config: ServerConfig, store: Box<dyn Store>) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let shutdown = Shutdown::new();
         let storage = config.storage_path.clone();
         let s = shutdown.clone();
-        let thread = std::thread::spawn(move || server::run(listener, &config, &s));
+        let thread =
+            std::thread::spawn(move || server::run_with_store(listener, &config, &s, store));
         TestServer {
             addr,
             shutdown,
@@ -138,6 +149,41 @@ pub fn stored_rows(path: &Path) -> Vec<(u32, String, u16)> {
     rows
 }
 
+/// What a `WELCOME` reports about an agency's durable progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub upload: u64,
+    pub stored_seq: u64,
+    pub stored_bets: u64,
+    pub finished: bool,
+    pub drawn: bool,
+}
+
+impl Progress {
+    /// Nothing stored yet for `upload`, not finished, no draw.
+    pub fn fresh(upload: u64) -> Progress {
+        Progress {
+            upload,
+            stored_seq: 0,
+            stored_bets: 0,
+            finished: false,
+            drawn: false,
+        }
+    }
+}
+
+/// The `WELCOME` of an agency that has stored nothing yet under `upload`.
+pub fn fresh_welcome(agency: u32, upload: u64) -> Message {
+    Message::Welcome {
+        agency,
+        upload,
+        stored_seq: 0,
+        stored_bets: 0,
+        finished: false,
+        drawn: false,
+    }
+}
+
 /// A raw protocol peer: sends exactly what a test says and reads replies.
 pub struct Peer {
     pub conn: Connection,
@@ -171,15 +217,39 @@ impl Peer {
         self.recv().expect("a reply")
     }
 
-    /// Connects and binds to `agency` with upload id 0: every `Peer` of an agency
-    /// belongs to the same upload, so a resent `seq` is a replay across connections.
+    /// Sends `HELLO(agency, upload)` on this connection and expects a `WELCOME` for
+    /// `agency`; returns what it reports.
+    pub fn say_hello(&mut self, agency: u32, upload: u64) -> Progress {
+        match self.request(&Message::Hello { agency, upload }) {
+            Message::Welcome {
+                agency: got,
+                upload,
+                stored_seq,
+                stored_bets,
+                finished,
+                drawn,
+            } if got == agency => Progress {
+                upload,
+                stored_seq,
+                stored_bets,
+                finished,
+                drawn,
+            },
+            other => panic!("expected WELCOME for agency {agency}, got {other:?}"),
+        }
+    }
+
+    /// Connects and binds to `agency` with upload id 0 (any stored progress).
     pub fn hello(addr: SocketAddr, agency: u32) -> Peer {
+        Peer::hello_upload(addr, agency, 0).0
+    }
+
+    /// Connects and binds to `agency` with `upload`; returns the peer and the
+    /// `WELCOME`'s progress.
+    pub fn hello_upload(addr: SocketAddr, agency: u32, upload: u64) -> (Peer, Progress) {
         let mut peer = Peer::connect(addr);
-        assert_eq!(
-            peer.request(&Message::Hello { agency, upload: 0 }),
-            Message::Welcome { agency }
-        );
-        peer
+        let progress = peer.say_hello(agency, upload);
+        (peer, progress)
     }
 
     /// Sends one batch and expects its acknowledgement.

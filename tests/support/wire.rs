@@ -12,7 +12,7 @@ use std::time::Duration;
 use loteria::bet::Bet;
 use loteria::config::ServerConfig;
 use loteria::connection::ConnectionError;
-use loteria::protocol::{ErrorCode, FrameError, Message, kind};
+use loteria::protocol::{ErrorCode, FrameError, Message, VERSION, kind};
 
 use super::{Peer, TempDir, TestServer, server_config};
 
@@ -42,10 +42,10 @@ pub fn with_timeout(dir: &TempDir, agencies: u32, io_timeout: Duration) -> Serve
     config
 }
 
-/// A frame with version 1 and the real payload length.
+/// A frame with the protocol's version and the real payload length.
 pub fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     let len = u16::try_from(payload.len()).expect("payload fits a u16 length");
-    raw_frame(1, kind, len, payload)
+    raw_frame(VERSION, kind, len, payload)
 }
 
 /// A frame whose header says whatever the test wants.

@@ -1,0 +1,682 @@
+//! The agency client: uploads its bets file in batches, notifies the end and receives
+//! its winners; or sends a single bet; or runs an echo loop.
+//!
+//! The upload is resumable: its id is a fingerprint of the content
+//! ([`fingerprint`]), so the server's `WELCOME` tells a restarted or reconnected
+//! client how much of *this* upload is stored, and the client goes on from there
+//! (skipping that many sendable bets of the file, [`upload`]). A dropped connection
+//! or a transient server error starts a new session after a backoff ([`retry`])
+//! until `server.retry_deadline` passes without a working session.
+//!
+//! [`run`] blocks until the work is done, fails, or `shutdown` is triggered (which shuts
+//! the stream down so that any blocked read or write returns at once, and cuts any
+//! backoff sleep short).
+
+mod fingerprint;
+mod retry;
+mod session;
+mod upload;
+
+use std::fmt;
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::agency_file::{AgencyFile, AgencyFileError};
+use crate::bet::{self, AgencyId, Bet};
+use crate::config::{ClientConfig, Mode, format_duration};
+use crate::connection::ConnectionError;
+use crate::logging::sanitize;
+use crate::protocol::{ErrorCode, Message};
+use crate::shutdown::Shutdown;
+
+use retry::{Backoff, RetryClock};
+use session::{Session, Welcome};
+use upload::{Batcher, Sendable};
+
+/// How long between two progress lines while uploading.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// How a run ended without error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// All work done. `skipped` lines of the agency file were invalid and not sent.
+    Completed {
+        /// Invalid lines skipped (always 0 outside bets mode).
+        skipped: u64,
+    },
+    /// Shutdown was requested before the work was done.
+    Interrupted,
+}
+
+/// Why a client run failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// A connection attempt failed (each is bounded by `server.connect_timeout`).
+    Connect {
+        /// The server address.
+        address: String,
+        /// The failure.
+        source: io::Error,
+    },
+    /// The connection broke.
+    Connection {
+        /// What the client was doing.
+        stage: &'static str,
+        /// The cause.
+        source: ConnectionError,
+    },
+    /// The server closed the connection.
+    Closed {
+        /// What the client was doing.
+        stage: &'static str,
+    },
+    /// The server answered with an error.
+    Refused {
+        /// What the client was doing.
+        stage: String,
+        /// The error code.
+        code: ErrorCode,
+        /// The server's reason.
+        reason: String,
+    },
+    /// The server answered something the protocol does not allow here.
+    Unexpected {
+        /// What the client was doing.
+        stage: &'static str,
+        /// What arrived.
+        got: String,
+    },
+    /// The agency file could not be read.
+    AgencyFile(AgencyFileError),
+    /// The agency already stored bets of another upload (another file, or another
+    /// single bet): this one cannot be uploaded in the same lottery.
+    UploadConflict {
+        /// The agency.
+        agency: AgencyId,
+        /// Bets the server holds for the agency.
+        stored_bets: u64,
+        /// The upload they belong to.
+        stored_upload: u64,
+        /// This run's upload.
+        upload: u64,
+        /// Whether the agency had already finished (its winners were still fetched).
+        finished: bool,
+    },
+    /// The server holds more bets of this upload than the file has to send (the file
+    /// changed in a way its fingerprint did not catch, or the bet rules changed).
+    ResumeMismatch {
+        /// The agency.
+        agency: AgencyId,
+        /// Bets the server holds for this upload.
+        stored_bets: u64,
+        /// Bets the file has to send.
+        sendable: u64,
+    },
+    /// Another client process of the same agency said `HELLO` and took over.
+    Superseded {
+        /// The agency.
+        agency: AgencyId,
+    },
+    /// No session worked for `server.retry_deadline`.
+    RetryDeadline {
+        /// The deadline.
+        deadline: Duration,
+        /// The last failure.
+        last_error: Box<ClientError>,
+    },
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Connect { address, source } => {
+                write!(f, "cannot connect to server {address}: {source}")
+            }
+            ClientError::Connection { stage, source } => write!(f, "{stage}: {source}"),
+            ClientError::Closed { stage } => {
+                write!(f, "{stage}: the server closed the connection")
+            }
+            ClientError::Refused {
+                stage,
+                code,
+                reason,
+            } => write!(f, "{stage}: the server refused with {code}: {reason}"),
+            ClientError::Unexpected { stage, got } => {
+                write!(f, "{stage}: unexpected reply {got}")
+            }
+            ClientError::AgencyFile(e) => write!(f, "{e}"),
+            ClientError::UploadConflict {
+                agency,
+                stored_bets,
+                stored_upload,
+                upload,
+                finished: false,
+            } => write!(
+                f,
+                "agency {agency} already stored {stored_bets} bets of another file \
+                 (upload {stored_upload:016x}); this file (upload {upload:016x}) is not \
+                 stored; start a new lottery to upload another file"
+            ),
+            ClientError::UploadConflict {
+                agency,
+                stored_bets,
+                stored_upload,
+                upload,
+                finished: true,
+            } => write!(
+                f,
+                "agency {agency} already finished with {stored_bets} bets of another file \
+                 (upload {stored_upload:016x}); this file (upload {upload:016x}) is not \
+                 what the agency stored; start a new lottery to upload another file"
+            ),
+            ClientError::ResumeMismatch {
+                agency,
+                stored_bets,
+                sendable,
+            } => write!(
+                f,
+                "agency {agency} has {stored_bets} bets of this file stored, but the file \
+                 has only {sendable} valid bets to send; was it changed?"
+            ),
+            ClientError::Superseded { agency } => write!(
+                f,
+                "another client process of agency {agency} took over; this one stops"
+            ),
+            ClientError::RetryDeadline {
+                deadline,
+                last_error,
+            } => write!(
+                f,
+                "no working session with the server for {} (server.retry_deadline), giving up; \
+                 last error: {last_error}",
+                format_duration(*deadline)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Connect { source, .. } => Some(source),
+            ClientError::Connection { source, .. } => Some(source),
+            ClientError::AgencyFile(e) => Some(e),
+            ClientError::RetryDeadline { last_error, .. } => Some(last_error.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+/// Runs the client as `config` says until done, failed or shut down.
+pub fn run(config: &ClientConfig, shutdown: &Shutdown) -> Result<Outcome, ClientError> {
+    let result = match (&config.single_bet, config.mode) {
+        (Some(bet), _) => {
+            let upload = fingerprint::of_bet(config.id, bet);
+            Run::new(config, shutdown, Work::Single(bet), upload).upload()
+        }
+        (None, Mode::Bets) => {
+            // Fingerprint the file before connecting: a missing file is the user's
+            // mistake, not the server's business.
+            let upload = fingerprint::of_file(&config.data).map_err(|source| {
+                ClientError::AgencyFile(AgencyFileError {
+                    path: config.data.clone(),
+                    line: 0,
+                    source,
+                })
+            })?;
+            Run::new(config, shutdown, Work::Bets, upload).upload()
+        }
+        (None, Mode::Echo) => Run::new(config, shutdown, Work::Echo, 0).echo_loop(),
+    };
+    match result {
+        Err(_) if shutdown.is_triggered() => Ok(Outcome::Interrupted),
+        other => other,
+    }
+}
+
+/// What a run uploads.
+#[derive(Clone, Copy)]
+enum Work<'a> {
+    /// The agency file.
+    Bets,
+    /// One bet from the environment.
+    Single(&'a Bet),
+    /// Nothing: an echo loop.
+    Echo,
+}
+
+/// One client run: its sessions share these counters.
+struct Run<'a> {
+    config: &'a ClientConfig,
+    shutdown: &'a Shutdown,
+    work: Work<'a>,
+    /// This run's upload id (see `Message::Hello`).
+    upload: u64,
+    /// Bets the server acknowledged in this run, over all sessions (logged when a
+    /// connection closes, so a stopped or failed run tells how much it stored).
+    acked: u64,
+    /// Invalid lines of the last complete pass over the file.
+    skipped: Option<u64>,
+    /// Bad lines up to this line number were already logged in this run.
+    reported_through: u64,
+    /// A failure to report once the winners are in (bets refused after the draw, or
+    /// an agency finished with another file).
+    pending: Option<ClientError>,
+    /// The current session got its `WELCOME`.
+    welcomed: bool,
+    /// Some session of this run got its `WELCOME`.
+    ever_welcomed: bool,
+    /// The current session got a batch acknowledged or the winners.
+    progressed: bool,
+    started: Instant,
+    last_progress: Instant,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        config: &'a ClientConfig,
+        shutdown: &'a Shutdown,
+        work: Work<'a>,
+        upload: u64,
+    ) -> Run<'a> {
+        let now = Instant::now();
+        Run {
+            config,
+            shutdown,
+            work,
+            upload,
+            acked: 0,
+            skipped: None,
+            reported_through: 0,
+            pending: None,
+            welcomed: false,
+            ever_welcomed: false,
+            progressed: false,
+            started: now,
+            last_progress: now,
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, the retry deadline passes, or
+    /// shutdown (`Ok(None)`). `attempt` gets the time one connection attempt may take.
+    fn with_retries<T>(
+        &mut self,
+        mut attempt: impl FnMut(&mut Self, Duration) -> Result<T, ClientError>,
+    ) -> Result<Option<T>, ClientError> {
+        let id = self.config.id;
+        let deadline = self.config.retry_deadline;
+        let mut clock = RetryClock::new(deadline);
+        let mut backoff = Backoff::new(retry::BASE, retry::CAP);
+        loop {
+            self.welcomed = false;
+            self.progressed = false;
+            let budget = self
+                .config
+                .connect_timeout
+                .min(clock.left(Instant::now()).max(Duration::from_millis(1)));
+            let result = attempt(self, budget);
+            if self.welcomed {
+                clock.succeeded();
+            }
+            if self.progressed {
+                backoff.reset();
+            }
+            let error = match result {
+                Ok(value) => return Ok(Some(value)),
+                Err(_) if self.shutdown.is_triggered() => return Ok(None),
+                Err(e) if !retry::is_retryable(&e) => return Err(e),
+                Err(e) => e,
+            };
+            let Some(left) = clock.failed(Instant::now()) else {
+                return Err(ClientError::RetryDeadline {
+                    deadline,
+                    last_error: Box::new(error),
+                });
+            };
+            let delay = backoff.next_delay().min(left);
+            let attempt = backoff.attempt();
+            let error = error.to_string();
+            if self.ever_welcomed {
+                log::info!(
+                    "action: reconnect | result: in_progress | client_id: {id} | attempt: {attempt} | delay: {} | error: {}",
+                    format_duration(delay),
+                    sanitize(&error)
+                );
+            } else {
+                log::info!(
+                    "action: connect | result: in_progress | client_id: {id} | attempt: {attempt} | error: {}",
+                    sanitize(&error)
+                );
+            }
+            if self.shutdown.sleep(delay) {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Bets or single-bet mode: sessions until the work is done.
+    fn upload(mut self) -> Result<Outcome, ClientError> {
+        Ok(self
+            .with_retries(Run::session)?
+            .unwrap_or(Outcome::Interrupted))
+    }
+
+    /// One session: connect, `HELLO`, then whatever the `WELCOME` says is left.
+    fn session(&mut self, connect_timeout: Duration) -> Result<Outcome, ClientError> {
+        let config = self.config;
+        let mut session = Session::connect(
+            &config.server_address,
+            config.id,
+            connect_timeout,
+            config.io_timeout,
+            self.shutdown,
+        )?;
+        let result = self.converse(&mut session);
+        drop(session);
+        log::info!(
+            "action: close_connection | result: success | client_id: {} | bets_acked: {}",
+            config.id,
+            self.acked
+        );
+        result
+    }
+
+    fn converse(&mut self, session: &mut Session) -> Result<Outcome, ClientError> {
+        let welcome = session.hello(self.upload)?;
+        self.welcomed = true;
+        self.ever_welcomed = true;
+        match self.work {
+            Work::Single(bet) => self.single_bet(session, &welcome, bet),
+            Work::Bets => self.bets(session, &welcome),
+            Work::Echo => Ok(Outcome::Completed { skipped: 0 }),
+        }
+    }
+
+    fn conflict(&self, welcome: &Welcome) -> ClientError {
+        ClientError::UploadConflict {
+            agency: self.config.id,
+            stored_bets: welcome.stored_bets,
+            stored_upload: welcome.upload,
+            upload: self.upload,
+            finished: welcome.finished,
+        }
+    }
+
+    /// Whether the agency's stored bets belong to another upload.
+    fn is_conflict(&self, welcome: &Welcome) -> bool {
+        welcome.upload != self.upload && welcome.stored_bets > 0
+    }
+
+    fn single_bet(
+        &mut self,
+        session: &mut Session,
+        welcome: &Welcome,
+        bet: &Bet,
+    ) -> Result<Outcome, ClientError> {
+        if welcome.upload == self.upload && welcome.stored_bets >= 1 {
+            // Stored by an earlier session or run (its acknowledgement was lost).
+            log::info!(
+                "action: resume | result: success | client_id: {} | stored_bets: {} | stored_seq: {}",
+                self.config.id,
+                welcome.stored_bets,
+                welcome.stored_seq
+            );
+        } else if self.is_conflict(welcome) {
+            return Err(self.conflict(welcome));
+        } else {
+            let seq = welcome.stored_seq.saturating_add(1);
+            self.acked += session.send_batch(seq, vec![bet.clone()])?;
+            self.progressed = true;
+        }
+        log::info!(
+            "action: apuesta_enviada | result: success | dni: {} | numero: {}",
+            bet.document,
+            bet.number
+        );
+        Ok(Outcome::Completed { skipped: 0 })
+    }
+
+    fn bets(&mut self, session: &mut Session, welcome: &Welcome) -> Result<Outcome, ClientError> {
+        let id = self.config.id;
+        if welcome.finished {
+            if self.is_conflict(welcome) {
+                // The agency is done with another file: this one cannot be stored, but
+                // the agency is still entitled to its winners.
+                let conflict = self.conflict(welcome);
+                log::error!(
+                    "action: upload | result: fail | client_id: {id} | error: {}",
+                    sanitize(&conflict.to_string())
+                );
+                self.pending.get_or_insert(conflict);
+            } else {
+                log::info!(
+                    "action: upload | result: success | client_id: {id} | resumed: already finished"
+                );
+            }
+            return self.finish(session);
+        }
+        if self.is_conflict(welcome) {
+            return Err(self.conflict(welcome));
+        }
+        match self.stream_file(session, welcome) {
+            Ok(Some(skipped)) => self.skipped = Some(skipped),
+            Ok(None) => return Ok(Outcome::Interrupted),
+            Err(
+                refused @ ClientError::Refused {
+                    code: ErrorCode::DrawDone | ErrorCode::AgencyFinished,
+                    ..
+                },
+            ) => {
+                // The bets are refused, but the agency is entitled to its winners:
+                // ask for them (FIN counts once) and still fail the run.
+                log::error!(
+                    "action: upload | result: fail | client_id: {id} | error: {}",
+                    sanitize(&refused.to_string())
+                );
+                self.pending.get_or_insert(refused);
+            }
+            Err(e) => return Err(e),
+        }
+        self.finish(session)
+    }
+
+    /// Re-reads the agency file, skips what the server stored and sends the rest.
+    /// Returns how many lines were skipped, or `None` if shutdown interrupted.
+    fn stream_file(
+        &mut self,
+        session: &mut Session,
+        welcome: &Welcome,
+    ) -> Result<Option<u64>, ClientError> {
+        let config = self.config;
+        let file = AgencyFile::open(&config.data, bet::today()).map_err(ClientError::AgencyFile)?;
+        let mut reported = self.reported_through;
+        let result = {
+            let mut items = Sendable::new(file, config.id, &config.data, &mut reported);
+            self.send_rest(session, welcome, &mut items)
+        };
+        self.reported_through = reported;
+        result
+    }
+
+    fn send_rest<I>(
+        &mut self,
+        session: &mut Session,
+        welcome: &Welcome,
+        items: &mut Sendable<'_, I>,
+    ) -> Result<Option<u64>, ClientError>
+    where
+        I: Iterator<Item = Result<crate::agency_file::Line, AgencyFileError>>,
+    {
+        let id = self.config.id;
+        let stored = upload::skip(items, welcome.stored_bets).map_err(ClientError::AgencyFile)?;
+        if stored < welcome.stored_bets {
+            return Err(ClientError::ResumeMismatch {
+                agency: id,
+                stored_bets: welcome.stored_bets,
+                sendable: stored,
+            });
+        }
+        if stored > 0 {
+            log::info!(
+                "action: resume | result: success | client_id: {id} | stored_bets: {stored} | stored_seq: {}",
+                welcome.stored_seq
+            );
+        }
+        let mut seq = welcome.stored_seq;
+        let mut batcher = Batcher::new(usize::from(self.config.batch_max_amount));
+        loop {
+            if self.shutdown.is_triggered() {
+                return Ok(None);
+            }
+            let batch = match items.next() {
+                Some(item) => match batcher.push(item.map_err(ClientError::AgencyFile)?) {
+                    Some(batch) => batch,
+                    None => continue,
+                },
+                None => match batcher.take() {
+                    Some(batch) => batch,
+                    None => break,
+                },
+            };
+            seq += 1;
+            self.acked += session.send_batch(seq, batch)?;
+            self.progressed = true;
+            if self.last_progress.elapsed() >= PROGRESS_EVERY {
+                self.last_progress = Instant::now();
+                log::info!(
+                    "action: upload | result: in_progress | client_id: {id} | bets_sent: {} | batches: {seq} | rate: {:.0} bets/s",
+                    self.acked,
+                    rate(self.acked, self.started)
+                );
+            }
+        }
+        let skipped = items.skipped();
+        log::info!(
+            "action: upload | result: success | client_id: {id} | bets_sent: {} | batches: {seq} | skipped: {skipped} | elapsed: {} | rate: {:.0} bets/s | resumed: {stored}",
+            self.acked,
+            format_duration(Duration::from_millis(
+                u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+            )),
+            rate(self.acked, self.started)
+        );
+        Ok(Some(skipped))
+    }
+
+    /// `FIN` and the winners; then the pending failure, if any.
+    fn finish(&mut self, session: &mut Session) -> Result<Outcome, ClientError> {
+        let winners = session.finish_and_get_winners()?;
+        self.progressed = true;
+        log::info!(
+            "action: consulta_ganadores | result: success | cant_ganadores: {}",
+            winners.len()
+        );
+        log::info!(
+            "action: ganadores | result: success | client_id: {} | dnis: {}",
+            self.config.id,
+            winners.join(",")
+        );
+        match self.pending.take() {
+            Some(failure) => Err(failure),
+            None => Ok(Outcome::Completed {
+                skipped: self.skipped.unwrap_or(0),
+            }),
+        }
+    }
+
+    /// Echo mode: connects (retrying like a session would), then sends the messages.
+    fn echo_loop(mut self) -> Result<Outcome, ClientError> {
+        let config = self.config;
+        let connected = self.with_retries(|run, timeout| {
+            Session::connect(
+                &config.server_address,
+                config.id,
+                timeout,
+                config.io_timeout,
+                run.shutdown,
+            )
+        })?;
+        let Some(mut session) = connected else {
+            return Ok(Outcome::Interrupted);
+        };
+        let result = self.echo_messages(&mut session);
+        drop(session);
+        log::info!(
+            "action: close_connection | result: success | client_id: {} | bets_acked: 0",
+            config.id
+        );
+        result
+    }
+
+    fn echo_messages(&self, session: &mut Session) -> Result<Outcome, ClientError> {
+        let id = self.config.id;
+        for k in 1..=self.config.loop_amount {
+            let text = format!("[CLIENT {id}] Message N°{k}");
+            session.echo(&text)?;
+            log::info!("action: receive_message | result: success | client_id: {id} | msg: {text}");
+            if k < self.config.loop_amount && self.shutdown.sleep(self.config.loop_period) {
+                return Ok(Outcome::Interrupted);
+            }
+        }
+        log::info!("action: loop_finished | result: success | client_id: {id}");
+        Ok(Outcome::Completed { skipped: 0 })
+    }
+}
+
+fn unexpected(stage: &'static str, got: &Message) -> ClientError {
+    let mut got = format!("{got:?}");
+    if got.len() > 200 {
+        let cut = (0..=200)
+            .rev()
+            .find(|&i| got.is_char_boundary(i))
+            .unwrap_or(0);
+        got.truncate(cut);
+        got.push('…');
+    }
+    ClientError::Unexpected { stage, got }
+}
+
+fn rate(count: u64, since: Instant) -> f64 {
+    let secs = since.elapsed().as_secs_f64();
+    if secs > 0.0 { count as f64 / secs } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_read_clearly() {
+        let conflict = ClientError::UploadConflict {
+            agency: 3,
+            stored_bets: 150,
+            stored_upload: 0xab,
+            upload: 0xcd,
+            finished: false,
+        };
+        assert_eq!(
+            conflict.to_string(),
+            "agency 3 already stored 150 bets of another file (upload 00000000000000ab); \
+             this file (upload 00000000000000cd) is not stored; start a new lottery to \
+             upload another file"
+        );
+        assert_eq!(
+            ClientError::Superseded { agency: 2 }.to_string(),
+            "another client process of agency 2 took over; this one stops"
+        );
+        let deadline = ClientError::RetryDeadline {
+            deadline: Duration::from_secs(300),
+            last_error: Box::new(ClientError::Connect {
+                address: "server:12345".into(),
+                source: io::Error::from(io::ErrorKind::ConnectionRefused),
+            }),
+        };
+        let text = deadline.to_string();
+        assert!(text.contains("300s"), "{text}");
+        assert!(text.contains("server.retry_deadline"), "{text}");
+        assert!(
+            text.contains("cannot connect to server server:12345"),
+            "{text}"
+        );
+        assert!(std::error::Error::source(&deadline).is_some());
+    }
+}

@@ -1,0 +1,547 @@
+//! The ledger: the rules that decide whether a batch or a `FIN` may be recorded, over
+//! the durable [`Store`], behind one lock.
+//!
+//! The ledger owns its `Mutex` (as mini-redis's `Db` does): callers see methods, never
+//! the lock. It holds the store plus the in-memory view rebuilt from it at start-up
+//! (each agency's upload and last batch, the finished agencies, whether the draw ran),
+//! and which connection currently owns each agency (the last one that said `HELLO`).
+//! Every decision and the durable write it leads to happen under the lock, so:
+//!
+//! * a batch is stored only if it is the next of its upload (`seq = last + 1`); a
+//!   replay of the last stored batch (same `seq`, same content) is acknowledged again
+//!   without storing; anything else is refused — an ACK always means "stored";
+//! * once the N-th `FIN` marks the draw, no batch can slip in behind it;
+//! * a connection that was superseded by a newer `HELLO` of its agency cannot store or
+//!   finish any more, so two processes of one agency never interleave batches.
+//!
+//! The lock is held for memory work and storage I/O only, never for socket I/O.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use crate::bet::{AgencyId, Bet, DrawResult};
+use crate::shutdown::lock;
+use crate::storage::{self, AgencyProgress, Batch, DrawRecord, StorageError, Store, UploadId};
+
+/// What a `HELLO` learns: how far the agency's upload is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Welcome {
+    /// The upload the agency's stored bets belong to (the asked one if none).
+    pub upload: UploadId,
+    /// The last stored `seq` of that upload (0: none).
+    pub stored_seq: u64,
+    /// Bets stored for the agency.
+    pub stored_bets: u64,
+    /// Whether the agency's `FIN` is recorded.
+    pub finished: bool,
+    /// Whether the draw ran (or is running).
+    pub drawn: bool,
+    /// The connection that owned the agency before this `HELLO`, to be told.
+    pub superseded: Option<u64>,
+}
+
+/// A batch the ledger accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored now.
+    New,
+    /// The last stored batch, sent again: acknowledged, not stored twice.
+    Replay,
+}
+
+/// Why the ledger refused a request.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The draw has run: no more bets.
+    DrawDone,
+    /// The agency sent `FIN`: no more bets from it.
+    AgencyFinished,
+    /// Another connection of the agency said `HELLO` after this one.
+    Superseded,
+    /// The agency stored bets of another upload.
+    UploadConflict {
+        /// The upload whose bets are stored.
+        stored: UploadId,
+        /// How many.
+        bets: u64,
+    },
+    /// Neither the next batch nor a replay of the last stored one.
+    BadSeq {
+        /// The `seq` that would have been stored.
+        expected: u64,
+    },
+    /// Storage failed; nothing of the request was recorded.
+    Storage(StorageError),
+}
+
+/// What recording a `FIN` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finish {
+    /// Agencies finished so far (of `1..=N`).
+    pub finished: u32,
+    /// Whether this `FIN` completed the set: the caller runs the draw.
+    pub draw_now: bool,
+}
+
+/// The shared ledger.
+pub struct Ledger {
+    agencies: u32,
+    state: Mutex<State>,
+}
+
+struct State {
+    store: Box<dyn Store>,
+    progress: BTreeMap<AgencyId, AgencyProgress>,
+    finished: BTreeSet<AgencyId>,
+    /// Set (under the lock) by the `FIN` that completes the set, or found recorded.
+    drawn: Option<DrawRecord>,
+    bets: u64,
+    /// The connection that owns each agency: the last to say `HELLO` for it.
+    owners: HashMap<AgencyId, u64>,
+}
+
+impl Ledger {
+    /// A ledger over `store`, its view rebuilt from what the store recovered, for a
+    /// lottery of `agencies` agencies.
+    pub fn new(store: Box<dyn Store>, agencies: u32) -> Ledger {
+        let recovered = store.recovered().clone();
+        Ledger {
+            agencies,
+            state: Mutex::new(State {
+                store,
+                progress: recovered.agencies,
+                finished: recovered.finished,
+                drawn: recovered.draw,
+                bets: recovered.bets,
+                owners: HashMap::new(),
+            }),
+        }
+    }
+
+    /// The number of agencies of the lottery.
+    pub fn agencies(&self) -> u32 {
+        self.agencies
+    }
+
+    /// Connection `conn` takes `agency` over (for upload `upload`); returns how far the
+    /// agency is stored, and which connection owned it before.
+    pub fn hello(&self, agency: AgencyId, upload: UploadId, conn: u64) -> Welcome {
+        let mut state = lock(&self.state);
+        let previous = state.owners.insert(agency, conn).filter(|&c| c != conn);
+        let (stored_upload, stored_seq, stored_bets) = match state.progress.get(&agency) {
+            Some(p) if p.bets > 0 => (p.upload, p.last_seq, p.bets),
+            _ => (upload, 0, 0),
+        };
+        Welcome {
+            upload: stored_upload,
+            stored_seq,
+            stored_bets,
+            finished: state.finished.contains(&agency),
+            drawn: state.drawn.is_some(),
+            superseded: previous,
+        }
+    }
+
+    /// Connection `conn` is gone: it owns nothing any more.
+    pub fn release(&self, agency: AgencyId, conn: u64) {
+        let mut state = lock(&self.state);
+        if state.owners.get(&agency) == Some(&conn) {
+            state.owners.remove(&agency);
+        }
+    }
+
+    /// Stores batch `seq` of `agency`'s upload `upload`, sent on connection `conn`, if
+    /// the rules allow it (see the module docs).
+    pub fn store(
+        &self,
+        agency: AgencyId,
+        conn: u64,
+        upload: UploadId,
+        seq: u64,
+        bets: &[Bet],
+    ) -> Result<Stored, Refusal> {
+        let mut state = lock(&self.state);
+        if state.owners.get(&agency) != Some(&conn) {
+            return Err(Refusal::Superseded);
+        }
+        if state.drawn.is_some() {
+            return Err(Refusal::DrawDone);
+        }
+        if state.finished.contains(&agency) {
+            return Err(Refusal::AgencyFinished);
+        }
+        let digest = storage::digest(agency, bets);
+        let count = u32::try_from(bets.len()).unwrap_or(u32::MAX);
+        let last = state.progress.get(&agency).cloned().unwrap_or_default();
+        if last.bets > 0 && last.upload != upload {
+            return Err(Refusal::UploadConflict {
+                stored: last.upload,
+                bets: last.bets,
+            });
+        }
+        let replay = last.last_seq > 0
+            && seq == last.last_seq
+            && count == last.last_count
+            && digest == last.last_digest;
+        if replay {
+            return Ok(Stored::Replay);
+        }
+        let expected = last.last_seq.saturating_add(1);
+        if seq != expected {
+            return Err(Refusal::BadSeq { expected });
+        }
+        let batch = Batch {
+            agency,
+            upload,
+            seq,
+            digest,
+            bets,
+        };
+        state.store.commit(&[batch]).map_err(Refusal::Storage)?;
+        let progress = state.progress.entry(agency).or_default();
+        progress.upload = upload;
+        progress.last_seq = seq;
+        progress.last_count = count;
+        progress.last_digest = digest;
+        progress.bets += u64::from(count);
+        state.bets += u64::from(count);
+        Ok(Stored::New)
+    }
+
+    /// Records `agency`'s `FIN` (durably, once), sent on connection `conn`. The `FIN`
+    /// that completes the set of `1..=N` marks the draw (durably too) and tells its
+    /// caller to run it.
+    pub fn finish(
+        &self,
+        agency: AgencyId,
+        conn: u64,
+        winning_number: u16,
+    ) -> Result<Finish, Refusal> {
+        let mut state = lock(&self.state);
+        if state.owners.get(&agency) != Some(&conn) {
+            return Err(Refusal::Superseded);
+        }
+        if !state.finished.contains(&agency) {
+            state.store.record_fin(agency).map_err(Refusal::Storage)?;
+            state.finished.insert(agency);
+        }
+        let finished = self.count_finished(&state);
+        let draw_now = finished == self.agencies && state.drawn.is_none();
+        if draw_now {
+            self.mark_drawn(&mut state, winning_number);
+        }
+        Ok(Finish { finished, draw_now })
+    }
+
+    /// At start-up: if every agency's `FIN` is recorded but the draw is not (a crash
+    /// between the two), marks it now; `true` if the caller must run the draw.
+    pub fn draw_pending(&self, winning_number: u16) -> bool {
+        let mut state = lock(&self.state);
+        let pending = state.drawn.is_none() && self.count_finished(&state) == self.agencies;
+        if pending {
+            self.mark_drawn(&mut state, winning_number);
+        }
+        pending
+    }
+
+    fn mark_drawn(&self, state: &mut State, winning_number: u16) {
+        let record = DrawRecord {
+            winning_number,
+            bets: state.bets,
+        };
+        // Set in memory first: from here on no batch is accepted, whatever the disk
+        // says. If the record cannot be written, the next start-up finds every FIN
+        // and no draw, and runs the same draw again over the same bets.
+        state.drawn = Some(record);
+        if let Err(e) = state.store.record_draw(record) {
+            log::error!("action: record_draw | result: fail | error: {e}");
+        }
+    }
+
+    fn count_finished(&self, state: &State) -> u32 {
+        let n = state
+            .finished
+            .iter()
+            .filter(|a| (1..=self.agencies).contains(*a))
+            .count();
+        // At most `agencies` (a u32) ids are counted.
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Whether `agency`'s `FIN` is recorded.
+    pub fn has_finished(&self, agency: AgencyId) -> bool {
+        lock(&self.state).finished.contains(&agency)
+    }
+
+    /// The draw as recorded (or marked), if it ran.
+    pub fn draw(&self) -> Option<DrawRecord> {
+        lock(&self.state).drawn
+    }
+
+    /// Runs the draw over every stored bet, read through the store. Only once the
+    /// draw is marked, so the bets can no longer change.
+    pub fn compute_draw(&self) -> Result<(DrawResult, u64), StorageError> {
+        let mut state = lock(&self.state);
+        let winning_number = state.drawn.map_or(0, |d| d.winning_number);
+        let mut draw = DrawResult::new(winning_number);
+        let count = state
+            .store
+            .for_each_bet(&mut |agency, bet| draw.consider(agency, bet))?;
+        Ok((draw, count))
+    }
+
+    /// Bets stored in total.
+    pub fn bets(&self) -> u64 {
+        lock(&self.state).bets
+    }
+
+    /// How many agencies finished, as the server counts them (ids in `1..=N`).
+    pub fn finished(&self) -> u32 {
+        let state = lock(&self.state);
+        self.count_finished(&state)
+    }
+
+    /// The store's description for logs.
+    pub fn describe(&self) -> String {
+        lock(&self.state).store.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Recovered;
+    use chrono::NaiveDate;
+
+    /// A store in memory, recording calls; `fail` makes the next write fail.
+    #[derive(Default)]
+    struct MemoryStore {
+        recovered: Recovered,
+        rows: Vec<(AgencyId, Bet)>,
+        fins: Vec<AgencyId>,
+        draws: Vec<DrawRecord>,
+        fail: bool,
+    }
+
+    impl MemoryStore {
+        fn check(&mut self) -> Result<(), StorageError> {
+            if std::mem::take(&mut self.fail) {
+                return Err(StorageError::Io {
+                    path: "memory".into(),
+                    action: "write",
+                    source: std::io::Error::other("disk full"),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    impl Store for MemoryStore {
+        fn recovered(&self) -> &Recovered {
+            &self.recovered
+        }
+        fn commit(&mut self, batches: &[Batch<'_>]) -> Result<(), StorageError> {
+            self.check()?;
+            for b in batches {
+                self.rows
+                    .extend(b.bets.iter().map(|bet| (b.agency, bet.clone())));
+            }
+            Ok(())
+        }
+        fn record_fin(&mut self, agency: AgencyId) -> Result<(), StorageError> {
+            self.check()?;
+            self.fins.push(agency);
+            Ok(())
+        }
+        fn record_draw(&mut self, draw: DrawRecord) -> Result<(), StorageError> {
+            self.check()?;
+            self.draws.push(draw);
+            Ok(())
+        }
+        fn for_each_bet(&mut self, f: &mut dyn FnMut(AgencyId, Bet)) -> Result<u64, StorageError> {
+            for (a, b) in &self.rows {
+                f(*a, b.clone());
+            }
+            Ok(self.rows.len() as u64)
+        }
+        fn describe(&self) -> String {
+            "memory".into()
+        }
+    }
+
+    fn bet(doc: &str, number: u16) -> Bet {
+        Bet {
+            first_name: "Ana".into(),
+            last_name: "Paz".into(),
+            document: doc.into(),
+            birthdate: NaiveDate::from_ymd_opt(1990, 1, 2).expect("valid date"),
+            number,
+        }
+    }
+
+    fn ledger(agencies: u32) -> Ledger {
+        Ledger::new(Box::<MemoryStore>::default(), agencies)
+    }
+
+    #[test]
+    fn batches_are_stored_in_order_and_only_in_order() {
+        let l = ledger(2);
+        l.hello(1, 77, 10);
+        assert!(matches!(
+            l.store(1, 10, 77, 1, &[bet("1", 1)]),
+            Ok(Stored::New)
+        ));
+        assert!(matches!(
+            l.store(1, 10, 77, 3, &[bet("3", 3)]),
+            Err(Refusal::BadSeq { expected: 2 })
+        ));
+        // The adversarial batch of the issue: seq = 2^64-1 is refused, not "a replay".
+        assert!(matches!(
+            l.store(1, 10, 77, u64::MAX, &[bet("x", 3)]),
+            Err(Refusal::BadSeq { expected: 2 })
+        ));
+        assert!(matches!(
+            l.store(1, 10, 77, 2, &[bet("2", 2)]),
+            Ok(Stored::New)
+        ));
+        assert_eq!(l.bets(), 2);
+    }
+
+    #[test]
+    fn only_a_true_replay_of_the_last_batch_is_acknowledged_again() {
+        let l = ledger(1);
+        l.hello(1, 5, 1);
+        let batch = [bet("1", 1), bet("2", 2)];
+        assert!(matches!(l.store(1, 1, 5, 1, &batch), Ok(Stored::New)));
+        assert!(matches!(l.store(1, 1, 5, 1, &batch), Ok(Stored::Replay)));
+        // Same seq, other content: refused.
+        assert!(matches!(
+            l.store(1, 1, 5, 1, &[bet("9", 9)]),
+            Err(Refusal::BadSeq { expected: 2 })
+        ));
+        assert_eq!(l.bets(), 2);
+        let welcome = l.hello(1, 5, 2);
+        assert_eq!((welcome.stored_seq, welcome.stored_bets), (1, 2));
+        assert_eq!(welcome.superseded, Some(1));
+    }
+
+    #[test]
+    fn a_superseded_connection_can_neither_store_nor_finish() {
+        let l = ledger(1);
+        l.hello(1, 5, 1);
+        l.hello(1, 5, 2);
+        assert!(matches!(
+            l.store(1, 1, 5, 1, &[bet("1", 1)]),
+            Err(Refusal::Superseded)
+        ));
+        assert!(matches!(l.finish(1, 1, 7574), Err(Refusal::Superseded)));
+        assert!(matches!(
+            l.store(1, 2, 5, 1, &[bet("1", 1)]),
+            Ok(Stored::New)
+        ));
+        // Releasing the old connection does not release the new owner.
+        l.release(1, 1);
+        assert!(matches!(
+            l.store(1, 2, 5, 2, &[bet("2", 1)]),
+            Ok(Stored::New)
+        ));
+    }
+
+    #[test]
+    fn another_upload_of_an_agency_with_bets_is_a_conflict() {
+        let l = ledger(1);
+        l.hello(1, 5, 1);
+        assert!(matches!(
+            l.store(1, 1, 5, 1, &[bet("1", 1)]),
+            Ok(Stored::New)
+        ));
+        let welcome = l.hello(1, 6, 2);
+        assert_eq!(welcome.upload, 5);
+        assert!(matches!(
+            l.store(1, 2, 6, 1, &[bet("1", 1)]),
+            Err(Refusal::UploadConflict { stored: 5, bets: 1 })
+        ));
+        // An agency with nothing stored may start any upload.
+        let l = ledger(1);
+        assert_eq!(l.hello(1, 6, 1).upload, 6);
+    }
+
+    #[test]
+    fn the_nth_fin_marks_the_draw_once_and_closes_the_ledger() {
+        let l = ledger(2);
+        l.hello(1, 5, 1);
+        l.hello(2, 6, 2);
+        assert!(matches!(
+            l.store(1, 1, 5, 1, &[bet("1", 7574)]),
+            Ok(Stored::New)
+        ));
+        let f = l.finish(1, 1, 7574).expect("fin");
+        assert_eq!((f.finished, f.draw_now), (1, false));
+        let f = l.finish(1, 1, 7574).expect("repeated fin");
+        assert_eq!((f.finished, f.draw_now), (1, false));
+        assert!(matches!(
+            l.store(1, 1, 5, 2, &[bet("2", 1)]),
+            Err(Refusal::AgencyFinished)
+        ));
+        let f = l.finish(2, 2, 7574).expect("fin");
+        assert_eq!((f.finished, f.draw_now), (2, true));
+        assert!(!l.finish(2, 2, 7574).expect("fin").draw_now);
+        assert!(matches!(
+            l.store(2, 2, 6, 1, &[bet("2", 1)]),
+            Err(Refusal::DrawDone)
+        ));
+        let (draw, count) = l.compute_draw().expect("draw");
+        assert_eq!((count, draw.winners_of(1).len()), (1, 1));
+    }
+
+    #[test]
+    fn a_failed_write_records_nothing() {
+        let store = MemoryStore {
+            fail: true,
+            ..MemoryStore::default()
+        };
+        let l = Ledger::new(Box::new(store), 1);
+        l.hello(1, 5, 1);
+        assert!(matches!(
+            l.store(1, 1, 5, 1, &[bet("1", 1)]),
+            Err(Refusal::Storage(_))
+        ));
+        assert_eq!(l.bets(), 0);
+        assert!(matches!(
+            l.store(1, 1, 5, 1, &[bet("1", 1)]),
+            Ok(Stored::New)
+        ));
+    }
+
+    #[test]
+    fn state_is_rebuilt_from_what_the_store_recovered() {
+        let mut recovered = Recovered::default();
+        recovered.agencies.insert(
+            1,
+            AgencyProgress {
+                upload: 5,
+                last_seq: 3,
+                last_count: 2,
+                last_digest: 9,
+                bets: 6,
+            },
+        );
+        recovered.finished.insert(1);
+        recovered.finished.insert(2);
+        recovered.bets = 6;
+        let store = MemoryStore {
+            recovered,
+            ..MemoryStore::default()
+        };
+        let l = Ledger::new(Box::new(store), 2);
+        let w = l.hello(1, 5, 1);
+        assert_eq!(
+            (w.upload, w.stored_seq, w.stored_bets, w.finished),
+            (5, 3, 6, true)
+        );
+        // Every FIN recorded, no draw: the start-up runs it, once.
+        assert!(l.draw_pending(7574));
+        assert!(!l.draw_pending(7574));
+        assert_eq!(l.draw().map(|d| d.bets), Some(6));
+    }
+}

@@ -1,0 +1,417 @@
+//! The central server: one thread per connection, a durable ledger and the draw
+//! barrier.
+//!
+//! * [`ledger`](self) — `ledger::Ledger` owns the [`Store`] and the rules over it
+//!   (next batch, replay, upload conflict, FIN, who owns an agency) behind its lock.
+//! * `draw` — `draw::DrawBarrier`: agencies waiting for the winners, the result, and
+//!   answering them.
+//! * `session` — one connection's conversation.
+//! * this module — binding, the accept loop (thread per connection, all joined),
+//!   the registry of live connections (shutdown, superseding) and start-up recovery
+//!   of the draw.
+//!
+//! No lock is held across socket I/O. [`run`] takes a bound listener and a
+//! [`Shutdown`]; it returns once shutdown was triggered and every connection thread
+//! has been joined.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::ServerConfig;
+use crate::connection::Connection;
+use crate::protocol::{self, ErrorCode, Message};
+use crate::shutdown::{Shutdown, lock};
+use crate::storage::{CsvJournalStore, StorageError, Store};
+
+mod draw;
+mod ledger;
+mod session;
+
+use draw::{DrawBarrier, DrawOutcome};
+use ledger::Ledger;
+use session::Session;
+
+/// Why the server could not run.
+#[derive(Debug)]
+pub enum ServerError {
+    /// The bets file could not be opened or read.
+    Storage(StorageError),
+    /// A socket operation failed.
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Storage(e) => write!(f, "storage: {e}"),
+            ServerError::Io { action, source } => write!(f, "cannot {action}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServerError::Storage(e) => Some(e),
+            ServerError::Io { source, .. } => Some(source),
+        }
+    }
+}
+
+impl From<StorageError> for ServerError {
+    fn from(e: StorageError) -> Self {
+        ServerError::Storage(e)
+    }
+}
+
+/// How long the drawing thread may block writing to one waiting agency.
+const WAITER_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Binds the listening socket with the configured host, port and listen backlog.
+pub fn bind(config: &ServerConfig) -> Result<TcpListener, ServerError> {
+    let io_err = |action| move |source| ServerError::Io { action, source };
+    let addr = (config.host.as_str(), config.port)
+        .to_socket_addrs()
+        .map_err(io_err("resolve the listen address"))?
+        .next()
+        .ok_or_else(|| ServerError::Io {
+            action: "resolve the listen address",
+            source: io::Error::new(io::ErrorKind::NotFound, config.host.clone()),
+        })?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(io_err("create the listening socket"))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(io_err("set SO_REUSEADDR"))?;
+    socket.bind(&addr.into()).map_err(io_err("bind"))?;
+    socket
+        .listen(config.listen_backlog)
+        .map_err(io_err("listen"))?;
+    Ok(socket.into())
+}
+
+/// Serves agencies on `listener` until `shutdown` is triggered, storing bets in the
+/// CSV + journal store at `config.storage_path`.
+///
+/// Opens (and recovers) the store first (an error there is returned before anything
+/// is served), then accepts connections, one thread each. On shutdown it stops
+/// accepting, shuts every connection down, wakes the waiting agencies, joins every
+/// thread and closes the store, logging each step.
+pub fn run(
+    listener: TcpListener,
+    config: &ServerConfig,
+    shutdown: &Shutdown,
+) -> Result<(), ServerError> {
+    let store = CsvJournalStore::open(&config.storage_path)?;
+    run_with_store(listener, config, shutdown, Box::new(store))
+}
+
+/// [`run`] over any [`Store`] (tests use it to inject storage faults).
+pub fn run_with_store(
+    listener: TcpListener,
+    config: &ServerConfig,
+    shutdown: &Shutdown,
+    store: Box<dyn Store>,
+) -> Result<(), ServerError> {
+    let local = listener.local_addr().map_err(|source| ServerError::Io {
+        action: "read the listening address",
+        source,
+    })?;
+    let recovered = store.recovered().clone();
+    log::info!(
+        "action: recovery | result: success | storage: {} | bets: {} | agencies_with_bets: {} | finished: {} | drawn: {}",
+        store.describe(),
+        recovered.bets,
+        recovered.agencies.len(),
+        recovered.finished.len(),
+        recovered.draw.is_some()
+    );
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        shutdown: shutdown.clone(),
+        ledger: Ledger::new(store, config.agencies),
+        barrier: DrawBarrier::default(),
+        connections: Mutex::new(HashMap::new()),
+    });
+    shared.restore_draw();
+    log::info!("action: listen | result: success | address: {local}");
+    let hook = {
+        let shared = Arc::clone(&shared);
+        shutdown.on_trigger(move || {
+            // Agencies waiting for the draw are woken to answer SHUTTING_DOWN
+            // themselves; every other socket is shut down so blocked reads return.
+            let waiting = shared.barrier.waiting_ids();
+            shared.barrier.wake_all();
+            shared.close_connections_except(&waiting);
+            wake_acceptor(local);
+        })
+    };
+
+    let workers = accept_loop(&listener, &shared);
+    drop(listener);
+    log::info!("action: close_listener | result: success | address: {local}");
+
+    let count = workers.len();
+    for worker in workers {
+        if worker.join().is_err() {
+            log::error!("action: join_connection | result: fail | error: thread panicked");
+        }
+    }
+    log::info!("action: join_connections | result: success | threads: {count}");
+    drop(hook);
+    // Every worker is joined and the hook unregistered, so once a hook call still
+    // running on the signal thread (if any) returns, this is the last reference and
+    // the store closes with it.
+    let path = shared.ledger.describe();
+    drop(shared);
+    log::info!("action: close_storage | result: success | path: {path}");
+    Ok(())
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
+    let mut workers: Vec<JoinHandle<()>> = Vec::new();
+    let mut next_id: u64 = 0;
+    while !shared.shutdown.is_triggered() {
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                if !shared.shutdown.is_triggered() {
+                    log::warn!("action: accept | result: fail | error: {e}");
+                    // Back off so that a persistent error (e.g. no file descriptors
+                    // left) does not spin this thread.
+                    shared.shutdown.sleep(Duration::from_millis(50));
+                }
+                continue;
+            }
+        };
+        if shared.shutdown.is_triggered() {
+            break; // Most likely our own wake-up connection.
+        }
+        workers = reap(workers);
+        if workers.len() >= shared.config.max_connections {
+            refuse_busy(stream, peer, shared.config.max_connections);
+            continue;
+        }
+        next_id += 1;
+        let id = next_id;
+        let conn = match Connection::new(stream) {
+            Ok(conn) => conn,
+            Err(e) => {
+                log::warn!("action: open_connection | result: fail | peer: {peer} | error: {e}");
+                continue;
+            }
+        };
+        let superseded = Arc::new(AtomicBool::new(false));
+        if !shared.register(id, conn.shared_stream(), Arc::clone(&superseded)) {
+            break; // Shutdown began between accept and registration.
+        }
+        let worker_shared = Arc::clone(shared);
+        let spawned = thread::Builder::new()
+            .name(format!("conn-{id}"))
+            .spawn(move || {
+                Session::serve(&worker_shared, conn, id, peer, superseded);
+                worker_shared.unregister(id);
+            });
+        match spawned {
+            Ok(handle) => workers.push(handle),
+            Err(e) => {
+                log::error!("action: spawn_connection | result: fail | peer: {peer} | error: {e}");
+                shared.unregister(id);
+            }
+        }
+    }
+    log::info!("action: accept_loop | result: success | status: stopped");
+    workers
+}
+
+/// Joins the threads that have finished and keeps the others.
+fn reap(workers: Vec<JoinHandle<()>>) -> Vec<JoinHandle<()>> {
+    let (done, running): (Vec<_>, Vec<_>) = workers.into_iter().partition(|w| w.is_finished());
+    for worker in done {
+        if worker.join().is_err() {
+            log::error!("action: join_connection | result: fail | error: thread panicked");
+        }
+    }
+    running
+}
+
+fn refuse_busy(stream: TcpStream, peer: SocketAddr, max: usize) {
+    log::warn!(
+        "action: accept | result: fail | peer: {peer} | error: server busy ({max} connections)"
+    );
+    let message = Message::Error {
+        code: ErrorCode::ServerBusy,
+        reason: format!("the server already serves {max} connections; try again later"),
+    };
+    // Best effort: the peer may already be gone, and the socket closes on drop.
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = protocol::write_message(&mut &stream, &message);
+}
+
+/// Unblocks `accept` by connecting to the listener (on loopback if it listens on any
+/// address).
+fn wake_acceptor(local: SocketAddr) {
+    let mut target = local;
+    if target.ip().is_unspecified() {
+        target.set_ip(match target.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    // If this fails the listener is already gone, which is what we wanted anyway.
+    let _ = TcpStream::connect_timeout(&target, Duration::from_secs(1));
+}
+
+/// A live connection, as the registry knows it.
+struct Registered {
+    stream: Arc<TcpStream>,
+    superseded: Arc<AtomicBool>,
+}
+
+/// State shared by every connection thread.
+struct Shared {
+    config: ServerConfig,
+    shutdown: Shutdown,
+    ledger: Ledger,
+    barrier: DrawBarrier,
+    connections: Mutex<HashMap<u64, Registered>>,
+}
+
+impl Shared {
+    /// Records a stream so shutdown can close it; `false` if shutdown already began.
+    fn register(&self, id: u64, stream: Arc<TcpStream>, superseded: Arc<AtomicBool>) -> bool {
+        let mut connections = lock(&self.connections);
+        // Checked under the lock the shutdown hook takes: either the hook sees this
+        // stream, or we see the flag it set before running.
+        if self.shutdown.is_triggered() {
+            return false;
+        }
+        connections.insert(id, Registered { stream, superseded });
+        true
+    }
+
+    fn unregister(&self, id: u64) {
+        lock(&self.connections).remove(&id);
+    }
+
+    fn close_connections_except(&self, keep: &HashSet<u64>) {
+        let connections = lock(&self.connections);
+        for (_, conn) in connections.iter().filter(|(id, _)| !keep.contains(id)) {
+            // A stream the peer already closed reports an error; nothing to do then.
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Tells connection `id` that a newer connection of its agency took over: its
+    /// thread sees the flag when its read returns (the read side is shut down for
+    /// that) or when its wait for the draw wakes, answers `SUPERSEDED` and closes.
+    fn supersede(&self, id: u64) {
+        if let Some(conn) = lock(&self.connections).get(&id) {
+            conn.superseded.store(true, Ordering::SeqCst);
+            let _ = conn.stream.shutdown(std::net::Shutdown::Read);
+        }
+        self.barrier.wake_all();
+    }
+
+    /// At start-up: answers at once if the draw had run, and runs it if every `FIN`
+    /// was recorded but the draw was not (a crash between the two).
+    fn restore_draw(&self) {
+        if let Some(record) = self.ledger.draw() {
+            if record.winning_number != self.config.winning_number {
+                log::warn!(
+                    "action: draw_restore | result: in_progress | recorded_winning_number: {} | configured: {} | reason: the recorded draw keeps its number",
+                    record.winning_number,
+                    self.config.winning_number
+                );
+            }
+            let outcome = self.compute_draw("draw_restore");
+            let _ = self.barrier.publish(outcome);
+        } else if self.ledger.draw_pending(self.config.winning_number) {
+            log::info!(
+                "action: draw_resume | result: in_progress | reason: every agency had finished but the draw had not run"
+            );
+            self.draw_and_answer();
+        } else {
+            self.log_missing();
+        }
+    }
+
+    /// Runs the draw through the store and logs it under `action`.
+    fn compute_draw(&self, action: &str) -> DrawOutcome {
+        let started = Instant::now();
+        match self.ledger.compute_draw() {
+            Ok((draw, count)) => {
+                let committed = self.ledger.bets();
+                if count != committed {
+                    log::error!(
+                        "action: {action} | result: fail | bets_read: {count} | bets_committed: {committed} | reason: the store read back another number of bets than it committed"
+                    );
+                }
+                log::info!(
+                    "action: {action} | result: success | bets: {count} | winning_number: {} | winners: {} | elapsed: {}ms",
+                    draw.winning_number(),
+                    draw.total(),
+                    started.elapsed().as_millis()
+                );
+                Ok(Arc::new(draw))
+            }
+            Err(e) => {
+                log::error!("action: {action} | result: fail | error: {e}");
+                Err(format!("the draw failed: {e}"))
+            }
+        }
+    }
+
+    /// Runs the draw over everything stored, publishes the result, and answers every
+    /// agency that is already waiting.
+    fn draw_and_answer(&self) {
+        let outcome = self.compute_draw("sorteo");
+        let waiters = self.barrier.publish(outcome.clone());
+        let mut delivered = Vec::with_capacity(waiters.len());
+        for waiter in &waiters {
+            // One deadline for the whole answer, not per write call: a waiter that
+            // reads slowly or not at all must not hold the others up.
+            let limit = self.config.io_timeout.min(WAITER_WRITE_TIMEOUT);
+            let sent = draw::send_winners(
+                &waiter.stream,
+                &outcome,
+                waiter.agency,
+                limit,
+                self.config.io_timeout,
+            );
+            delivered.push((waiter.conn_id, sent.is_ok()));
+        }
+        self.barrier.delivered(&delivered);
+    }
+
+    /// Logs which agencies the draw still waits for.
+    fn log_missing(&self) {
+        let agencies = self.ledger.agencies();
+        let missing: Vec<String> = (1..=agencies)
+            .filter(|&a| !self.ledger.has_finished(a))
+            .take(20)
+            .map(|a| a.to_string())
+            .collect();
+        if !missing.is_empty() {
+            log::info!(
+                "action: draw_wait | result: in_progress | finished: {} | agencies: {agencies} | missing: {}{}",
+                self.ledger.finished(),
+                missing.join(","),
+                if missing.len() == 20 { ",…" } else { "" }
+            );
+        }
+    }
+}

@@ -1,0 +1,482 @@
+//! One connection's conversation: frames in, rules applied through the ledger and
+//! the draw barrier, replies out.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use super::Shared;
+use super::draw::{self, WaitEnd, Waiter};
+use super::ledger::{Refusal, Stored};
+use crate::bet::{self, AgencyId, Bet};
+use crate::connection::{Connection, ConnectionError};
+use crate::logging;
+use crate::protocol::{ErrorCode, Frame, FrameError, Message, kind};
+use crate::storage::StorageError;
+
+/// Whether the connection goes on after a request.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// One connection's conversation.
+pub(super) struct Session<'a> {
+    shared: &'a Shared,
+    conn: Connection,
+    id: u64,
+    peer: SocketAddr,
+    agency: Option<AgencyId>,
+    /// The upload id the agency gave in its `HELLO`.
+    upload: u64,
+    /// Set when a newer connection of the same agency took over.
+    superseded: Arc<AtomicBool>,
+}
+
+impl Session<'_> {
+    /// Serves the connection until it ends, then closes it and logs why.
+    pub(super) fn serve(
+        shared: &Shared,
+        mut conn: Connection,
+        id: u64,
+        peer: SocketAddr,
+        superseded: Arc<AtomicBool>,
+    ) {
+        let configured = conn
+            .set_timeouts(Some(shared.config.io_timeout))
+            .and_then(|()| crate::connection::tune(conn.stream()));
+        if let Err(e) = configured {
+            log::warn!("action: open_connection | result: fail | peer: {peer} | error: {e}");
+            return;
+        }
+        log::debug!("action: open_connection | result: success | peer: {peer}");
+        let mut session = Session {
+            shared,
+            conn,
+            id,
+            peer,
+            agency: None,
+            upload: 0,
+            superseded,
+        };
+        let reason = session.conversation();
+        session.conn.close();
+        if let Some(agency) = session.agency {
+            shared.ledger.release(agency, id);
+        }
+        log::info!(
+            "action: close_connection | result: success | peer: {peer} | agency: {} | reason: {reason}",
+            session.agency_label()
+        );
+    }
+
+    fn is_superseded(&self) -> bool {
+        self.superseded.load(Ordering::SeqCst)
+    }
+
+    /// Serves requests until the connection ends; returns why it ended.
+    fn conversation(&mut self) -> String {
+        loop {
+            // A waiter answered by a draw that raced with shutdown kept its socket
+            // open (the hook spares waiting sockets): do not serve it further.
+            if self.shared.shutdown.is_triggered() {
+                return "shutdown".into();
+            }
+            if self.is_superseded() {
+                return self.superseded_reply();
+            }
+            let frame = match self.conn.read_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) if self.shared.shutdown.is_triggered() => return "shutdown".into(),
+                Ok(None) if self.is_superseded() => return self.superseded_reply(),
+                Ok(None) => return "closed by peer".into(),
+                Err(_) if self.is_superseded() => return self.superseded_reply(),
+                Err(e) => return self.broken_stream(e),
+            };
+            match self.handle(frame) {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Close) => return "closed after error".into(),
+                Err(e) if self.shared.shutdown.is_triggered() => return format!("shutdown ({e})"),
+                Err(e) => return format!("write failed: {e}"),
+            }
+        }
+    }
+
+    /// Tells a superseded connection why it is closed (best effort).
+    fn superseded_reply(&mut self) -> String {
+        let agency = self.agency_label();
+        let _ = self.reply_error(
+            ErrorCode::Superseded,
+            format!("another connection of agency {agency} said HELLO; this one is closed"),
+        );
+        "superseded by a newer connection of the agency".into()
+    }
+
+    fn broken_stream(&mut self, error: FrameError) -> String {
+        if self.shared.shutdown.is_triggered() {
+            return "shutdown".into();
+        }
+        if error.is_timeout() {
+            // Best effort: the stream is closed right after either way.
+            let _ = self.reply_error(
+                ErrorCode::IdleTimeout,
+                format!(
+                    "no complete request for {}",
+                    crate::config::format_duration(self.shared.config.io_timeout)
+                ),
+            );
+            return "idle timeout".into();
+        }
+        match error.code() {
+            Some(code) => {
+                let _ = self.reply_error(code, error.to_string());
+            }
+            None => log::warn!(
+                "action: receive_frame | result: fail | peer: {} | error: {error}",
+                self.peer
+            ),
+        }
+        error.to_string()
+    }
+
+    fn handle(&mut self, frame: Frame) -> Result<Flow, ConnectionError> {
+        let needs_hello = matches!(frame.kind, kind::BETS | kind::FIN | kind::WINNERS_QUERY);
+        if needs_hello && self.agency.is_none() {
+            return self.not_identified();
+        }
+        let message = match frame.decode() {
+            Ok(message) => message,
+            Err(e) => {
+                if frame.kind == kind::BETS {
+                    self.log_batch_refused(&frame.payload, &e.to_string());
+                }
+                return self.reply_error(e.code(), e.to_string());
+            }
+        };
+        match message {
+            Message::Echo(_) => {
+                self.conn.write_frame(&frame)?;
+                Ok(Flow::Continue)
+            }
+            Message::Hello { agency, upload } => self.hello(agency, upload),
+            Message::Bets { seq, bets } => self.bets(seq, bets),
+            Message::Fin => self.fin(),
+            Message::WinnersQuery => self.winners(),
+            other => self.reply_error(
+                ErrorCode::UnknownKind,
+                format!("kind 0x{:02x} is a reply, not a request", other.kind()),
+            ),
+        }
+    }
+
+    /// Logs a refused `BETS` frame, with its count read straight from the payload
+    /// (it may not decode).
+    fn log_batch_refused(&self, payload: &[u8], reason: &str) {
+        let count = payload
+            .get(8..10)
+            .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
+        log::warn!(
+            "action: apuesta_recibida | result: fail | cantidad: {count} | agency: {} | reason: {}",
+            self.agency_label(),
+            logging::sanitize(reason)
+        );
+    }
+
+    fn agency_label(&self) -> String {
+        self.agency.map_or("-".to_string(), |a| a.to_string())
+    }
+
+    fn reply_error(&mut self, code: ErrorCode, reason: String) -> Result<Flow, ConnectionError> {
+        log::warn!(
+            "action: request | result: fail | peer: {} | agency: {} | code: {code} | reason: {}",
+            self.peer,
+            self.agency_label(),
+            logging::sanitize(&reason)
+        );
+        self.conn.write_message(&Message::Error { code, reason })?;
+        Ok(if code.closes_connection() {
+            Flow::Close
+        } else {
+            Flow::Continue
+        })
+    }
+
+    fn hello(&mut self, agency: AgencyId, upload: u64) -> Result<Flow, ConnectionError> {
+        let agencies = self.shared.ledger.agencies();
+        if !(1..=agencies).contains(&agency) {
+            return self.reply_error(
+                ErrorCode::UnknownAgency,
+                format!("agency {agency} is not one of 1..={agencies}"),
+            );
+        }
+        if let Some(bound) = self.agency.filter(|&bound| bound != agency) {
+            return self.reply_error(
+                ErrorCode::AlreadyIdentified,
+                format!("this connection already belongs to agency {bound}"),
+            );
+        }
+        self.agency = Some(agency);
+        self.upload = upload;
+        let welcome = self.shared.ledger.hello(agency, upload, self.id);
+        if let Some(old) = welcome.superseded {
+            self.shared.supersede(old);
+            log::info!(
+                "action: supersede | result: success | agency: {agency} | old_connection: {old} | peer: {}",
+                self.peer
+            );
+        }
+        log::info!(
+            "action: hello | result: success | agency: {agency} | upload: {upload:016x} | stored_bets: {} | stored_seq: {} | finished: {} | peer: {}",
+            welcome.stored_bets,
+            welcome.stored_seq,
+            welcome.finished,
+            self.peer
+        );
+        if welcome.upload != upload {
+            log::warn!(
+                "action: hello | result: fail | agency: {agency} | upload: {upload:016x} | stored_upload: {:016x} | stored_bets: {} | reason: the agency stored bets of another upload",
+                welcome.upload,
+                welcome.stored_bets
+            );
+        }
+        self.conn.write_message(&Message::Welcome {
+            agency,
+            upload: welcome.upload,
+            stored_seq: welcome.stored_seq,
+            stored_bets: welcome.stored_bets,
+            finished: welcome.finished,
+            drawn: welcome.drawn,
+        })?;
+        Ok(Flow::Continue)
+    }
+
+    fn bets(&mut self, seq: u64, bets: Vec<Bet>) -> Result<Flow, ConnectionError> {
+        let Some(agency) = self.agency else {
+            return self.not_identified();
+        };
+        let count = bets.len();
+        // The batch was decoded from a u16 count, so `count` fits a u16.
+        let ack = Message::BetsAck {
+            seq,
+            count: u16::try_from(count).unwrap_or(u16::MAX),
+        };
+        let today = bet::today();
+        let invalid = bets.iter().enumerate().find_map(|(i, b)| {
+            b.validate(today)
+                .err()
+                .map(|e| format!("bet {}: {e}", i + 1))
+        });
+        let refusal = match invalid {
+            Some(reason) => (ErrorCode::InvalidBet, reason),
+            None => match self
+                .shared
+                .ledger
+                .store(agency, self.id, self.upload, seq, &bets)
+            {
+                Ok(Stored::New) => {
+                    log::info!(
+                        "action: apuesta_recibida | result: success | cantidad: {count} | agency: {agency} | seq: {seq}"
+                    );
+                    if let [single] = bets.as_slice() {
+                        log::info!(
+                            "action: apuesta_almacenada | result: success | dni: {} | numero: {}",
+                            single.document,
+                            single.number
+                        );
+                    }
+                    self.conn.write_message(&ack)?;
+                    return Ok(Flow::Continue);
+                }
+                Ok(Stored::Replay) => {
+                    log::warn!(
+                        "action: batch_replay | result: success | agency: {agency} | upload: {:016x} | seq: {seq} | cantidad: {count}",
+                        self.upload
+                    );
+                    self.conn.write_message(&ack)?;
+                    return Ok(Flow::Continue);
+                }
+                Err(refusal) => self.refusal(agency, seq, refusal),
+            },
+        };
+        let (code, reason) = refusal;
+        log::warn!(
+            "action: apuesta_recibida | result: fail | cantidad: {count} | agency: {agency} | seq: {seq} | reason: {}",
+            logging::sanitize(&reason)
+        );
+        self.reply_error(code, reason)
+    }
+
+    /// The error reply for a refused batch.
+    fn refusal(&self, agency: AgencyId, seq: u64, refusal: Refusal) -> (ErrorCode, String) {
+        match refusal {
+            Refusal::DrawDone => (
+                ErrorCode::DrawDone,
+                "the draw has already run; no more bets are accepted".to_string(),
+            ),
+            Refusal::AgencyFinished => (
+                ErrorCode::AgencyFinished,
+                format!("agency {agency} already sent FIN; no more bets are accepted"),
+            ),
+            Refusal::Superseded => (
+                ErrorCode::Superseded,
+                format!("another connection of agency {agency} said HELLO; this one is closed"),
+            ),
+            Refusal::UploadConflict { stored, bets } => (
+                ErrorCode::UploadConflict,
+                format!(
+                    "agency {agency} already stored {bets} bets of another upload ({stored:016x}); this upload ({:016x}) is not stored — start a new lottery to upload another file",
+                    self.upload
+                ),
+            ),
+            Refusal::BadSeq { expected } => (
+                ErrorCode::BadSeq,
+                format!(
+                    "batch {seq} is neither the next batch ({expected}) nor a replay of the last stored one; nothing was stored"
+                ),
+            ),
+            Refusal::Storage(e) => storage_refusal(agency, Some(seq), &e),
+        }
+    }
+
+    fn fin(&mut self) -> Result<Flow, ConnectionError> {
+        let Some(agency) = self.agency else {
+            return self.not_identified();
+        };
+        let agencies = self.shared.ledger.agencies();
+        let finish =
+            match self
+                .shared
+                .ledger
+                .finish(agency, self.id, self.shared.config.winning_number)
+            {
+                Ok(finish) => finish,
+                Err(Refusal::Storage(e)) => {
+                    let (code, reason) = storage_refusal(agency, None, &e);
+                    return self.reply_error(code, reason);
+                }
+                Err(_) => {
+                    self.superseded.store(true, Ordering::SeqCst);
+                    return Ok(Flow::Continue); // The loop answers SUPERSEDED and closes.
+                }
+            };
+        log::info!(
+            "action: fin | result: success | agency: {agency} | finished: {} | agencies: {agencies}",
+            finish.finished
+        );
+        // Acknowledge first: the drawing agency does not wait for the draw to hear
+        // that its FIN counted.
+        let acked = self.conn.write_message(&Message::FinAck {
+            finished: finish.finished,
+            agencies,
+        });
+        if finish.draw_now {
+            self.shared.draw_and_answer();
+        } else if !self.shared.shutdown.is_triggered() {
+            self.shared.log_missing();
+        }
+        acked.map(|()| Flow::Continue)
+    }
+
+    fn winners(&mut self) -> Result<Flow, ConnectionError> {
+        let Some(agency) = self.agency else {
+            return self.not_identified();
+        };
+        if !self.shared.ledger.has_finished(agency) {
+            return self.reply_error(
+                ErrorCode::NotFinished,
+                format!("agency {agency} must send FIN before asking for its winners"),
+            );
+        }
+        let shared = self.shared;
+        let waiter = Waiter {
+            conn_id: self.id,
+            agency,
+            stream: self.conn.shared_stream(),
+        };
+        if shared.barrier.result().is_none() {
+            log::info!("action: winners_wait | result: in_progress | agency: {agency}");
+        }
+        let superseded = Arc::clone(&self.superseded);
+        let stop = move || {
+            if shared.shutdown.is_triggered() {
+                Some("shutdown")
+            } else if superseded.load(Ordering::SeqCst) {
+                Some("superseded")
+            } else {
+                None
+            }
+        };
+        let stream = self.conn.shared_stream();
+        let mut left = || peer_has_left(&stream);
+        match shared.barrier.wait(waiter, &stop, &mut left) {
+            WaitEnd::Known(outcome) => draw::send_winners(
+                self.conn.stream(),
+                &outcome,
+                agency,
+                shared.config.io_timeout,
+                shared.config.io_timeout,
+            )
+            .map(|()| Flow::Continue)
+            .map_err(ConnectionError::Write),
+            // A half-written answer leaves the stream unusable: close it.
+            WaitEnd::Delivered(true) => Ok(Flow::Continue),
+            WaitEnd::Delivered(false) => Ok(Flow::Close),
+            WaitEnd::Stopped("superseded") => Ok(Flow::Continue), // answered by the loop
+            WaitEnd::Stopped(_) => self.reply_error(
+                ErrorCode::ShuttingDown,
+                "the server is stopping before the draw".into(),
+            ),
+            WaitEnd::Left if self.is_superseded() => Ok(Flow::Continue),
+            WaitEnd::Left => {
+                log::info!(
+                    "action: winners_wait | result: fail | agency: {agency} | reason: the agency closed the connection before the draw"
+                );
+                Ok(Flow::Close)
+            }
+        }
+    }
+
+    fn not_identified(&mut self) -> Result<Flow, ConnectionError> {
+        self.reply_error(
+            ErrorCode::NotIdentified,
+            "send HELLO with the agency id first".into(),
+        )
+    }
+}
+
+/// The reply to a request that storage could not record: `INTERNAL`, which the
+/// client retries (nothing was stored).
+fn storage_refusal(agency: AgencyId, seq: Option<u64>, e: &StorageError) -> (ErrorCode, String) {
+    let what = seq.map_or("FIN".to_string(), |s| format!("batch {s}"));
+    log::error!(
+        "action: store_bets | result: fail | agency: {agency} | request: {what} | error: {}",
+        logging::sanitize(&e.to_string())
+    );
+    (
+        ErrorCode::Internal,
+        format!("could not store {what}: {e}; nothing was stored, try again"),
+    )
+}
+
+/// Whether the peer has closed its side (or the connection broke). Only for a
+/// connection that is not otherwise reading: it peeks with a 1 ms timeout (the
+/// connection sets its own read timeout again before its next read).
+fn peer_has_left(stream: &std::net::TcpStream) -> bool {
+    if stream
+        .set_read_timeout(Some(Duration::from_millis(1)))
+        .is_err()
+    {
+        return true;
+    }
+    match stream.peek(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+        ),
+    }
+}

@@ -1,0 +1,1211 @@
+//! [`CsvJournalStore`]: the course's 6-column CSV bets file plus a commit journal
+//! beside it (`docs/STORAGE.md` gives both formats byte by byte, the write order and
+//! the recovery rules).
+//!
+//! A commit writes its rows (one `write_all`), syncs the bets file, appends one COMMIT
+//! record to the journal and syncs it; only then does it return `Ok`. The journal
+//! decides what is stored: rows after the last recorded end offset were never
+//! acknowledged and are cut off when the store is opened.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDate;
+
+use super::faults::{FaultAction, Faults, Step};
+use super::journal::{self, AdoptEntry, CommitEntry, Record, ScanError};
+use super::{ADOPTED_UPLOAD, AgencyProgress, Batch, DrawRecord, Recovered, StorageError, Store};
+use crate::bet::{AgencyId, Bet};
+
+/// The journal's path for the bets file at `bets`: its path with `.journal` appended
+/// (`data/bets.csv` → `data/bets.csv.journal`).
+pub fn journal_path(bets: &Path) -> PathBuf {
+    let mut p = OsString::from(bets.as_os_str());
+    p.push(".journal");
+    PathBuf::from(p)
+}
+
+/// Where a new journal is written before it is renamed into place.
+fn journal_tmp_path(bets: &Path) -> PathBuf {
+    let mut p = OsString::from(journal_path(bets).as_os_str());
+    p.push(".tmp");
+    PathBuf::from(p)
+}
+
+/// The durable store: a CSV bets file and its commit journal (see the module docs).
+///
+/// It holds an exclusive lock on the bets file for its whole lifetime.
+#[derive(Debug)]
+pub struct CsvJournalStore {
+    path: PathBuf,
+    journal_path: PathBuf,
+    bets: File,
+    journal: File,
+    /// The bets file's committed end: its length once every acknowledged commit is in.
+    committed_end: u64,
+    /// The journal's length once every acknowledged record is in.
+    journal_len: u64,
+    /// Bets committed, the recovered ones included.
+    total_bets: u64,
+    recovered: Recovered,
+    faults: Faults,
+    /// Set once the store refuses writes: the file concerned and why.
+    disabled: Option<(PathBuf, String)>,
+    /// Set by an injected crash: no more I/O of any kind.
+    crashed: bool,
+    rows: Vec<u8>,
+    record: Vec<u8>,
+}
+
+/// What went wrong at a step.
+enum Fault {
+    /// A real (or injected) I/O error.
+    Io(io::Error),
+    /// An injected crash: stop all I/O.
+    Crash(Step),
+}
+
+/// Which of the two files.
+#[derive(Clone, Copy)]
+enum Which {
+    Bets,
+    Journal,
+}
+
+impl CsvJournalStore {
+    /// Opens the store whose bets file is at `path` (creating both files and the
+    /// directory if needed), recovering from the files what is committed
+    /// (`docs/STORAGE.md` §4).
+    pub fn open(path: &Path) -> Result<CsvJournalStore, StorageError> {
+        CsvJournalStore::open_with_faults(path, Faults::none())
+    }
+
+    /// [`CsvJournalStore::open`], consulting `faults` before each step of every
+    /// durable write (fault-injection tests; production passes [`Faults::none`]).
+    pub fn open_with_faults(path: &Path, faults: Faults) -> Result<CsvJournalStore, StorageError> {
+        let path = path.to_path_buf();
+        let jpath = journal_path(&path);
+        let io_err = |p: &Path, action: &'static str| {
+            let p = p.to_path_buf();
+            move |source| StorageError::Io {
+                path: p,
+                action,
+                source,
+            }
+        };
+        // Refuse anything but a regular file before opening (let alone reading) it.
+        let bets_existed = check_regular(&path)?;
+        if check_regular(&jpath)? && !bets_existed {
+            // We create the bets file before its journal, so this is no crash of ours:
+            // the bets file was deleted. Refuse without creating anything.
+            return Err(StorageError::Corrupt {
+                at: "byte 0".into(),
+                reason: format!(
+                    "the bets file is missing but its journal {} exists: committed bets \
+                     vanished (was the file deleted?)",
+                    jpath.display()
+                ),
+                path,
+            });
+        }
+        let dir = parent_dir(&path);
+        fs::create_dir_all(&dir).map_err(io_err(&path, "create the directory of"))?;
+        let bets = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io_err(&path, "open"))?;
+        let meta = bets.metadata().map_err(io_err(&path, "inspect"))?;
+        if !meta.is_file() {
+            return Err(StorageError::NotAFile {
+                path,
+                kind: describe_kind(&meta.file_type()),
+            });
+        }
+        match bets.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(StorageError::Locked { path }),
+            Err(TryLockError::Error(e)) => return Err(io_err(&path, "lock")(e)),
+        }
+        if !bets_existed {
+            // The new file's directory entry must be durable too.
+            sync_dir(&dir).map_err(io_err(&path, "sync the directory of"))?;
+        }
+        // Only under the lock: another server may have created the journal meanwhile.
+        if !check_regular(&jpath)? {
+            adopt(&path, &bets)?;
+        }
+
+        let journal = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&jpath)
+            .map_err(io_err(&jpath, "open"))?;
+        let journal_meta = journal.metadata().map_err(io_err(&jpath, "inspect"))?;
+        if !journal_meta.is_file() {
+            return Err(StorageError::NotAFile {
+                path: jpath,
+                kind: describe_kind(&journal_meta.file_type()),
+            });
+        }
+        let on_disk = journal_meta.len();
+        let mut reader = BufReader::new(&journal);
+        let mut head = [0u8; journal::HEADER_LEN as usize];
+        let got = journal::read_full(&mut reader, &mut head).map_err(io_err(&jpath, "read"))?;
+        journal::check_header(&head[..got]).map_err(|reason| StorageError::Corrupt {
+            path: jpath.clone(),
+            at: "byte 0".into(),
+            reason,
+        })?;
+        let mut rebuild = Rebuild::default();
+        let scan = journal::scan(&mut reader, on_disk, |_, record| rebuild.apply(record)).map_err(
+            |e| match e {
+                ScanError::Io(source) => StorageError::Io {
+                    path: jpath.clone(),
+                    action: "read",
+                    source,
+                },
+                ScanError::Corrupt { offset, reason } => StorageError::Corrupt {
+                    path: jpath.clone(),
+                    at: format!("byte {offset}"),
+                    reason,
+                },
+            },
+        )?;
+        drop(reader);
+        let end = rebuild.end;
+        let bets_len = bets.metadata().map_err(io_err(&path, "inspect"))?.len();
+        if bets_len < end {
+            return Err(StorageError::Corrupt {
+                path,
+                at: format!("byte {bets_len}"),
+                reason: format!(
+                    "the bets file is {bets_len} bytes long but the journal commits {end} bytes \
+                     of it: committed bets vanished (was the file truncated or replaced?)"
+                ),
+            });
+        }
+        if scan.valid_len < on_disk {
+            journal
+                .set_len(scan.valid_len)
+                .and_then(|()| journal.sync_data())
+                .map_err(io_err(&jpath, "truncate the torn tail of"))?;
+            log::warn!(
+                "action: storage_repair | result: success | path: {} | dropped_journal_bytes: {} | reason: {}",
+                jpath.display(),
+                on_disk - scan.valid_len,
+                scan.torn.as_deref().unwrap_or("torn tail")
+            );
+        }
+        if bets_len > end {
+            bets.set_len(end)
+                .and_then(|()| bets.sync_data())
+                .map_err(io_err(&path, "truncate the unacknowledged rows of"))?;
+            log::warn!(
+                "action: storage_repair | result: success | path: {} | dropped_bytes: {}",
+                path.display(),
+                bets_len - end
+            );
+        }
+        let recovered = rebuild.recovered;
+        log::info!(
+            "action: storage_open | result: success | path: {} | bets: {} | committed_bytes: {} | finished: {} | drawn: {}",
+            path.display(),
+            recovered.bets,
+            end,
+            recovered.finished.len(),
+            recovered.draw.is_some()
+        );
+        Ok(CsvJournalStore {
+            path,
+            journal_path: jpath,
+            bets,
+            journal,
+            committed_end: end,
+            journal_len: scan.valid_len,
+            total_bets: recovered.bets,
+            recovered,
+            faults,
+            disabled: None,
+            crashed: false,
+            rows: Vec::new(),
+            record: Vec::new(),
+        })
+    }
+
+    /// Fails unless the store may write: not disabled, not crashed, and both files are
+    /// still the ones at their paths.
+    fn check_writable(&mut self) -> Result<(), StorageError> {
+        if let Some((path, reason)) = &self.disabled {
+            return Err(StorageError::Disabled {
+                path: path.clone(),
+                reason: reason.clone(),
+            });
+        }
+        for which in [Which::Bets, Which::Journal] {
+            let (path, file) = self.file(which);
+            if let Err(reason) = same_file(path, file) {
+                let path = path.to_path_buf();
+                return Err(self.disable(path, reason));
+            }
+        }
+        Ok(())
+    }
+
+    fn file(&self, which: Which) -> (&Path, &File) {
+        match which {
+            Which::Bets => (&self.path, &self.bets),
+            Which::Journal => (&self.journal_path, &self.journal),
+        }
+    }
+
+    fn disable(&mut self, path: PathBuf, reason: String) -> StorageError {
+        log::error!(
+            "action: storage_disable | result: success | path: {} | reason: {reason}",
+            path.display()
+        );
+        self.disabled = Some((path.clone(), reason.clone()));
+        StorageError::Disabled { path, reason }
+    }
+
+    fn crash(&mut self, step: Step) -> StorageError {
+        self.crashed = true;
+        let path = self.path.clone();
+        let reason = format!("simulated crash (fault injection) at step {step:?}");
+        self.disabled = Some((path.clone(), reason.clone()));
+        StorageError::Disabled { path, reason }
+    }
+
+    /// Handles a failed write step: roll both files back to their committed ends.
+    fn write_failed(&mut self, which: Which, fault: Fault) -> StorageError {
+        let source = match fault {
+            Fault::Crash(step) => return self.crash(step),
+            Fault::Io(e) => e,
+        };
+        let path = self.file(which).0.to_path_buf();
+        let rollback = self
+            .bets
+            .set_len(self.committed_end)
+            .map_err(|e| (self.path.clone(), e))
+            .and_then(|()| {
+                self.journal
+                    .set_len(self.journal_len)
+                    .map_err(|e| (self.journal_path.clone(), e))
+            });
+        if let Err((rpath, e)) = rollback {
+            return self.disable(
+                rpath.clone(),
+                format!(
+                    "writing {} failed ({source}) and rolling {} back failed too ({e}): \
+                     the file's end is unknown",
+                    path.display(),
+                    rpath.display()
+                ),
+            );
+        }
+        log::warn!(
+            "action: storage_write | result: fail | path: {} | error: {source} | rollback: success",
+            path.display()
+        );
+        StorageError::Io {
+            path,
+            action: "append to",
+            source,
+        }
+    }
+
+    /// Handles a failed sync step: never retried, the store is disabled.
+    fn sync_failed(&mut self, which: Which, fault: Fault) -> StorageError {
+        let source = match fault {
+            Fault::Crash(step) => return self.crash(step),
+            Fault::Io(e) => e,
+        };
+        let path = self.file(which).0.to_path_buf();
+        let reason = format!(
+            "syncing {} failed ({source}); a failed sync is never retried, since what it \
+             should have made durable may be lost (the next start recovers from the files)",
+            path.display()
+        );
+        self.disable(path, reason)
+    }
+
+    /// Writes `self.record` to the journal and syncs it (steps WriteRecord, SyncRecord).
+    fn append_record(&mut self) -> Result<(), StorageError> {
+        if let Err(fault) = write_step(
+            &self.faults,
+            Step::WriteRecord,
+            &mut self.journal,
+            &self.record,
+        ) {
+            return Err(self.write_failed(Which::Journal, fault));
+        }
+        if let Err(fault) = sync_step(&self.faults, Step::SyncRecord, &self.journal) {
+            return Err(self.sync_failed(Which::Journal, fault));
+        }
+        self.journal_len += self.record.len() as u64;
+        Ok(())
+    }
+
+    /// Encodes `record` into `self.record`, refusing it (nothing written) if too big.
+    fn encode(&mut self, record: &Record) -> Result<(), StorageError> {
+        self.record.clear();
+        record
+            .encode(&mut self.record)
+            .map_err(|reason| StorageError::Io {
+                path: self.journal_path.clone(),
+                action: "append to",
+                source: io::Error::new(io::ErrorKind::InvalidInput, reason),
+            })
+    }
+}
+
+impl Store for CsvJournalStore {
+    fn recovered(&self) -> &Recovered {
+        &self.recovered
+    }
+
+    fn commit(&mut self, batches: &[Batch<'_>]) -> Result<(), StorageError> {
+        self.check_writable()?;
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let invalid = |path: &Path, msg: String| StorageError::Io {
+            path: path.to_path_buf(),
+            action: "append to",
+            source: io::Error::new(io::ErrorKind::InvalidInput, msg),
+        };
+        self.rows.clear();
+        let mut entries = Vec::with_capacity(batches.len());
+        let mut bets = 0u64;
+        for b in batches {
+            format_rows(&mut self.rows, b.agency, b.bets)
+                .map_err(|e| invalid(&self.path, format!("cannot format a row: {e}")))?;
+            let count = u32::try_from(b.bets.len()).map_err(|_| {
+                invalid(
+                    &self.path,
+                    format!("a batch of {} bets is too big", b.bets.len()),
+                )
+            })?;
+            bets += u64::from(count);
+            entries.push(CommitEntry {
+                agency: b.agency,
+                upload: b.upload,
+                seq: b.seq,
+                count,
+                digest: b.digest,
+            });
+        }
+        let end = self.committed_end + self.rows.len() as u64;
+        self.encode(&Record::Commit { end, entries })?;
+
+        if let Err(fault) = write_step(&self.faults, Step::WriteRows, &mut self.bets, &self.rows) {
+            return Err(self.write_failed(Which::Bets, fault));
+        }
+        if let Err(fault) = sync_step(&self.faults, Step::SyncRows, &self.bets) {
+            return Err(self.sync_failed(Which::Bets, fault));
+        }
+        self.append_record()?;
+        self.committed_end = end;
+        self.total_bets += bets;
+        Ok(())
+    }
+
+    fn record_fin(&mut self, agency: AgencyId) -> Result<(), StorageError> {
+        self.check_writable()?;
+        self.encode(&Record::Fin { agency })?;
+        self.append_record()
+    }
+
+    fn record_draw(&mut self, draw: DrawRecord) -> Result<(), StorageError> {
+        self.check_writable()?;
+        self.encode(&Record::Draw {
+            winning_number: draw.winning_number,
+            bets: draw.bets,
+        })?;
+        self.append_record()
+    }
+
+    fn for_each_bet(&mut self, f: &mut dyn FnMut(AgencyId, Bet)) -> Result<u64, StorageError> {
+        if self.crashed
+            && let Some((path, reason)) = &self.disabled
+        {
+            return Err(StorageError::Disabled {
+                path: path.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let count = read_rows(&self.path, &self.bets, self.committed_end, f)?;
+        if count != self.total_bets {
+            return Err(StorageError::Corrupt {
+                path: self.path.clone(),
+                at: format!("byte {}", self.committed_end),
+                reason: format!(
+                    "the journal commits {} bets but the bets file holds {count} up to its \
+                     committed end",
+                    self.total_bets
+                ),
+            });
+        }
+        Ok(count)
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Performs a write step as the fault hook says.
+fn write_step(faults: &Faults, step: Step, file: &mut File, data: &[u8]) -> Result<(), Fault> {
+    match faults.at(step) {
+        FaultAction::Proceed => file.write_all(data).map_err(Fault::Io),
+        FaultAction::Fail(kind) => Err(Fault::Io(injected(kind, step))),
+        FaultAction::Crash => Err(Fault::Crash(step)),
+        FaultAction::TornWrite(n) => {
+            // The "dying" process gets no say in what happens to the error.
+            let _ = file.write_all(&data[..n.min(data.len())]);
+            Err(Fault::Crash(step))
+        }
+    }
+}
+
+/// Performs a sync step as the fault hook says.
+fn sync_step(faults: &Faults, step: Step, file: &File) -> Result<(), Fault> {
+    match faults.at(step) {
+        FaultAction::Proceed => file.sync_data().map_err(Fault::Io),
+        FaultAction::Fail(kind) => Err(Fault::Io(injected(kind, step))),
+        FaultAction::Crash | FaultAction::TornWrite(_) => Err(Fault::Crash(step)),
+    }
+}
+
+fn injected(kind: io::ErrorKind, step: Step) -> io::Error {
+    io::Error::new(kind, format!("injected {kind} at {step:?}"))
+}
+
+/// Checks that the file at `path` is still `file` (same device and inode).
+fn same_file(path: &Path, file: &File) -> Result<(), String> {
+    let gone = |detail: String| {
+        format!(
+            "{} was removed or replaced while the server ran ({detail}); nothing more is \
+             written to it",
+            path.display()
+        )
+    };
+    let held = file
+        .metadata()
+        .map_err(|e| gone(format!("cannot inspect the open file: {e}")))?;
+    let now = fs::metadata(path).map_err(|e| gone(e.to_string()))?;
+    if now.dev() == held.dev() && now.ino() == held.ino() {
+        Ok(())
+    } else {
+        Err(gone("another file is at its path now".into()))
+    }
+}
+
+/// `Ok(true)` if `path` is a regular file, `Ok(false)` if nothing is there, and
+/// [`StorageError::NotAFile`] for anything else. Only stats the path.
+fn check_regular(path: &Path) -> Result<bool, StorageError> {
+    match fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(true),
+        Ok(meta) => Err(StorageError::NotAFile {
+            path: path.to_path_buf(),
+            kind: describe_kind(&meta.file_type()),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(StorageError::Io {
+            path: path.to_path_buf(),
+            action: "inspect",
+            source,
+        }),
+    }
+}
+
+fn describe_kind(t: &fs::FileType) -> String {
+    let kind = if t.is_dir() {
+        "a directory"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
+    };
+    kind.to_string()
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Adopts a bets file that has no journal (`docs/STORAGE.md` §4 step 3): cuts a torn
+/// last line, counts the rows of each agency, and writes the journal (header and, if
+/// the file holds anything, an ADOPT record) through a temporary file renamed into
+/// place.
+fn adopt(path: &Path, bets: &File) -> Result<(), StorageError> {
+    let io_err = |p: &Path, action: &'static str| {
+        let p = p.to_path_buf();
+        move |source| StorageError::Io {
+            path: p,
+            action,
+            source,
+        }
+    };
+    let on_disk = bets.metadata().map_err(io_err(path, "inspect"))?.len();
+    let end = complete_length(bets, on_disk).map_err(io_err(path, "read"))?;
+    if end < on_disk {
+        bets.set_len(end)
+            .and_then(|()| bets.sync_data())
+            .map_err(io_err(path, "truncate the torn last line of"))?;
+        log::warn!(
+            "action: storage_repair | result: success | path: {} | dropped_bytes: {}",
+            path.display(),
+            on_disk - end
+        );
+    }
+    let mut per_agency: BTreeMap<AgencyId, u64> = BTreeMap::new();
+    let count = read_rows(path, bets, end, |agency, _| {
+        *per_agency.entry(agency).or_default() += 1;
+    })?;
+    let mut content = journal::header().to_vec();
+    if end > 0 {
+        let entries = per_agency
+            .into_iter()
+            .map(|(agency, bets)| AdoptEntry { agency, bets })
+            .collect();
+        Record::Adopt { end, entries }
+            .encode(&mut content)
+            .map_err(|reason| StorageError::Corrupt {
+                path: path.to_path_buf(),
+                at: "byte 0".into(),
+                reason: format!("cannot adopt the file: {reason}"),
+            })?;
+    }
+    let jpath = journal_path(path);
+    let tmp = journal_tmp_path(path);
+    let written = File::create(&tmp).and_then(|mut f| {
+        f.write_all(&content)?;
+        f.sync_all()
+    });
+    written.map_err(io_err(&tmp, "write"))?;
+    fs::rename(&tmp, &jpath).map_err(io_err(&jpath, "create"))?;
+    sync_dir(&parent_dir(path)).map_err(io_err(&jpath, "sync the directory of"))?;
+    if end > 0 {
+        log::info!(
+            "action: storage_adopt | result: success | path: {} | bets: {count}",
+            path.display()
+        );
+    } else {
+        log::info!(
+            "action: storage_create | result: success | path: {}",
+            jpath.display()
+        );
+    }
+    Ok(())
+}
+
+/// The store's state, rebuilt record by record.
+#[derive(Default)]
+struct Rebuild {
+    recovered: Recovered,
+    /// The committed end so far.
+    end: u64,
+}
+
+impl Rebuild {
+    fn apply(&mut self, record: Record) -> Result<(), String> {
+        match record {
+            Record::Commit { end, entries } => {
+                self.advance(end)?;
+                let r = &mut self.recovered;
+                for e in entries {
+                    let p = r.agencies.entry(e.agency).or_default();
+                    p.upload = e.upload;
+                    p.last_seq = e.seq;
+                    p.last_count = e.count;
+                    p.last_digest = e.digest;
+                    p.bets += u64::from(e.count);
+                    r.bets += u64::from(e.count);
+                }
+            }
+            Record::Adopt { end, entries } => {
+                self.advance(end)?;
+                let r = &mut self.recovered;
+                for e in entries {
+                    let p = r.agencies.entry(e.agency).or_insert(AgencyProgress {
+                        upload: ADOPTED_UPLOAD,
+                        ..AgencyProgress::default()
+                    });
+                    p.bets += e.bets;
+                    r.bets += e.bets;
+                }
+            }
+            Record::Fin { agency } => {
+                self.recovered.finished.insert(agency);
+            }
+            Record::Draw {
+                winning_number,
+                bets,
+            } => {
+                self.recovered.draw = Some(DrawRecord {
+                    winning_number,
+                    bets,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, end: u64) -> Result<(), String> {
+        if end < self.end {
+            return Err(format!(
+                "committed end {end} is before the previous committed end {}",
+                self.end
+            ));
+        }
+        self.end = end;
+        Ok(())
+    }
+}
+
+/// The CRC-32C of `bets` of `agency` formatted exactly as the bets file's rows.
+pub(crate) fn rows_digest(agency: AgencyId, bets: &[Bet]) -> u32 {
+    let mut buf = Vec::new();
+    // Invariant: formatting into a Vec cannot fail (no I/O, and every field is a plain
+    // string), so the error arm is unreachable; digesting what was written keeps this
+    // total without a panic.
+    let _ = format_rows(&mut buf, agency, bets);
+    journal::CRC32C.checksum(&buf)
+}
+
+/// Formats `bets` as CSV rows of the bets file, appending them to `buf`.
+fn format_rows(buf: &mut Vec<u8>, agency: AgencyId, bets: &[Bet]) -> io::Result<()> {
+    let mut writer = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(buf);
+    let agency = agency.to_string();
+    for bet in bets {
+        let birthdate = bet.birthdate.format("%Y-%m-%d").to_string();
+        let number = bet.number.to_string();
+        writer
+            .write_record([
+                agency.as_str(),
+                &bet.first_name,
+                &bet.last_name,
+                &bet.document,
+                &birthdate,
+                &number,
+            ])
+            .map_err(csv_to_io)?;
+    }
+    writer.flush()
+}
+
+/// Reads the bets file at `path` row by row (any file in the bets file's format,
+/// journal or not), calling `f` with each bet; returns how many.
+pub fn for_each_stored<F>(path: &Path, f: F) -> Result<u64, StorageError>
+where
+    F: FnMut(AgencyId, Bet),
+{
+    let file = File::open(path).map_err(|source| StorageError::Io {
+        path: path.to_path_buf(),
+        action: "read",
+        source,
+    })?;
+    read_rows(path, &file, u64::MAX, f)
+}
+
+/// Streams the rows of `file` (the bets file at `path`) from offset 0 up to `end`
+/// through positioned reads, so the handle's own offset is left alone.
+fn read_rows<F>(path: &Path, file: &File, end: u64, mut f: F) -> Result<u64, StorageError>
+where
+    F: FnMut(AgencyId, Bet),
+{
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(ReadAt { file, pos: 0, end });
+    let mut count = 0;
+    let mut record = csv::StringRecord::new();
+    loop {
+        let line = reader.position().line();
+        let more = reader.read_record(&mut record).map_err(|e| {
+            if let csv::ErrorKind::Io(_) = e.kind() {
+                StorageError::Io {
+                    path: path.to_path_buf(),
+                    action: "read",
+                    source: csv_to_io(e),
+                }
+            } else {
+                StorageError::Corrupt {
+                    path: path.to_path_buf(),
+                    at: line.to_string(),
+                    reason: e.to_string(),
+                }
+            }
+        })?;
+        if !more {
+            return Ok(count);
+        }
+        let (agency, bet) = parse_row(&record).map_err(|reason| StorageError::Corrupt {
+            path: path.to_path_buf(),
+            at: line.to_string(),
+            reason,
+        })?;
+        f(agency, bet);
+        count += 1;
+    }
+}
+
+/// Reads `file` from `pos` up to `end` with positioned reads.
+struct ReadAt<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.end - self.pos;
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+fn parse_row(record: &csv::StringRecord) -> Result<(AgencyId, Bet), String> {
+    if record.len() != 6 {
+        return Err(format!("expected 6 fields, found {}", record.len()));
+    }
+    let agency = record[0]
+        .parse()
+        .map_err(|_| format!("agency {:?} is not a number", &record[0]))?;
+    let birthdate = NaiveDate::parse_from_str(&record[4], "%Y-%m-%d")
+        .map_err(|_| format!("birthdate {:?} is not YYYY-MM-DD", &record[4]))?;
+    let number = record[5]
+        .parse()
+        .map_err(|_| format!("number {:?} is not a number", &record[5]))?;
+    Ok((
+        agency,
+        Bet {
+            first_name: record[1].to_string(),
+            last_name: record[2].to_string(),
+            document: record[3].to_string(),
+            birthdate,
+            number,
+        },
+    ))
+}
+
+fn csv_to_io(e: csv::Error) -> io::Error {
+    match e.into_kind() {
+        csv::ErrorKind::Io(e) => e,
+        other => io::Error::other(format!("{other:?}")),
+    }
+}
+
+/// The length of the first `len` bytes of `file` up to and including their last line
+/// break: what was written completely. Reads backwards from the end, a block at a time.
+fn complete_length(file: &File, len: u64) -> io::Result<u64> {
+    const BLOCK: u64 = 8192;
+    let mut end = len;
+    let mut block = vec![0u8; BLOCK as usize];
+    while end > 0 {
+        let start = end.saturating_sub(BLOCK);
+        // `end - start` is at most BLOCK, which fits a usize.
+        let chunk = &mut block[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+            return Ok(start + i as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "loteria-csvj-{name}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    fn bet(first: &str, doc: &str, number: u16) -> Bet {
+        Bet {
+            first_name: first.into(),
+            last_name: "Pérez, \"el\" Grande".into(),
+            document: doc.into(),
+            birthdate: NaiveDate::from_ymd_opt(1990, 1, 2).expect("date"),
+            number,
+        }
+    }
+
+    fn batch(agency: AgencyId, upload: u64, seq: u64, bets: &[Bet]) -> Batch<'_> {
+        Batch {
+            agency,
+            upload,
+            seq,
+            digest: rows_digest(agency, bets),
+            bets,
+        }
+    }
+
+    fn all(store: &mut CsvJournalStore) -> Vec<(AgencyId, Bet)> {
+        let mut out = Vec::new();
+        let n = store
+            .for_each_bet(&mut |a, b| out.push((a, b)))
+            .expect("for_each_bet");
+        assert_eq!(n as usize, out.len());
+        out
+    }
+
+    fn corrupt_reason(err: StorageError) -> (String, String) {
+        match err {
+            StorageError::Corrupt { at, reason, .. } => (at, reason),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn journal_path_appends_journal() {
+        assert_eq!(
+            journal_path(Path::new("data/bets.csv")),
+            PathBuf::from("data/bets.csv.journal")
+        );
+    }
+
+    #[test]
+    fn a_fresh_open_creates_both_files() {
+        let dir = temp_dir("fresh");
+        let path = dir.join("sub/bets.csv");
+        let store = CsvJournalStore::open(&path).expect("open");
+        assert_eq!(store.recovered(), &Recovered::default());
+        assert_eq!(fs::read(&path).expect("bets"), b"");
+        assert_eq!(
+            fs::read(journal_path(&path)).expect("journal"),
+            journal::header()
+        );
+        assert!(!journal_tmp_path(&path).exists());
+        assert_eq!(store.describe(), path.display().to_string());
+        drop(store);
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn committed_bets_load_back_in_the_course_format() {
+        let dir = temp_dir("format");
+        let path = dir.join("bets.csv");
+        let mut store = CsvJournalStore::open(&path).expect("open");
+        let one = [bet("Ana", "00000000", 7574), bet("Zoë", "1", 1)];
+        let two = [bet("Luis", "2", 2)];
+        store
+            .commit(&[batch(1, 11, 1, &one), batch(2, 22, 1, &two)])
+            .expect("commit");
+        let text = fs::read_to_string(&path).expect("read");
+        assert_eq!(
+            text,
+            "1,Ana,\"Pérez, \"\"el\"\" Grande\",00000000,1990-01-02,7574\n\
+             1,Zoë,\"Pérez, \"\"el\"\" Grande\",1,1990-01-02,1\n\
+             2,Luis,\"Pérez, \"\"el\"\" Grande\",2,1990-01-02,2\n"
+        );
+        // The digest is the CRC-32C of exactly those rows.
+        let first_two: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+        assert_eq!(
+            rows_digest(1, &one),
+            journal::CRC32C.checksum(first_two.as_bytes())
+        );
+        assert_eq!(super::super::digest(1, &one), rows_digest(1, &one));
+        let mut seen = Vec::new();
+        assert_eq!(
+            for_each_stored(&path, |a, b| seen.push((a, b))).expect("stored"),
+            3
+        );
+        assert_eq!(seen, all(&mut store));
+        drop(store);
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn progress_comes_from_the_latest_commit_and_bets_are_summed() {
+        let dir = temp_dir("progress");
+        let path = dir.join("bets.csv");
+        let mut store = CsvJournalStore::open(&path).expect("open");
+        let a = [bet("A", "1", 1), bet("B", "2", 2)];
+        let b = [bet("C", "3", 3)];
+        store.commit(&[batch(1, 5, 1, &a)]).expect("commit");
+        store
+            .commit(&[batch(1, 6, 1, &b), batch(2, 7, 9, &a)])
+            .expect("commit");
+        store.record_fin(2).expect("fin");
+        store
+            .record_draw(DrawRecord {
+                winning_number: 3,
+                bets: 5,
+            })
+            .expect("draw");
+        drop(store);
+        let store = CsvJournalStore::open(&path).expect("reopen");
+        let r = store.recovered();
+        assert_eq!(
+            r.agencies[&1],
+            AgencyProgress {
+                upload: 6,
+                last_seq: 1,
+                last_count: 1,
+                last_digest: rows_digest(1, &b),
+                bets: 3
+            }
+        );
+        assert_eq!(r.agencies[&2].last_seq, 9);
+        assert_eq!(r.agencies[&2].bets, 2);
+        assert_eq!(r.bets, 5);
+        assert_eq!(r.finished.iter().copied().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(
+            r.draw,
+            Some(DrawRecord {
+                winning_number: 3,
+                bets: 5
+            })
+        );
+        drop(store);
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_torn_journal_tail_and_unacknowledged_rows_are_cut() {
+        let dir = temp_dir("torn-tail");
+        let path = dir.join("bets.csv");
+        let mut store = CsvJournalStore::open(&path).expect("open");
+        let a = [bet("A", "1", 1)];
+        store.commit(&[batch(1, 5, 1, &a)]).expect("commit");
+        drop(store);
+        let bets_len = fs::metadata(&path).expect("meta").len();
+        let jpath = journal_path(&path);
+        let journal_len = fs::metadata(&jpath).expect("meta").len();
+        // A second commit whose rows reached the file but whose record is torn.
+        let mut rows = Vec::new();
+        format_rows(&mut rows, 1, &a).expect("rows");
+        let mut record = Vec::new();
+        Record::Fin { agency: 1 }
+            .encode(&mut record)
+            .expect("encode");
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(&rows))
+            .expect("rows");
+        OpenOptions::new()
+            .append(true)
+            .open(&jpath)
+            .and_then(|mut f| f.write_all(&record[..record.len() - 1]))
+            .expect("record");
+        let mut store = CsvJournalStore::open(&path).expect("reopen");
+        assert_eq!(store.recovered().bets, 1);
+        assert!(store.recovered().finished.is_empty());
+        assert_eq!(fs::metadata(&path).expect("meta").len(), bets_len);
+        assert_eq!(fs::metadata(&jpath).expect("meta").len(), journal_len);
+        assert_eq!(all(&mut store).len(), 1);
+        drop(store);
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_bets_file_shorter_than_committed_is_refused() {
+        let dir = temp_dir("shorter");
+        let path = dir.join("bets.csv");
+        let mut store = CsvJournalStore::open(&path).expect("open");
+        store
+            .commit(&[batch(1, 5, 1, &[bet("A", "1", 1)])])
+            .expect("commit");
+        drop(store);
+        let len = fs::metadata(&path).expect("meta").len();
+        let f = OpenOptions::new().write(true).open(&path).expect("open");
+        f.set_len(len - 3).expect("truncate");
+        drop(f);
+        let (_, reason) = corrupt_reason(CsvJournalStore::open(&path).expect_err("shorter"));
+        assert!(reason.contains("vanished"), "{reason}");
+        // Nothing was changed.
+        assert_eq!(fs::metadata(&path).expect("meta").len(), len - 3);
+        fs::remove_file(&path).expect("rm");
+        let (_, reason) = corrupt_reason(CsvJournalStore::open(&path).expect_err("missing"));
+        assert!(reason.contains("missing"), "{reason}");
+        assert!(!path.exists(), "nothing is created");
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_foreign_journal_is_refused() {
+        let dir = temp_dir("foreign");
+        let path = dir.join("bets.csv");
+        let jpath = journal_path(&path);
+        fs::write(&path, "").expect("bets");
+        for (content, want) in [
+            (
+                b"NOTAJRNL\0\0\0\x01\0\0\0\0".to_vec(),
+                "not a lottery journal",
+            ),
+            (b"LOTJRNL\0\0\0\0\x02\0\0\0\0".to_vec(), "version 2"),
+            (b"LOTJRNL".to_vec(), "shorter"),
+        ] {
+            fs::write(&jpath, &content).expect("journal");
+            let err = CsvJournalStore::open(&path).expect_err("foreign");
+            assert!(err.to_string().contains(want), "{err}");
+            assert_eq!(fs::read(&jpath).expect("journal"), content);
+        }
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn checksummed_damage_is_refused() {
+        let dir = temp_dir("damage");
+        let path = dir.join("bets.csv");
+        let mut store = CsvJournalStore::open(&path).expect("open");
+        store.record_fin(1).expect("fin");
+        store.record_fin(2).expect("fin");
+        drop(store);
+        let jpath = journal_path(&path);
+        let mut bytes = fs::read(&jpath).expect("journal");
+        bytes[journal::HEADER_LEN as usize + 12] ^= 1; // FIN 1's agency
+        fs::write(&jpath, &bytes).expect("journal");
+        let (at, reason) = corrupt_reason(CsvJournalStore::open(&path).expect_err("damage"));
+        assert_eq!(at, "byte 16");
+        assert!(reason.contains("checksum"), "{reason}");
+        // An end that goes backwards is refused as well.
+        let mut bytes = journal::header().to_vec();
+        for end in [10, 5] {
+            Record::Commit {
+                end,
+                entries: vec![],
+            }
+            .encode(&mut bytes)
+            .expect("encode");
+        }
+        fs::write(&jpath, &bytes).expect("journal");
+        let (_, reason) = corrupt_reason(CsvJournalStore::open(&path).expect_err("backwards"));
+        assert!(reason.contains("before the previous"), "{reason}");
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_journal_less_file_is_adopted_once() {
+        let dir = temp_dir("adopt");
+        let path = dir.join("bets.csv");
+        fs::write(
+            &path,
+            "1,Ana,Paz,1,1990-01-02,5\n2,Luis,Ro,2,1990-01-02,6\n1,Eva,Paz,3,1990-01-02,7\n2,Torn,Li",
+        )
+        .expect("write");
+        let mut store = CsvJournalStore::open(&path).expect("open");
+        let r = store.recovered().clone();
+        assert_eq!(r.bets, 3);
+        assert_eq!(
+            r.agencies[&1],
+            AgencyProgress {
+                upload: ADOPTED_UPLOAD,
+                last_seq: 0,
+                last_count: 0,
+                last_digest: 0,
+                bets: 2
+            }
+        );
+        assert_eq!(r.agencies[&2].bets, 1);
+        assert_eq!(all(&mut store).len(), 3);
+        assert!(
+            fs::read_to_string(&path)
+                .expect("read")
+                .ends_with("1,Eva,Paz,3,1990-01-02,7\n")
+        );
+        // A later commit of an adopted agency takes over its progress.
+        let b = [bet("New", "9", 9)];
+        store.commit(&[batch(1, 77, 1, &b)]).expect("commit");
+        drop(store);
+        let journal_len = fs::metadata(journal_path(&path)).expect("meta").len();
+        let mut store = CsvJournalStore::open(&path).expect("reopen");
+        assert_eq!(store.recovered().agencies[&1].upload, 77);
+        assert_eq!(store.recovered().agencies[&1].bets, 3);
+        assert_eq!(store.recovered().bets, 4);
+        assert_eq!(all(&mut store).len(), 4);
+        drop(store);
+        // Not adopted twice.
+        assert_eq!(
+            fs::metadata(journal_path(&path)).expect("meta").len(),
+            journal_len
+        );
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn adopting_a_bad_row_names_its_line_and_writes_no_journal() {
+        let dir = temp_dir("adopt-bad");
+        let path = dir.join("bets.csv");
+        fs::write(
+            &path,
+            "1,Ana,Paz,1,1990-01-02,5\n1,Ana,Paz,1,1990-13-02,5\n",
+        )
+        .expect("write");
+        let err = CsvJournalStore::open(&path).expect_err("bad date");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}:2: birthdate \"1990-13-02\" is not YYYY-MM-DD",
+                path.display()
+            )
+        );
+        assert!(!journal_path(&path).exists());
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn long_files_find_their_last_line_break() {
+        let dir = temp_dir("long");
+        let path = dir.join("bets.csv");
+        let mut content = "1,Ana,Paz,1,1990-01-02,5\n".repeat(1000);
+        content.push_str(&"x".repeat(20_000));
+        fs::write(&path, &content).expect("write");
+        let mut store = CsvJournalStore::open(&path).expect("open");
+        assert_eq!(store.recovered().bets, 1000);
+        assert_eq!(all(&mut store).len(), 1000);
+        drop(store);
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn an_unwritable_path_is_a_clear_error() {
+        let dir = temp_dir("unwritable");
+        let file = dir.join("plain-file");
+        fs::write(&file, "").expect("write");
+        let err = CsvJournalStore::open(&file.join("bets.csv")).expect_err("parent is a file");
+        assert!(err.to_string().contains("plain-file"), "{err}");
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+}
