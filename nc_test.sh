@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Echo check: is the lottery server up and answering?
 #
-# Sends one ECHO frame (docs/PROTOCOL.md: version 1, kind 0x05, u16 big-endian length,
+# Sends one ECHO frame (docs/PROTOCOL.md: version 2, kind 0x05, u16 big-endian length,
 # payload) with netcat from a throw-away container attached to the server container's
 # own network — no netcat on the host, no published port — and expects the very same
 # bytes back. Prints exactly one verdict line on stdout and exits 0 / 1:
@@ -48,7 +48,7 @@ reply=$(mktemp)
 errors=$(mktemp)
 trap 'rm -f "$frame" "$reply" "$errors"' EXIT
 # shellcheck disable=SC2059 # the format is built on purpose: two octal escapes
-printf "\\001\\005$(printf '\\%03o\\%03o' $((length >> 8)) $((length & 255)))%s" \
+printf "\\002\\005$(printf '\\%03o\\%03o' $((length >> 8)) $((length & 255)))%s" \
     "$message" >"$frame"
 
 # The server closes the connection when nc half-closes after sending; `timeout` bounds

@@ -26,8 +26,9 @@ pub const HEADER_LEN: usize = 4;
 pub const MAX_FRAME_LEN: usize = 8192;
 /// The largest payload a frame can carry.
 pub const MAX_PAYLOAD_LEN: usize = MAX_FRAME_LEN - HEADER_LEN;
-/// Payload bytes of a `BETS` frame before its first bet (`seq: u64`, `count: u16`).
-pub const BETS_PREFIX_LEN: usize = 8 + 2;
+/// Payload bytes of a `BETS` frame before its first bet (`seq: u64`, `line: u64`,
+/// `count: u16`).
+pub const BETS_PREFIX_LEN: usize = 8 + 8 + 2;
 /// Payload bytes of a `WINNERS` frame before its first document (`last: u8`, `count: u16`).
 pub const WINNERS_PREFIX_LEN: usize = 1 + 2;
 /// The smallest a bet can be on the wire (all strings empty); used to bound allocation.
@@ -211,6 +212,10 @@ pub enum Message {
     Bets {
         /// The batch's sequence number (1, 2, 3, … per agency).
         seq: u64,
+        /// The 1-based line of the agency file that holds the batch's last bet (0 when
+        /// the bets come from no file, e.g. a single bet): where a resumed upload goes
+        /// on.
+        line: u64,
         /// The bets, at least one.
         bets: Vec<Bet>,
     },
@@ -233,6 +238,9 @@ pub enum Message {
         stored_seq: u64,
         /// How many bets of the agency are stored.
         stored_bets: u64,
+        /// The `line` of the last stored batch (0: none, or its bets came from no
+        /// file): a resuming client goes on after this line of its file.
+        stored_line: u64,
         /// Whether the agency's `FIN` is recorded.
         finished: bool,
         /// Whether the draw has run.
@@ -557,6 +565,7 @@ impl Message {
                 upload,
                 stored_seq,
                 stored_bets,
+                stored_line,
                 finished,
                 drawn,
             } => {
@@ -564,11 +573,13 @@ impl Message {
                 out.extend_from_slice(&upload.to_be_bytes());
                 out.extend_from_slice(&stored_seq.to_be_bytes());
                 out.extend_from_slice(&stored_bets.to_be_bytes());
+                out.extend_from_slice(&stored_line.to_be_bytes());
                 out.push(u8::from(*finished));
                 out.push(u8::from(*drawn));
             }
-            Message::Bets { seq, bets } => {
+            Message::Bets { seq, line, bets } => {
                 out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(&line.to_be_bytes());
                 let count = u16::try_from(bets.len()).map_err(|_| EncodeError::FieldTooLong {
                     field: "bet count",
                     len: bets.len(),
@@ -625,11 +636,13 @@ impl Message {
                 upload: r.u64()?,
                 stored_seq: r.u64()?,
                 stored_bets: r.u64()?,
+                stored_line: r.u64()?,
                 finished: r.flag("finished")?,
                 drawn: r.flag("drawn")?,
             },
             kind::BETS => {
                 let seq = r.u64()?;
+                let line = r.u64()?;
                 let count = usize::from(r.u16()?);
                 if count == 0 {
                     return Err(r.malformed("a batch needs at least one bet".into()));
@@ -639,7 +652,7 @@ impl Message {
                 for index in 1..=count {
                     bets.push(decode_bet(&mut r, index)?);
                 }
-                Message::Bets { seq, bets }
+                Message::Bets { seq, line, bets }
             }
             kind::FIN => Message::Fin,
             kind::WINNERS_QUERY => Message::WinnersQuery,
@@ -896,10 +909,12 @@ mod tests {
             },
             Message::Bets {
                 seq: 1,
+                line: 0,
                 bets: vec![bet("Ana", "30904465", 7574)],
             },
             Message::Bets {
                 seq: u64::MAX,
+                line: u64::MAX,
                 bets: vec![bet("José María", "00000000", 0), bet("Zoë", "1", 9999)],
             },
             Message::Fin,
@@ -912,6 +927,7 @@ mod tests {
                 upload: 0x0102_0304_0506_0708,
                 stored_seq: 2,
                 stored_bets: 150,
+                stored_line: 151,
                 finished: false,
                 drawn: false,
             },
@@ -920,6 +936,7 @@ mod tests {
                 upload: u64::MAX,
                 stored_seq: u64::MAX,
                 stored_bets: u64::MAX,
+                stored_line: u64::MAX,
                 finished: true,
                 drawn: true,
             },
@@ -1008,11 +1025,12 @@ mod tests {
                 upload: 0x0102_0304_0506_0708,
                 stored_seq: 2,
                 stored_bets: 150,
+                stored_line: 151,
                 finished: false,
                 drawn: false,
             }),
-            "02 81 00 1e 00 00 00 03 01 02 03 04 05 06 07 08 00 00 00 00 00 00 00 02 \
-             00 00 00 00 00 00 00 96 00 00"
+            "02 81 00 26 00 00 00 03 01 02 03 04 05 06 07 08 00 00 00 00 00 00 00 02 \
+             00 00 00 00 00 00 00 96 00 00 00 00 00 00 00 97 00 00"
         );
         let ana = Bet {
             first_name: "Ana".into(),
@@ -1021,9 +1039,10 @@ mod tests {
         assert_eq!(
             hex(&Message::Bets {
                 seq: 1,
+                line: 1,
                 bets: vec![ana]
             }),
-            "02 02 00 27 00 00 00 00 00 00 00 01 00 01 00 03 41 6e 61 00 07 4e c3 ba c3 b1 65 7a \
+            "02 02 00 2f 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 01 00 01 00 03 41 6e 61 00 07 4e c3 ba c3 b1 65 7a \
              08 33 30 39 30 34 34 36 35 07 cf 03 11 1d 96"
         );
         assert_eq!(
@@ -1163,6 +1182,7 @@ mod tests {
         ));
         // An empty batch.
         let mut payload = 1u64.to_be_bytes().to_vec();
+        payload.extend_from_slice(&1u64.to_be_bytes());
         payload.extend_from_slice(&0u16.to_be_bytes());
         assert!(matches!(
             Message::decode(kind::BETS, &payload),
@@ -1171,6 +1191,7 @@ mod tests {
         // Invalid UTF-8 in a name.
         let mut bytes = Message::Bets {
             seq: 1,
+            line: 0,
             bets: vec![bet("Ana", "1", 1)],
         }
         .encode()
@@ -1186,6 +1207,7 @@ mod tests {
     fn impossible_dates_are_invalid_bets() {
         let mut bytes = Message::Bets {
             seq: 1,
+            line: 0,
             bets: vec![bet("Ana", "1", 1)],
         }
         .encode()
@@ -1206,6 +1228,7 @@ mod tests {
         let big = "ñ".repeat(MAX_FRAME_LEN / 2);
         let message = Message::Bets {
             seq: 1,
+            line: 0,
             bets: vec![bet(&big, "1", 1)],
         };
         assert!(matches!(
@@ -1238,6 +1261,7 @@ mod tests {
         let b = bet("José María", "00000000", 0);
         let bytes = Message::Bets {
             seq: 1,
+            line: 0,
             bets: vec![b.clone(), b.clone()],
         }
         .encode()
@@ -1317,7 +1341,7 @@ mod tests {
                     birthdate: NaiveDate::from_ymd_opt(1980, 2, 29).expect("leap day"),
                     number: n,
                 }).collect();
-                let message = Message::Bets { seq, bets };
+                let message = Message::Bets { seq, line: seq / 2, bets };
                 let bytes = message.encode().expect("small batches fit");
                 let frame = read_frame(&mut &bytes[..]).expect("reads").expect("frame");
                 prop_assert_eq!(frame.decode().expect("decodes"), message);

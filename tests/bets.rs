@@ -30,7 +30,7 @@ fn batch_around(bad: Bet) -> Vec<Bet> {
 
 /// Sends `bets` as `seq` and expects INVALID_BET naming bet 2; returns the reason.
 fn expect_rejected(peer: &mut Peer, seq: u64, bets: Vec<Bet>) -> String {
-    peer.send(&Message::Bets { seq, bets });
+    peer.send(&Message::Bets { seq, line: 0, bets });
     let reason = expect_error(peer, ErrorCode::InvalidBet);
     assert!(
         reason.contains("bet 2"),
@@ -201,7 +201,7 @@ fn an_invalid_batch_of_one_agency_does_not_touch_another() {
 
 /// Sends `bets` as `seq` and expects BAD_SEQ.
 fn expect_bad_seq(peer: &mut Peer, seq: u64, bets: Vec<Bet>) {
-    peer.send(&Message::Bets { seq, bets });
+    peer.send(&Message::Bets { seq, line: 0, bets });
     let reason = expect_error(peer, ErrorCode::BadSeq);
     assert!(reason.contains(&seq.to_string()), "names the seq: {reason}");
 }
@@ -296,7 +296,11 @@ fn two_connections_of_one_agency_racing_the_same_upload_store_it_once() {
                         let count = batch.len() as u16;
                         if peer
                             .conn
-                            .write_message(&Message::Bets { seq, bets: batch })
+                            .write_message(&Message::Bets {
+                                seq,
+                                line: 0,
+                                bets: batch,
+                            })
                             .is_err()
                         {
                             takeovers += 1;

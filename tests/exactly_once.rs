@@ -54,6 +54,7 @@ fn winners_of(bets: &[Bet]) -> Vec<String> {
 fn send_batch(peer: &mut Peer, seq: u64, bets: &[Bet]) -> Message {
     peer.request(&Message::Bets {
         seq,
+        line: 0,
         bets: bets.to_vec(),
     })
 }
@@ -62,6 +63,7 @@ fn send_batch(peer: &mut Peer, seq: u64, bets: &[Bet]) -> Message {
 fn refused(peer: &mut Peer, seq: u64, bets: &[Bet], code: ErrorCode) -> String {
     peer.send(&Message::Bets {
         seq,
+        line: 0,
         bets: bets.to_vec(),
     });
     expect_error(peer, code)
@@ -238,6 +240,7 @@ fn after_an_idle_timeout_welcome_reports_progress_and_the_upload_resumes_exactly
     // Batch 4 is sent, but its ACK is never read; then the connection idles out.
     first.send(&Message::Bets {
         seq: 4,
+        line: 0,
         bets: batches[3].clone(),
     });
     let mut saw_timeout = false;
@@ -265,6 +268,7 @@ fn after_an_idle_timeout_welcome_reports_progress_and_the_upload_resumes_exactly
             upload: 0x77,
             stored_seq: 4,
             stored_bets: expected_bets as u64,
+            stored_line: 0,
             finished: false,
             drawn: false,
         }
@@ -308,6 +312,7 @@ fn a_restarted_server_reports_the_same_progress_and_keeps_fins() {
             upload: 0xA1,
             stored_seq: 2,
             stored_bets: 12,
+            stored_line: 0,
             finished: true,
             drawn: false,
         }
@@ -330,6 +335,7 @@ fn a_restarted_server_reports_the_same_progress_and_keeps_fins() {
             upload: 0xA2,
             stored_seq: 1,
             stored_bets: 4,
+            stored_line: 0,
             finished: false,
             drawn: false,
         }
@@ -502,6 +508,7 @@ fn a_new_hello_supersedes_the_older_connection_and_its_bets_are_never_stored() {
     // Whatever A still sends is not read, let alone stored (the write may fail).
     let _ = a.conn.write_message(&Message::Bets {
         seq: 2,
+        line: 0,
         bets: vec![bet("Viejo", "66666666", 7574)],
     });
     b.store(2, data[3..].to_vec());

@@ -133,7 +133,11 @@ fn stop_during_uploads_keeps_every_acknowledged_batch_whole() {
                     let docs: Vec<String> = batch.iter().map(|b| b.document.clone()).collect();
                     if peer
                         .conn
-                        .write_message(&Message::Bets { seq, bets: batch })
+                        .write_message(&Message::Bets {
+                            seq,
+                            line: 0,
+                            bets: batch,
+                        })
                         .is_err()
                     {
                         break;

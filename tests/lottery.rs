@@ -49,6 +49,7 @@ fn bets_after_own_fin_are_refused_with_agency_finished() {
     assert_eq!(one.fin(), (1, 2));
     one.send(&Message::Bets {
         seq: 2,
+        line: 0,
         bets: vec![bet("Tarde", "2", 7574)],
     });
     let reason = expect_error(&mut one, ErrorCode::AgencyFinished);
@@ -56,6 +57,7 @@ fn bets_after_own_fin_are_refused_with_agency_finished() {
     // Even a replay is refused after FIN, and the refusal leaves the connection usable.
     one.send(&Message::Bets {
         seq: 1,
+        line: 0,
         bets: vec![bet("Ana", "1", 7574)],
     });
     expect_error(&mut one, ErrorCode::AgencyFinished);
@@ -63,6 +65,7 @@ fn bets_after_own_fin_are_refused_with_agency_finished() {
     let mut one_again = Peer::hello(server.addr, 1);
     one_again.send(&Message::Bets {
         seq: 3,
+        line: 0,
         bets: vec![bet("Otra", "3", 7574)],
     });
     expect_error(&mut one_again, ErrorCode::AgencyFinished);
@@ -94,6 +97,7 @@ fn after_the_draw_bets_get_draw_done_and_answers_repeat() {
     for peer in [&mut one, &mut two] {
         peer.send(&Message::Bets {
             seq: 9,
+            line: 0,
             bets: vec![bet("Tarde", "99", 7574)],
         });
         let reason = expect_error(peer, ErrorCode::DrawDone);
@@ -109,6 +113,7 @@ fn after_the_draw_bets_get_draw_done_and_answers_repeat() {
     );
     late.send(&Message::Bets {
         seq: 2,
+        line: 0,
         bets: vec![bet("Tarde", "98", 7574)],
     });
     expect_error(&mut late, ErrorCode::DrawDone);

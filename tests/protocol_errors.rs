@@ -215,7 +215,7 @@ fn malformed_payloads_get_malformed_and_the_conversation_goes_on() {
     let mut bad_utf8 = good_raw_bet("1", 1);
     bad_utf8[2] = 0xff; // first byte of "Ana"
     let mut count_too_big = bets_payload(1, &[good_raw_bet("1", 1)]);
-    count_too_big[9] = 2; // says 2 bets, holds 1
+    count_too_big[17] = 2; // says 2 bets, holds 1 (count is bytes 16..18)
     let mut trailing = bets_payload(1, &[good_raw_bet("1", 1)]);
     trailing.push(0);
 
@@ -359,6 +359,7 @@ fn requests_before_hello_get_not_identified() {
     let mut peer = Peer::connect(server.addr);
     peer.send(&Message::Bets {
         seq: 1,
+        line: 0,
         bets: vec![bet("Ana", "1", 7574)],
     });
     expect_error(&mut peer, ErrorCode::NotIdentified);

@@ -53,6 +53,7 @@ fn a_batch_of_another_upload_or_an_older_seq_is_refused_never_acknowledged() {
     for seq in [1, 2, 3] {
         second.send(&Message::Bets {
             seq,
+            line: 0,
             bets: vec![bet("Eva", "3", 7574)],
         });
         expect_error(&mut second, ErrorCode::UploadConflict);
@@ -65,6 +66,7 @@ fn a_batch_of_another_upload_or_an_older_seq_is_refused_never_acknowledged() {
     assert_eq!((progress.stored_seq, progress.stored_bets), (2, 2));
     resend.send(&Message::Bets {
         seq: 1,
+        line: 0,
         bets: vec![bet("Ana", "1", 7574)],
     });
     expect_error(&mut resend, ErrorCode::BadSeq);
@@ -456,7 +458,7 @@ fn a_malformed_or_invalid_batch_before_hello_gets_not_identified() {
     let ancient = bets_frame(1, &[raw_bet("Ana", "Núñez", "1", (1899, 12, 31), 1)]);
     let big_number = bets_frame(1, &[good_raw_bet("1", 12_000)]);
     let mut wrong_count = bets_payload(1, &[good_raw_bet("1", 1)]);
-    wrong_count[9] = 3; // says 3 bets, holds 1
+    wrong_count[17] = 3; // says 3 bets, holds 1 (count is bytes 16..18)
     let wrong_count = frame(kind::BETS, &wrong_count);
     let short = frame(kind::BETS, &[0, 1]);
     let cases = [

@@ -69,11 +69,18 @@ fn bets(prefix: &str, n: u16) -> Vec<Bet> {
     (0..n).map(|i| bet(&format!("{prefix}{i}"), i)).collect()
 }
 
+/// The agency-file line recorded for batch `seq` (distinct from `seq`, so a mix-up
+/// would show).
+fn line_of(seq: u64) -> u64 {
+    seq * 10 + 1
+}
+
 fn batch(agency: AgencyId, upload: u64, seq: u64, bets: &[Bet]) -> Batch<'_> {
     Batch {
         agency,
         upload,
         seq,
+        line: line_of(seq),
         digest: storage::digest(agency, bets),
         bets,
     }
@@ -113,6 +120,7 @@ fn commit_then_recover_round_trip(open: Factory) {
             last_seq: 1,
             last_count: 3,
             last_digest: storage::digest(1, &a),
+            last_line: line_of(1),
             bets: 3,
         }
     );
@@ -127,6 +135,7 @@ fn commit_then_recover_round_trip(open: Factory) {
     let mut store = open(&dir.bets());
     assert_eq!(store.recovered().agencies[&1].last_seq, 2);
     assert_eq!(store.recovered().agencies[&1].last_count, 2);
+    assert_eq!(store.recovered().agencies[&1].last_line, line_of(2));
     assert_eq!(store.recovered().agencies[&1].bets, 5);
     let mut want = tagged(1, &a);
     want.extend(tagged(1, &b));
@@ -157,6 +166,7 @@ fn several_batches_of_several_agencies_in_one_commit(open: Factory) {
             last_seq: 2,
             last_count: 1,
             last_digest: storage::digest(1, &a2),
+            last_line: line_of(2),
             bets: 3,
         }
     );

@@ -61,11 +61,18 @@ fn bets(prefix: &str, n: u16) -> Vec<Bet> {
         .collect()
 }
 
+/// The agency-file line recorded for batch `seq` (distinct from `seq`, so a mix-up
+/// would show).
+fn line_of(seq: u64) -> u64 {
+    seq * 10 + 1
+}
+
 fn batch(agency: AgencyId, upload: u64, seq: u64, bets: &[Bet]) -> Batch<'_> {
     Batch {
         agency,
         upload,
         seq,
+        line: line_of(seq),
         digest: storage::digest(agency, bets),
         bets,
     }
@@ -148,6 +155,7 @@ impl Model {
                         let p = m.recovered.agencies.entry(*agency).or_default();
                         p.upload = *upload;
                         p.last_seq = *seq;
+                        p.last_line = line_of(*seq);
                         p.last_count = bets.len() as u32;
                         p.last_digest = storage::digest(*agency, bets);
                         p.bets += bets.len() as u64;
@@ -657,4 +665,178 @@ fn a_journal_less_file_with_a_torn_last_line_is_adopted() {
     assert_eq!(store.recovered().agencies[&2].upload, 5);
     assert_eq!(store.recovered().agencies[&2].bets, 3);
     assert_eq!(all(&mut store).expect("read").len(), 5);
+}
+
+// ---- the bets file changed outside the server (docs/STORAGE.md §4 step 4) ----------
+
+fn snapshot(path: &Path) -> (Vec<u8>, Vec<u8>) {
+    (
+        fs::read(path).expect("bets"),
+        fs::read(journal_path(path)).expect("journal"),
+    )
+}
+
+fn expect_corrupt(path: &Path) -> (String, String) {
+    match CsvJournalStore::open(path) {
+        Err(StorageError::Corrupt {
+            path: p,
+            at,
+            reason,
+        }) => {
+            assert_eq!(p, path);
+            (at, reason)
+        }
+        Err(other) => panic!("expected Corrupt, got {other}"),
+        Ok(store) => panic!("expected Corrupt, opened with {:?}", store.recovered()),
+    }
+}
+
+#[test]
+fn a_bets_file_overwritten_with_longer_content_is_refused_untouched() {
+    let dir = TempDir::new("overwritten");
+    let path = dir.bets();
+    let mut store = CsvJournalStore::open(&path).expect("open");
+    store
+        .commit(&[batch(1, 1, 1, &bets("a", 2))])
+        .expect("commit");
+    drop(store);
+    let committed = file_len(&path);
+    let other: String = (0..50)
+        .map(|i| format!("4,Other,Person,{i:08},1999-09-09,{i}\n"))
+        .collect();
+    assert!(other.len() as u64 > committed);
+    fs::write(&path, &other).expect("overwrite");
+    let before = snapshot(&path);
+    let (at, reason) = expect_corrupt(&path);
+    assert_eq!(at, "1");
+    assert!(
+        reason.starts_with("batch seq 1 of agency 1 (lines 1..=2")
+            && reason.contains("does not match its journal digest")
+            && reason.ends_with("the bets file was changed outside the server"),
+        "{reason}"
+    );
+    assert_eq!(snapshot(&path), before, "neither file was changed");
+    // Refused again on every later open, still changing nothing.
+    expect_corrupt(&path);
+    assert_eq!(snapshot(&path), before);
+}
+
+#[test]
+fn a_flipped_byte_in_a_committed_row_is_refused() {
+    let dir = TempDir::new("flipped");
+    let path = dir.bets();
+    let mut store = CsvJournalStore::open(&path).expect("open");
+    store
+        .commit(&[batch(1, 1, 1, &bets("a", 2))])
+        .expect("commit");
+    store
+        .commit(&[batch(2, 2, 1, &bets("b", 3)), batch(1, 1, 2, &bets("c", 1))])
+        .expect("commit");
+    drop(store);
+    let intact = fs::read(&path).expect("bets");
+    // A byte inside the first row of agency 2's batch (line 3): "Gómez" becomes "Hómez".
+    let row3 = intact
+        .split_inclusive(|&b| b == b'\n')
+        .take(2)
+        .map(<[u8]>::len)
+        .sum::<usize>();
+    let at_g = row3 + intact[row3..].iter().position(|&b| b == b'G').expect("G");
+    let mut flipped = intact.clone();
+    flipped[at_g] = b'H';
+    fs::write(&path, &flipped).expect("flip");
+    let before = snapshot(&path);
+    let (at, reason) = expect_corrupt(&path);
+    assert_eq!(at, "3");
+    assert!(
+        reason.starts_with("batch seq 1 of agency 2 (lines 3..=5"),
+        "{reason}"
+    );
+    assert_eq!(snapshot(&path), before);
+    fs::write(&path, &intact).expect("restore");
+    assert_eq!(
+        CsvJournalStore::open(&path)
+            .expect("intact")
+            .recovered()
+            .bets,
+        6
+    );
+}
+
+#[test]
+fn committed_rows_intact_plus_an_unacknowledged_tail_are_repaired() {
+    let dir = TempDir::new("tail");
+    let path = dir.bets();
+    let mut store = CsvJournalStore::open(&path).expect("open");
+    let a = bets("a", 2);
+    store.commit(&[batch(1, 1, 1, &a)]).expect("commit");
+    drop(store);
+    let committed = fs::read(&path).expect("bets");
+    let mut with_tail = committed.clone();
+    with_tail.extend_from_slice(b"1,Never,Acknowledged,00000001,1990-01-01,1\n2,Torn,Ro");
+    fs::write(&path, &with_tail).expect("tail");
+    let mut store = CsvJournalStore::open(&path).expect("repaired");
+    assert_eq!(store.recovered().bets, 2);
+    assert_eq!(
+        all(&mut store).expect("read"),
+        a.iter().map(|b| (1, b.clone())).collect::<Vec<_>>()
+    );
+    drop(store);
+    assert_eq!(
+        fs::read(&path).expect("bets"),
+        committed,
+        "the tail was cut"
+    );
+}
+
+/// What the check costs: the open time of a bets file of `LOTERIA_OPEN_ROWS` rows
+/// (default 20 000, so the suite stays fast; the report's figure is from
+/// `LOTERIA_OPEN_ROWS=1000000 cargo test --release --test storage_crash open_time
+/// -- --nocapture`). Prints only; it asserts nothing about the time.
+#[test]
+fn open_time_of_a_large_bets_file() {
+    let rows: usize = std::env::var("LOTERIA_OPEN_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    const PER_BATCH: usize = 100;
+    const BATCHES_PER_COMMIT: usize = 1_000;
+    let dir = TempDir::new("open-time");
+    let path = dir.bets();
+    let mut store = CsvJournalStore::open(&path).expect("open");
+    let template = bets("open-time", PER_BATCH as u16);
+    let mut seq = 0u64;
+    let mut left = rows;
+    while left > 0 {
+        let mut batches = Vec::new();
+        while left > 0 && batches.len() < BATCHES_PER_COMMIT {
+            let n = left.min(PER_BATCH);
+            seq += 1;
+            let agency = (seq % 5) as AgencyId + 1;
+            batches.push(batch(agency, u64::from(agency), seq, &template[..n]));
+            left -= n;
+        }
+        store.commit(&batches).expect("commit");
+    }
+    drop(store);
+    let (bets_len, journal_len) = (file_len(&path), file_len(&journal_path(&path)));
+    let start = Instant::now();
+    let mut store = CsvJournalStore::open(&path).expect("reopen");
+    let open = start.elapsed();
+    assert_eq!(store.recovered().bets, rows as u64);
+    let start = Instant::now();
+    let n = store.for_each_bet(&mut |_, _| {}).expect("read");
+    let read = start.elapsed();
+    assert_eq!(n, rows as u64);
+    println!(
+        "storage_open_time: rows: {rows}, batches: {seq}, bets file: {bets_len} bytes, journal: \
+         {journal_len} bytes, open (verifying the committed prefix): {:.1} ms, for_each_bet \
+         (the draw's full parse, for scale): {:.1} ms ({} build)",
+        open.as_secs_f64() * 1e3,
+        read.as_secs_f64() * 1e3,
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
 }

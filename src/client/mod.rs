@@ -4,9 +4,10 @@
 //! The upload is resumable: its id is a fingerprint of the content
 //! ([`fingerprint`]), so the server's `WELCOME` tells a restarted or reconnected
 //! client how much of *this* upload is stored, and the client goes on from there
-//! (skipping that many sendable bets of the file, [`upload`]). A dropped connection
+//! (after the file line of the last stored bet, [`upload`]). A dropped connection
 //! or a transient server error starts a new session after a backoff ([`retry`])
-//! until `server.retry_deadline` passes without a working session.
+//! until `server.retry_deadline` passes without a session that made progress (a
+//! `WELCOME` alone is none).
 //!
 //! [`run`] blocks until the work is done, fails, or `shutdown` is triggered (which shuts
 //! the stream down so that any blocked read or write returns at once, and cuts any
@@ -29,9 +30,9 @@ use crate::logging::sanitize;
 use crate::protocol::{ErrorCode, Message};
 use crate::shutdown::Shutdown;
 
-use retry::{Backoff, RetryClock};
+use retry::Retrier;
 use session::{Session, Welcome};
-use upload::{Batcher, Sendable};
+use upload::{Batcher, Resume, Sendable};
 
 /// How long between two progress lines while uploading.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -102,6 +103,17 @@ pub enum ClientError {
         /// Whether the agency had already finished (its winners were still fetched).
         finished: bool,
     },
+    /// The server holds bets of this upload through a line the file does not reach
+    /// (the file is not what was stored: it changed in a way its fingerprint did not
+    /// catch).
+    ResumeBeyondFile {
+        /// The agency.
+        agency: AgencyId,
+        /// The file line of the last stored bet.
+        stored_line: u64,
+        /// The file's last line holding data (0: none).
+        last_line: u64,
+    },
     /// The server holds more bets of this upload than the file has to send (the file
     /// changed in a way its fingerprint did not catch, or the bet rules changed).
     ResumeMismatch {
@@ -117,7 +129,8 @@ pub enum ClientError {
         /// The agency.
         agency: AgencyId,
     },
-    /// No session worked for `server.retry_deadline`.
+    /// No session made progress (a batch acknowledged, a `FIN_ACK`, the winners) for
+    /// `server.retry_deadline`.
     RetryDeadline {
         /// The deadline.
         deadline: Duration,
@@ -169,6 +182,15 @@ impl fmt::Display for ClientError {
                  (upload {stored_upload:016x}); this file (upload {upload:016x}) is not \
                  what the agency stored; start a new lottery to upload another file"
             ),
+            ClientError::ResumeBeyondFile {
+                agency,
+                stored_line,
+                last_line,
+            } => write!(
+                f,
+                "agency {agency} has bets of this file stored through line {stored_line}, \
+                 but the file ends at line {last_line}; was it changed?"
+            ),
             ClientError::ResumeMismatch {
                 agency,
                 stored_bets,
@@ -187,8 +209,8 @@ impl fmt::Display for ClientError {
                 last_error,
             } => write!(
                 f,
-                "no working session with the server for {} (server.retry_deadline), giving up; \
-                 last error: {last_error}",
+                "no session with the server made progress for {} (server.retry_deadline), \
+                 giving up; last error: {last_error}",
                 format_duration(*deadline)
             ),
         }
@@ -262,11 +284,9 @@ struct Run<'a> {
     /// A failure to report once the winners are in (bets refused after the draw, or
     /// an agency finished with another file).
     pending: Option<ClientError>,
-    /// The current session got its `WELCOME`.
-    welcomed: bool,
     /// Some session of this run got its `WELCOME`.
     ever_welcomed: bool,
-    /// The current session got a batch acknowledged or the winners.
+    /// The current session got a batch acknowledged, a `FIN_ACK` or the winners.
     progressed: bool,
     started: Instant,
     last_progress: Instant,
@@ -289,7 +309,6 @@ impl<'a> Run<'a> {
             skipped: None,
             reported_through: 0,
             pending: None,
-            welcomed: false,
             ever_welcomed: false,
             progressed: false,
             started: now,
@@ -305,36 +324,29 @@ impl<'a> Run<'a> {
     ) -> Result<Option<T>, ClientError> {
         let id = self.config.id;
         let deadline = self.config.retry_deadline;
-        let mut clock = RetryClock::new(deadline);
-        let mut backoff = Backoff::new(retry::BASE, retry::CAP);
+        let mut retrier = Retrier::new(deadline);
         loop {
-            self.welcomed = false;
             self.progressed = false;
             let budget = self
                 .config
                 .connect_timeout
-                .min(clock.left(Instant::now()).max(Duration::from_millis(1)));
+                .min(retrier.left(Instant::now()).max(Duration::from_millis(1)));
             let result = attempt(self, budget);
-            if self.welcomed {
-                clock.succeeded();
-            }
-            if self.progressed {
-                backoff.reset();
-            }
             let error = match result {
                 Ok(value) => return Ok(Some(value)),
                 Err(_) if self.shutdown.is_triggered() => return Ok(None),
                 Err(e) if !retry::is_retryable(&e) => return Err(e),
                 Err(e) => e,
             };
-            let Some(left) = clock.failed(Instant::now()) else {
+            // Only progress restarts the deadline: a server that welcomes every session
+            // and fails every request must not keep the client retrying forever.
+            let Some(delay) = retrier.failed(self.progressed, Instant::now()) else {
                 return Err(ClientError::RetryDeadline {
                     deadline,
                     last_error: Box::new(error),
                 });
             };
-            let delay = backoff.next_delay().min(left);
-            let attempt = backoff.attempt();
+            let attempt = retrier.attempt();
             let error = error.to_string();
             if self.ever_welcomed {
                 log::info!(
@@ -383,7 +395,6 @@ impl<'a> Run<'a> {
 
     fn converse(&mut self, session: &mut Session) -> Result<Outcome, ClientError> {
         let welcome = session.hello(self.upload)?;
-        self.welcomed = true;
         self.ever_welcomed = true;
         match self.work {
             Work::Single(bet) => self.single_bet(session, &welcome, bet),
@@ -415,17 +426,13 @@ impl<'a> Run<'a> {
     ) -> Result<Outcome, ClientError> {
         if welcome.upload == self.upload && welcome.stored_bets >= 1 {
             // Stored by an earlier session or run (its acknowledgement was lost).
-            log::info!(
-                "action: resume | result: success | client_id: {} | stored_bets: {} | stored_seq: {}",
-                self.config.id,
-                welcome.stored_bets,
-                welcome.stored_seq
-            );
+            log_resume(self.config.id, welcome);
         } else if self.is_conflict(welcome) {
             return Err(self.conflict(welcome));
         } else {
             let seq = welcome.stored_seq.saturating_add(1);
-            self.acked += session.send_batch(seq, vec![bet.clone()])?;
+            // Line 0: the bet comes from no file.
+            self.acked += session.send_batch(seq, 0, vec![bet.clone()])?;
             self.progressed = true;
         }
         log::info!(
@@ -508,20 +515,12 @@ impl<'a> Run<'a> {
         I: Iterator<Item = Result<crate::agency_file::Line, AgencyFileError>>,
     {
         let id = self.config.id;
-        let stored = upload::skip(items, welcome.stored_bets).map_err(ClientError::AgencyFile)?;
-        if stored < welcome.stored_bets {
-            return Err(ClientError::ResumeMismatch {
-                agency: id,
-                stored_bets: welcome.stored_bets,
-                sendable: stored,
-            });
+        let resume = Resume::new(welcome.stored_line, welcome.stored_bets);
+        upload::resume(items, resume)?;
+        if resume != Resume::Start {
+            log_resume(id, welcome);
         }
-        if stored > 0 {
-            log::info!(
-                "action: resume | result: success | client_id: {id} | stored_bets: {stored} | stored_seq: {}",
-                welcome.stored_seq
-            );
-        }
+        let stored = welcome.stored_bets;
         let mut seq = welcome.stored_seq;
         let mut batcher = Batcher::new(usize::from(self.config.batch_max_amount));
         loop {
@@ -539,7 +538,7 @@ impl<'a> Run<'a> {
                 },
             };
             seq += 1;
-            self.acked += session.send_batch(seq, batch)?;
+            self.acked += session.send_batch(seq, batch.line, batch.bets)?;
             self.progressed = true;
             if self.last_progress.elapsed() >= PROGRESS_EVERY {
                 self.last_progress = Instant::now();
@@ -564,8 +563,10 @@ impl<'a> Run<'a> {
 
     /// `FIN` and the winners; then the pending failure, if any.
     fn finish(&mut self, session: &mut Session) -> Result<Outcome, ClientError> {
-        let winners = session.finish_and_get_winners()?;
+        session.finish()?;
+        // The FIN is recorded: progress, also when the wait for the draw breaks.
         self.progressed = true;
+        let winners = session.winners()?;
         log::info!(
             "action: consulta_ganadores | result: success | cant_ganadores: {}",
             winners.len()
@@ -622,6 +623,16 @@ impl<'a> Run<'a> {
     }
 }
 
+/// Logs where a resumed upload goes on, as the `WELCOME` says.
+fn log_resume(id: AgencyId, welcome: &Welcome) {
+    log::info!(
+        "action: resume | result: success | client_id: {id} | stored_bets: {} | stored_seq: {} | stored_line: {}",
+        welcome.stored_bets,
+        welcome.stored_seq,
+        welcome.stored_line
+    );
+}
+
 fn unexpected(stage: &'static str, got: &Message) -> ClientError {
     let mut got = format!("{got:?}");
     if got.len() > 200 {
@@ -643,6 +654,167 @@ fn rate(count: u64, since: Instant) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::LogLevel;
+    use crate::connection::Connection;
+    use std::net::TcpListener;
+    use std::path::PathBuf;
+    use std::sync::{Arc, Mutex};
+
+    /// An agency file of `text` in the temp directory.
+    fn agency_file(name: &str, text: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("loteria-client-{name}-{}.csv", std::process::id()));
+        std::fs::write(&path, text).expect("write temp file");
+        path
+    }
+
+    fn config(address: String, data: PathBuf, retry_deadline: Duration) -> ClientConfig {
+        ClientConfig {
+            id: 1,
+            mode: Mode::Bets,
+            data,
+            server_address: address,
+            connect_timeout: Duration::from_secs(1),
+            retry_deadline,
+            io_timeout: Duration::from_secs(5),
+            loop_amount: 0,
+            loop_period: Duration::ZERO,
+            log_level: LogLevel {
+                name: "OFF".into(),
+                filter: log::LevelFilter::Off,
+            },
+            batch_max_amount: 2,
+            single_bet: None,
+        }
+    }
+
+    /// A fake server on a free port: every connection is served by `serve` (on its own
+    /// thread, one connection after another). Returns the address.
+    fn fake_server(serve: impl Fn(&mut Connection) + Send + 'static) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let Ok(mut conn) = Connection::new(stream) else {
+                    return;
+                };
+                serve(&mut conn);
+            }
+        });
+        address
+    }
+
+    fn welcome(upload: u64, stored_seq: u64, stored_bets: u64, stored_line: u64) -> Message {
+        Message::Welcome {
+            agency: 1,
+            upload,
+            stored_seq,
+            stored_bets,
+            stored_line,
+            finished: false,
+            drawn: false,
+        }
+    }
+
+    #[test]
+    fn a_server_that_welcomes_and_fails_every_batch_is_given_up_on() {
+        let sessions = Arc::new(Mutex::new(0u32));
+        let counted = Arc::clone(&sessions);
+        let address = fake_server(move |conn| {
+            *counted.lock().expect("lock") += 1;
+            while let Ok(Some(message)) = conn.read_message() {
+                let reply = match message {
+                    Message::Hello { upload, .. } => welcome(upload, 0, 0, 0),
+                    _ => Message::Error {
+                        code: ErrorCode::Internal,
+                        reason: "disk full".into(),
+                    },
+                };
+                if conn.write_message(&reply).is_err() {
+                    return;
+                }
+            }
+        });
+        let data = agency_file("internal", "Ana,Paz,1,1990-01-01,1\n");
+        let config = config(address, data.clone(), Duration::from_secs(1));
+        let started = Instant::now();
+        let result = run(&config, &Shutdown::new());
+        let elapsed = started.elapsed();
+        let _ = std::fs::remove_file(&data);
+        match result {
+            Err(ClientError::RetryDeadline { last_error, .. }) => assert!(
+                matches!(
+                    *last_error,
+                    ClientError::Refused {
+                        code: ErrorCode::Internal,
+                        ..
+                    }
+                ),
+                "{last_error}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            elapsed < Duration::from_secs(4),
+            "gave up after {elapsed:?}"
+        );
+        assert!(*sessions.lock().expect("lock") >= 2, "it did retry");
+    }
+
+    #[test]
+    fn a_resumed_upload_goes_on_after_the_stored_line_and_sends_line_numbers() {
+        // Lines 1–3 are stored (batch 1); line 5 is invalid and line 6 blank.
+        let data = agency_file(
+            "resume",
+            "Ana,Paz,1,1990-01-01,1\n\
+             Bea,Paz,2,1990-01-01,2\n\
+             Cid,Paz,3,1990-01-01,3\n\
+             Dan,Paz,4,1990-01-01,4\n\
+             bad line\n\
+             \n\
+             Eva,Paz,5,1990-01-01,5\n\
+             Fer,Paz,6,1990-01-01,6\n",
+        );
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&received);
+        let address = fake_server(move |conn| {
+            while let Ok(Some(message)) = conn.read_message() {
+                let reply = match message {
+                    Message::Hello { upload, .. } => welcome(upload, 1, 2, 3),
+                    Message::Bets { seq, line, bets } => {
+                        let documents: Vec<String> =
+                            bets.iter().map(|b| b.document.clone()).collect();
+                        let count = u16::try_from(bets.len()).unwrap_or(u16::MAX);
+                        log.lock().expect("lock").push((seq, line, documents));
+                        Message::BetsAck { seq, count }
+                    }
+                    Message::Fin => Message::FinAck {
+                        finished: 1,
+                        agencies: 1,
+                    },
+                    Message::WinnersQuery => Message::Winners {
+                        last: true,
+                        documents: vec!["4".into()],
+                    },
+                    other => panic!("{other:?}"),
+                };
+                if conn.write_message(&reply).is_err() {
+                    return;
+                }
+            }
+        });
+        let config = config(address, data.clone(), Duration::from_secs(5));
+        let result = run(&config, &Shutdown::new());
+        let _ = std::fs::remove_file(&data);
+        assert_eq!(result.ok(), Some(Outcome::Completed { skipped: 1 }));
+        let received = received.lock().expect("lock").clone();
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            received,
+            [(2, 7, strings(&["4", "5"])), (3, 8, strings(&["6"])),]
+        );
+    }
 
     #[test]
     fn errors_read_clearly() {

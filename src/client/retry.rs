@@ -133,7 +133,50 @@ impl Jitter {
     }
 }
 
-/// How long the client has gone without a working session.
+/// The retry policy of a run: the backoff between sessions and the deadline after
+/// which the client gives up, both restarted only by a session that made progress.
+#[derive(Debug)]
+pub struct Retrier {
+    clock: RetryClock,
+    backoff: Backoff,
+}
+
+impl Retrier {
+    /// A policy that gives up after `deadline` without progress.
+    pub fn new(deadline: Duration) -> Retrier {
+        Retrier {
+            clock: RetryClock::new(deadline),
+            backoff: Backoff::new(BASE, CAP),
+        }
+    }
+
+    /// The time left before giving up at `now`.
+    pub fn left(&self, now: Instant) -> Duration {
+        self.clock.left(now)
+    }
+
+    /// Failed sessions since the last progress.
+    pub fn attempt(&self) -> u32 {
+        self.backoff.attempt()
+    }
+
+    /// A session failed (in a retryable way) at `now`. `progressed` says whether it
+    /// made progress first — a batch acknowledged, a `FIN_ACK`, the winners — and only
+    /// then do the deadline clock and the backoff start over: a `WELCOME` alone is no
+    /// progress (a server that welcomes and then fails every request is not working).
+    /// Returns how long to wait before the next session, or `None` when the deadline
+    /// has passed.
+    pub fn failed(&mut self, progressed: bool, now: Instant) -> Option<Duration> {
+        if progressed {
+            self.clock.progressed();
+            self.backoff.reset();
+        }
+        let left = self.clock.failed(now)?;
+        Some(self.backoff.next_delay().min(left))
+    }
+}
+
+/// How long the client has gone without a session that made progress.
 #[derive(Debug)]
 pub struct RetryClock {
     deadline: Duration,
@@ -141,7 +184,7 @@ pub struct RetryClock {
 }
 
 impl RetryClock {
-    /// A clock that gives up after `deadline` without a working session.
+    /// A clock that gives up after `deadline` without progress.
     pub fn new(deadline: Duration) -> RetryClock {
         RetryClock {
             deadline,
@@ -149,8 +192,8 @@ impl RetryClock {
         }
     }
 
-    /// A session worked (its `WELCOME` arrived): the next failure starts the clock anew.
-    pub fn succeeded(&mut self) {
+    /// A session made progress: the next failure starts the clock anew.
+    pub fn progressed(&mut self) {
         self.failing_since = None;
     }
 
@@ -221,10 +264,70 @@ mod tests {
             Duration::from_secs(3)
         );
         assert_eq!(clock.failed(t0 + deadline), None);
-        clock.succeeded();
+        clock.progressed();
         let t1 = t0 + Duration::from_secs(60);
         assert_eq!(clock.failed(t1), Some(deadline));
         assert_eq!(RetryClock::new(Duration::ZERO).failed(t1), None);
+    }
+
+    /// Drives `retrier` with sessions that each fail `every` after the previous one,
+    /// `progressed` saying whether each made progress; returns how many failed before
+    /// it gave up (`None`: it had not given up after `limit` sessions).
+    fn sessions_until_giving_up(
+        retrier: &mut Retrier,
+        t0: Instant,
+        every: Duration,
+        progressed: impl Fn(u32) -> bool,
+        limit: u32,
+    ) -> Option<u32> {
+        (1..=limit).find(|&k| retrier.failed(progressed(k), t0 + every * k).is_none())
+    }
+
+    #[test]
+    fn a_welcome_without_progress_does_not_restart_the_clock() {
+        // The reviewer's server: every session is welcomed, then every BETS gets
+        // INTERNAL. With a 1 s deadline and a failure every 100 ms the client gives up
+        // after about 1 s instead of retrying forever.
+        let deadline = Duration::from_secs(1);
+        let every = Duration::from_millis(100);
+        let t0 = Instant::now();
+        let mut retrier = Retrier::new(deadline);
+        let gave_up = sessions_until_giving_up(&mut retrier, t0, every, |_| false, 1000);
+        // The clock starts at the first failure (t0 + 100 ms) and runs out 1 s later.
+        assert_eq!(gave_up, Some(11));
+        // Each delay is bounded by the time left, so the last wait never oversleeps.
+        let mut retrier = Retrier::new(deadline);
+        for k in 1..=10u32 {
+            let left = retrier.failed(false, t0 + every * k).expect("not yet");
+            assert!(left <= deadline - every * (k - 1), "session {k}: {left:?}");
+            assert_eq!(retrier.attempt(), k);
+        }
+    }
+
+    #[test]
+    fn progress_restarts_the_clock_and_the_backoff() {
+        let deadline = Duration::from_secs(1);
+        let every = Duration::from_millis(300);
+        let t0 = Instant::now();
+        // Every session acknowledges a batch before it breaks: never gives up.
+        let mut retrier = Retrier::new(deadline);
+        assert_eq!(
+            sessions_until_giving_up(&mut retrier, t0, every, |_| true, 1000),
+            None
+        );
+        assert_eq!(retrier.attempt(), 1, "the backoff starts over each time");
+        // Progress every third session: each stretch without progress is 600 ms.
+        let mut retrier = Retrier::new(deadline);
+        assert_eq!(
+            sessions_until_giving_up(&mut retrier, t0, every, |k| k % 3 == 0, 1000),
+            None
+        );
+        // Progress stops after session 5: the clock runs from its failure (1.5 s) and
+        // session 9 (2.7 s) is the first to fail more than 1 s later.
+        let mut retrier = Retrier::new(deadline);
+        let gave_up = sessions_until_giving_up(&mut retrier, t0, every, |k| k <= 5, 1000);
+        assert_eq!(gave_up, Some(9));
+        assert_eq!(Retrier::new(Duration::ZERO).failed(true, t0), None);
     }
 
     #[test]

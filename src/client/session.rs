@@ -19,6 +19,8 @@ pub struct Welcome {
     pub stored_seq: u64,
     /// Bets of the agency stored.
     pub stored_bets: u64,
+    /// The file line of the last stored batch's last bet (0: none, or no line known).
+    pub stored_line: u64,
     /// Whether the agency's `FIN` is recorded.
     pub finished: bool,
     /// Whether the draw has run.
@@ -101,12 +103,14 @@ impl Session {
                 upload,
                 stored_seq,
                 stored_bets,
+                stored_line,
                 finished,
                 drawn,
             } if a == agency => Ok(Welcome {
                 upload,
                 stored_seq,
                 stored_bets,
+                stored_line,
                 finished,
                 drawn,
             }),
@@ -114,10 +118,11 @@ impl Session {
         }
     }
 
-    /// Sends batch `seq` and waits for its acknowledgement; returns the bets acked.
-    pub fn send_batch(&mut self, seq: u64, bets: Vec<Bet>) -> Result<u64, ClientError> {
+    /// Sends batch `seq`, whose last bet is on file line `line` (0: no file), and
+    /// waits for its acknowledgement; returns the bets acked.
+    pub fn send_batch(&mut self, seq: u64, line: u64, bets: Vec<Bet>) -> Result<u64, ClientError> {
         let count = bets.len();
-        self.send("send batch", &Message::Bets { seq, bets })?;
+        self.send("send batch", &Message::Bets { seq, line, bets })?;
         match self.receive("send batch") {
             Ok(Message::BetsAck { seq: s, count: c }) if s == seq && usize::from(c) == count => {
                 Ok(u64::from(c))
@@ -132,18 +137,25 @@ impl Session {
         }
     }
 
-    /// `FIN` → `FIN_ACK` (idempotent on the server), then `WINNERS_QUERY` → the
-    /// agency's winners. The wait for the draw has no timeout (TCP keepalive notices a
-    /// vanished server; SIGTERM ends it too).
-    pub fn finish_and_get_winners(&mut self) -> Result<Vec<String>, ClientError> {
+    /// `FIN` → `FIN_ACK` (idempotent on the server).
+    pub fn finish(&mut self) -> Result<(), ClientError> {
         let id = self.agency;
         self.send("fin", &Message::Fin)?;
         match self.receive("fin")? {
-            Message::FinAck { finished, agencies } => log::info!(
-                "action: fin | result: success | client_id: {id} | finished: {finished} | agencies: {agencies}"
-            ),
-            other => return Err(unexpected("fin", &other)),
+            Message::FinAck { finished, agencies } => {
+                log::info!(
+                    "action: fin | result: success | client_id: {id} | finished: {finished} | agencies: {agencies}"
+                );
+                Ok(())
+            }
+            other => Err(unexpected("fin", &other)),
         }
+    }
+
+    /// `WINNERS_QUERY` → the agency's winners (after [`Session::finish`]). The wait
+    /// for the draw has no timeout (TCP keepalive notices a vanished server; SIGTERM
+    /// ends it too).
+    pub fn winners(&mut self) -> Result<Vec<String>, ClientError> {
         self.send("winners query", &Message::WinnersQuery)?;
         self.conn
             .set_timeouts(None)

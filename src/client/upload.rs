@@ -1,14 +1,19 @@
 //! Turning the agency file into batches, deterministically.
 //!
 //! [`Sendable`] yields the bets the client sends, in file order: invalid lines and
-//! bets too big for one frame are skipped (and reported once per run). Because the
-//! choice depends only on the file, a resumed upload re-reads the file and skips the
-//! first `stored_bets` sendable bets with [`skip`]: exactly those the server stored,
-//! whatever batch sizes the earlier runs used. [`Batcher`] groups the rest into
-//! batches of at most `max_amount` bets and one frame.
+//! bets too big for one frame are skipped (and reported once per run). A resumed
+//! upload re-reads the file and, with [`resume`], skips what the server stored: every
+//! line up to the `WELCOME`'s `stored_line` — valid or not, because a line's validity
+//! depends on the date (a birthdate of today is invalid today and valid tomorrow), so
+//! only the line number is a stable resume point. Only bets stored without line
+//! numbers (`stored_line` 0) are skipped by count, the first `stored_bets` sendable
+//! ones. [`Batcher`] groups the rest into batches of at most `max_amount` bets and one
+//! frame, each remembering the file line of its last bet (the `BETS` `line`).
 
+use std::iter::Peekable;
 use std::path::Path;
 
+use super::ClientError;
 use crate::agency_file::{AgencyFileError, Line};
 use crate::bet::{AgencyId, Bet};
 use crate::protocol;
@@ -25,8 +30,8 @@ pub struct Item {
 }
 
 /// The sendable bets of an agency file's lines.
-pub struct Sendable<'a, I> {
-    lines: I,
+pub struct Sendable<'a, I: Iterator> {
+    lines: Peekable<I>,
     agency: AgencyId,
     path: &'a Path,
     /// Lines skipped so far in this pass.
@@ -49,7 +54,7 @@ where
         reported_through: &'a mut u64,
     ) -> Sendable<'a, I> {
         Sendable {
-            lines,
+            lines: lines.peekable(),
             agency,
             path,
             skipped: 0,
@@ -74,6 +79,55 @@ where
             );
         }
     }
+
+    /// The item of `line`, or `None` when it cannot be sent (then counted and reported).
+    fn classify(&mut self, line: Line) -> Option<Item> {
+        let (line, bet) = match line {
+            Line::Invalid(bad) => {
+                self.skip(bad.line, &|| bad.reason.clone());
+                return None;
+            }
+            Line::Bet { line, bet } => (line, bet),
+        };
+        let len = protocol::bet_wire_len(&bet);
+        let frame = protocol::bets_frame_len(len);
+        if frame > protocol::MAX_FRAME_LEN {
+            self.skip(line, &|| {
+                format!(
+                    "the bet takes {frame} bytes, more than one {}-byte frame holds",
+                    protocol::MAX_FRAME_LEN
+                )
+            });
+            return None;
+        }
+        Some(Item { line, bet, len })
+    }
+
+    /// Consumes every line numbered up to `through`, whatever its validity: sendable
+    /// bets among them are dropped unsent, invalid lines are still counted in
+    /// [`Sendable::skipped`] (so a pass counts the whole file's invalid lines). Returns
+    /// the number of the last line read (0 when none): less than `through` when the
+    /// file ended first.
+    pub fn skip_through_line(&mut self, through: u64) -> Result<u64, AgencyFileError> {
+        let mut last = 0;
+        while let Some(next) = self.lines.next_if(|next| match next {
+            Err(_) => true,
+            Ok(line) => line_number(line) <= through,
+        }) {
+            let line = next?;
+            last = line_number(&line);
+            let _unsent = self.classify(line);
+        }
+        Ok(last)
+    }
+}
+
+/// The 1-based file line `line` was read from.
+fn line_number(line: &Line) -> u64 {
+    match line {
+        Line::Bet { line, .. } => *line,
+        Line::Invalid(bad) => bad.line,
+    }
 }
 
 impl<I> Iterator for Sendable<'_, I>
@@ -84,26 +138,75 @@ where
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let (line, bet) = match self.lines.next()? {
+            match self.lines.next()? {
                 Err(e) => return Some(Err(e)),
-                Ok(Line::Invalid(bad)) => {
-                    self.skip(bad.line, &|| bad.reason.clone());
-                    continue;
+                Ok(line) => {
+                    if let Some(item) = self.classify(line) {
+                        return Some(Ok(item));
+                    }
                 }
-                Ok(Line::Bet { line, bet }) => (line, bet),
-            };
-            let len = protocol::bet_wire_len(&bet);
-            let frame = protocol::bets_frame_len(len);
-            if frame > protocol::MAX_FRAME_LEN {
-                self.skip(line, &|| {
-                    format!(
-                        "the bet takes {frame} bytes, more than one {}-byte frame holds",
-                        protocol::MAX_FRAME_LEN
-                    )
-                });
-                continue;
             }
-            return Some(Ok(Item { line, bet, len }));
+        }
+    }
+}
+
+/// Where a resumed upload goes on in the agency file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Nothing is stored: from the first line.
+    Start,
+    /// After this line: every line up to it is skipped, valid or not.
+    AfterLine(u64),
+    /// After this many sendable bets (stored by a client that sent no line numbers,
+    /// or adopted from an old bets file).
+    AfterBets(u64),
+}
+
+impl Resume {
+    /// The resume point of a `WELCOME` with `stored_line` and `stored_bets`.
+    pub fn new(stored_line: u64, stored_bets: u64) -> Resume {
+        if stored_line > 0 {
+            Resume::AfterLine(stored_line)
+        } else if stored_bets > 0 {
+            Resume::AfterBets(stored_bets)
+        } else {
+            Resume::Start
+        }
+    }
+}
+
+/// Skips what `resume` says the server stored, so that `items` goes on with the first
+/// bet to send. Fails when the file is shorter than what was stored (it is not the
+/// file the server stored bets of, or the bet rules changed).
+pub fn resume<I>(items: &mut Sendable<'_, I>, resume: Resume) -> Result<(), ClientError>
+where
+    I: Iterator<Item = Result<Line, AgencyFileError>>,
+{
+    match resume {
+        Resume::Start => Ok(()),
+        Resume::AfterLine(stored_line) => {
+            let last_line = items
+                .skip_through_line(stored_line)
+                .map_err(ClientError::AgencyFile)?;
+            if last_line < stored_line {
+                return Err(ClientError::ResumeBeyondFile {
+                    agency: items.agency,
+                    stored_line,
+                    last_line,
+                });
+            }
+            Ok(())
+        }
+        Resume::AfterBets(stored_bets) => {
+            let sendable = skip(items, stored_bets).map_err(ClientError::AgencyFile)?;
+            if sendable < stored_bets {
+                return Err(ClientError::ResumeMismatch {
+                    agency: items.agency,
+                    stored_bets,
+                    sendable,
+                });
+            }
+            Ok(())
         }
     }
 }
@@ -122,6 +225,15 @@ pub fn skip<T, E>(items: &mut impl Iterator<Item = Result<T, E>>, count: u64) ->
     Ok(skipped)
 }
 
+/// A batch to send: its bets and the file line of its last bet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The bets, at least one.
+    pub bets: Vec<Bet>,
+    /// The 1-based file line of the last bet (the `BETS` `line`).
+    pub line: u64,
+}
+
 /// Groups bets into batches of at most `max_amount` bets whose `BETS` frame fits
 /// [`protocol::MAX_FRAME_LEN`].
 #[derive(Debug)]
@@ -129,6 +241,8 @@ pub struct Batcher {
     max_amount: usize,
     batch: Vec<Bet>,
     len: usize,
+    /// The line of the last bet pushed.
+    line: u64,
 }
 
 impl Batcher {
@@ -139,28 +253,33 @@ impl Batcher {
             max_amount,
             batch: Vec::with_capacity(max_amount.min(1024)),
             len: 0,
+            line: 0,
         }
     }
 
     /// Adds `item` (which fits a frame on its own, as [`Sendable`] ensures). Returns
     /// the batch to send first when `item` does not fit the current one.
-    pub fn push(&mut self, item: Item) -> Option<Vec<Bet>> {
+    pub fn push(&mut self, item: Item) -> Option<Batch> {
         let full = !self.batch.is_empty()
             && (self.batch.len() == self.max_amount
                 || protocol::bets_frame_len(self.len + item.len) > protocol::MAX_FRAME_LEN);
         let ready = if full { self.take() } else { None };
         self.len += item.len;
+        self.line = item.line;
         self.batch.push(item.bet);
         ready
     }
 
     /// The last, partial batch, if any.
-    pub fn take(&mut self) -> Option<Vec<Bet>> {
+    pub fn take(&mut self) -> Option<Batch> {
         self.len = 0;
         if self.batch.is_empty() {
             None
         } else {
-            Some(std::mem::take(&mut self.batch))
+            Some(Batch {
+                bets: std::mem::take(&mut self.batch),
+                line: self.line,
+            })
         }
     }
 }
@@ -168,7 +287,7 @@ impl Batcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agency_file::BadLine;
+    use crate::agency_file::{AgencyFile, BadLine};
     use chrono::NaiveDate;
     use std::path::PathBuf;
 
@@ -256,6 +375,125 @@ mod tests {
         assert_eq!(items.next(), Some(Ok(3)));
     }
 
+    /// The lines `items` goes on with after resuming at `resume`.
+    fn rest_after(resume: Resume) -> Result<Vec<u64>, ClientError> {
+        let path = PathBuf::from("f.csv");
+        let mut reported = 0;
+        let mut items = Sendable::new(lines().into_iter(), 1, &path, &mut reported);
+        super::resume(&mut items, resume)?;
+        Ok(items.map(|i| i.expect("ok").line).collect())
+    }
+
+    #[test]
+    fn resuming_by_line_skips_every_line_up_to_it_valid_or_not() {
+        let all = sendable_lines(&mut 0);
+        for stored_line in 1..=30u64 {
+            let rest = rest_after(Resume::AfterLine(stored_line)).expect("resumes");
+            let expected: Vec<u64> = all.iter().copied().filter(|&l| l > stored_line).collect();
+            assert_eq!(rest, expected, "after line {stored_line}");
+        }
+        // Line 4 is invalid, 7 too big, 8 invalid: resuming after any of them goes on
+        // at the next sendable line.
+        assert_eq!(rest_after(Resume::AfterLine(4)).expect("ok")[0], 5);
+        assert_eq!(rest_after(Resume::AfterLine(7)).expect("ok")[0], 9);
+        assert_eq!(rest_after(Resume::AfterLine(8)).expect("ok")[0], 9);
+        assert_eq!(rest_after(Resume::Start).expect("ok"), all);
+        // The invalid lines skipped on the way still count (the file's total).
+        let path = PathBuf::from("f.csv");
+        let mut reported = 0;
+        let mut items = Sendable::new(lines().into_iter(), 1, &path, &mut reported);
+        assert_eq!(items.skip_through_line(10).ok(), Some(10));
+        assert_eq!(items.skipped(), 3, "lines 4, 7 and 8");
+        assert_eq!(items.next().map(|i| i.expect("ok").line), Some(11));
+        drop(items);
+        assert_eq!(reported, 8);
+    }
+
+    #[test]
+    fn a_stored_line_beyond_the_end_of_the_file_is_an_error() {
+        assert!(rest_after(Resume::AfterLine(30)).expect("ok").is_empty());
+        match rest_after(Resume::AfterLine(31)) {
+            Err(ClientError::ResumeBeyondFile {
+                agency: 1,
+                stored_line: 31,
+                last_line: 30,
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        match rest_after(Resume::AfterBets(1000)) {
+            Err(ClientError::ResumeMismatch {
+                agency: 1,
+                stored_bets: 1000,
+                sendable,
+            }) => assert_eq!(sendable, sendable_lines(&mut 0).len() as u64),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_resume_point_is_the_line_when_known_else_the_count() {
+        assert_eq!(Resume::new(0, 0), Resume::Start);
+        assert_eq!(Resume::new(17, 12), Resume::AfterLine(17));
+        assert_eq!(Resume::new(0, 12), Resume::AfterBets(12));
+        // Skipping by count (bets stored without line numbers) is what it was.
+        let all = sendable_lines(&mut 0);
+        assert_eq!(rest_after(Resume::AfterBets(5)).expect("ok"), all[5..]);
+    }
+
+    #[test]
+    fn a_line_that_became_valid_after_midnight_is_not_sent_twice() {
+        // Line 2's birthdate is day 1 itself: invalid on day 1, valid on day 2.
+        let day1 = NaiveDate::from_ymd_opt(2024, 6, 1).unwrap_or_default();
+        let day2 = day1.succ_opt().unwrap_or_default();
+        let path = std::env::temp_dir().join(format!(
+            "loteria-upload-midnight-{}.csv",
+            std::process::id()
+        ));
+        std::fs::write(
+            &path,
+            "Ana,Paz,1,1990-01-01,1\n\
+             Bea,Paz,2,2024-06-01,2\n\
+             Cid,Paz,3,1990-01-01,3\n\
+             Dan,Paz,4,1990-01-01,4\n\
+             Eva,Paz,5,1990-01-01,5\n",
+        )
+        .expect("write temp file");
+        // One pass on `today` from `resume`: the documents of its batches of 2 (only
+        // `batches` of them: the connection breaks after that) and the last line sent.
+        let pass = |today, resume, batches| -> (Vec<String>, u64) {
+            let file = AgencyFile::open(&path, today).expect("opens");
+            let mut reported = 0;
+            let mut items = Sendable::new(file, 1, &path, &mut reported);
+            super::resume(&mut items, resume).expect("resumes");
+            let mut batcher = Batcher::new(2);
+            let mut all: Vec<Batch> = items
+                .filter_map(|item| batcher.push(item.expect("reads")))
+                .collect();
+            all.extend(batcher.take());
+            all.truncate(batches);
+            let line = all.last().map_or(0, |b| b.line);
+            let sent = all.into_iter().flat_map(|b| b.bets).map(|b| b.document);
+            (sent.collect(), line)
+        };
+        // Day 1, just before midnight: the first batch (lines 1 and 3) is stored.
+        let (first, stored_line) = pass(day1, Resume::Start, 1);
+        assert_eq!(first, ["1", "3"]);
+        assert_eq!(stored_line, 3);
+        let stored_bets = first.len() as u64;
+        // Day 2: the client resumes from the WELCOME and sends the rest.
+        let (rest, _) = pass(day2, Resume::new(stored_line, stored_bets), usize::MAX);
+        let mut every: Vec<String> = first.iter().chain(&rest).cloned().collect();
+        assert_eq!(rest, ["4", "5"], "line 3 is not sent again");
+        every.sort();
+        every.dedup();
+        assert_eq!(every.len(), first.len() + rest.len(), "no bet sent twice");
+        // The old rule (skip the first 2 valid bets) would have landed on line 3 again:
+        // on day 2, lines 1 and 2 are the first two valid bets.
+        let (by_count, _) = pass(day2, Resume::AfterBets(stored_bets), usize::MAX);
+        assert_eq!(by_count, ["3", "4", "5"]);
+        let _ = std::fs::remove_file(&path);
+    }
+
     #[test]
     fn batches_respect_max_amount_and_the_frame_size() {
         let item = |i: u32, name_len: usize| {
@@ -272,8 +510,10 @@ mod tests {
             batches.extend(batcher.push(item(i, 3)));
         }
         batches.extend(batcher.take());
-        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        let sizes: Vec<usize> = batches.iter().map(|b| b.bets.len()).collect();
         assert_eq!(sizes, [3, 3, 3, 1]);
+        let lines: Vec<u64> = batches.iter().map(|b| b.line).collect();
+        assert_eq!(lines, [2, 5, 8, 9], "the line of each batch's last bet");
         assert_eq!(batcher.take(), None);
 
         let mut batcher = Batcher::new(1000);
@@ -282,9 +522,9 @@ mod tests {
             batches.extend(batcher.push(item(i, 500)));
         }
         batches.extend(batcher.take());
-        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 100);
+        assert_eq!(batches.iter().map(|b| b.bets.len()).sum::<usize>(), 100);
         for batch in &batches {
-            let len: usize = batch.iter().map(protocol::bet_wire_len).sum();
+            let len: usize = batch.bets.iter().map(protocol::bet_wire_len).sum();
             assert!(protocol::bets_frame_len(len) <= protocol::MAX_FRAME_LEN);
         }
         assert!(batches.len() > 1);

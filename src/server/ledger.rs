@@ -32,6 +32,8 @@ pub struct Welcome {
     pub stored_seq: u64,
     /// Bets stored for the agency.
     pub stored_bets: u64,
+    /// The `line` of the agency's last stored batch (0: none or no file).
+    pub stored_line: u64,
     /// Whether the agency's `FIN` is recorded.
     pub finished: bool,
     /// Whether the draw ran (or is running).
@@ -75,12 +77,15 @@ pub enum Refusal {
 }
 
 /// What recording a `FIN` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finish {
     /// Agencies finished so far (of `1..=N`).
     pub finished: u32,
     /// Whether this `FIN` completed the set: the caller runs the draw.
     pub draw_now: bool,
+    /// Why the draw could not be journaled, if so: then no winners may be answered
+    /// (a restart runs the draw again, perhaps with another configured number).
+    pub draw_unrecorded: Option<String>,
 }
 
 /// The shared ledger.
@@ -124,22 +129,32 @@ impl Ledger {
     }
 
     /// Connection `conn` takes `agency` over (for upload `upload`); returns how far the
-    /// agency is stored, and which connection owned it before.
-    pub fn hello(&self, agency: AgencyId, upload: UploadId, conn: u64) -> Welcome {
+    /// agency is stored, and which connection owned it before. Connection ids grow in
+    /// accept order, so only a newer connection takes over: a `HELLO` of an older one
+    /// that is handled late (it waited for the lock while its client gave up and
+    /// reconnected) gets `None` — it is the stale one, not the new.
+    pub fn hello(&self, agency: AgencyId, upload: UploadId, conn: u64) -> Option<Welcome> {
         let mut state = lock(&self.state);
-        let previous = state.owners.insert(agency, conn).filter(|&c| c != conn);
-        let (stored_upload, stored_seq, stored_bets) = match state.progress.get(&agency) {
-            Some(p) if p.bets > 0 => (p.upload, p.last_seq, p.bets),
-            _ => (upload, 0, 0),
+        let previous = match state.owners.get(&agency) {
+            Some(&owner) if owner > conn => return None,
+            Some(&owner) if owner < conn => Some(owner),
+            _ => None,
         };
-        Welcome {
+        state.owners.insert(agency, conn);
+        let (stored_upload, stored_seq, stored_bets, stored_line) =
+            match state.progress.get(&agency) {
+                Some(p) if p.bets > 0 => (p.upload, p.last_seq, p.bets, p.last_line),
+                _ => (upload, 0, 0, 0),
+            };
+        Some(Welcome {
             upload: stored_upload,
             stored_seq,
             stored_bets,
+            stored_line,
             finished: state.finished.contains(&agency),
             drawn: state.drawn.is_some(),
             superseded: previous,
-        }
+        })
     }
 
     /// Connection `conn` is gone: it owns nothing any more.
@@ -158,6 +173,7 @@ impl Ledger {
         conn: u64,
         upload: UploadId,
         seq: u64,
+        line: u64,
         bets: &[Bet],
     ) -> Result<Stored, Refusal> {
         let mut state = lock(&self.state);
@@ -194,6 +210,7 @@ impl Ledger {
             agency,
             upload,
             seq,
+            line,
             digest,
             bets,
         };
@@ -203,6 +220,7 @@ impl Ledger {
         progress.last_seq = seq;
         progress.last_count = count;
         progress.last_digest = digest;
+        progress.last_line = line;
         progress.bets += u64::from(count);
         state.bets += u64::from(count);
         Ok(Stored::New)
@@ -227,34 +245,52 @@ impl Ledger {
         }
         let finished = self.count_finished(&state);
         let draw_now = finished == self.agencies && state.drawn.is_none();
-        if draw_now {
-            self.mark_drawn(&mut state, winning_number);
-        }
-        Ok(Finish { finished, draw_now })
+        let draw_unrecorded = if draw_now {
+            self.mark_drawn(&mut state, winning_number)
+        } else {
+            None
+        };
+        Ok(Finish {
+            finished,
+            draw_now,
+            draw_unrecorded,
+        })
     }
 
     /// At start-up: if every agency's `FIN` is recorded but the draw is not (a crash
-    /// between the two), marks it now; `true` if the caller must run the draw.
-    pub fn draw_pending(&self, winning_number: u16) -> bool {
+    /// between the two), marks it now. `None` if there is nothing to do, else
+    /// `Some(Ok(()))` when the caller must run the draw, `Some(Err(why))` when the draw
+    /// could not be journaled.
+    pub fn draw_pending(&self, winning_number: u16) -> Option<Result<(), String>> {
         let mut state = lock(&self.state);
         let pending = state.drawn.is_none() && self.count_finished(&state) == self.agencies;
-        if pending {
-            self.mark_drawn(&mut state, winning_number);
+        if !pending {
+            return None;
         }
-        pending
+        Some(match self.mark_drawn(&mut state, winning_number) {
+            None => Ok(()),
+            Some(why) => Err(why),
+        })
     }
 
-    fn mark_drawn(&self, state: &mut State, winning_number: u16) {
+    /// Marks the draw in memory and journals it; returns why the journal write
+    /// failed, if it did.
+    fn mark_drawn(&self, state: &mut State, winning_number: u16) -> Option<String> {
         let record = DrawRecord {
             winning_number,
             bets: state.bets,
         };
         // Set in memory first: from here on no batch is accepted, whatever the disk
-        // says. If the record cannot be written, the next start-up finds every FIN
-        // and no draw, and runs the same draw again over the same bets.
+        // says. If the record cannot be written, no winners are answered in this run
+        // (the caller is told); the next start-up finds every FIN and no draw, and
+        // runs the draw over the same bets.
         state.drawn = Some(record);
-        if let Err(e) = state.store.record_draw(record) {
-            log::error!("action: record_draw | result: fail | error: {e}");
+        match state.store.record_draw(record) {
+            Ok(()) => None,
+            Err(e) => {
+                log::error!("action: record_draw | result: fail | error: {e}");
+                Some(e.to_string())
+            }
         }
     }
 
@@ -386,22 +422,22 @@ mod tests {
     #[test]
     fn batches_are_stored_in_order_and_only_in_order() {
         let l = ledger(2);
-        l.hello(1, 77, 10);
+        l.hello(1, 77, 10).expect("newer connection");
         assert!(matches!(
-            l.store(1, 10, 77, 1, &[bet("1", 1)]),
+            l.store(1, 10, 77, 1, 0, &[bet("1", 1)]),
             Ok(Stored::New)
         ));
         assert!(matches!(
-            l.store(1, 10, 77, 3, &[bet("3", 3)]),
+            l.store(1, 10, 77, 3, 0, &[bet("3", 3)]),
             Err(Refusal::BadSeq { expected: 2 })
         ));
         // The adversarial batch of the issue: seq = 2^64-1 is refused, not "a replay".
         assert!(matches!(
-            l.store(1, 10, 77, u64::MAX, &[bet("x", 3)]),
+            l.store(1, 10, 77, u64::MAX, 0, &[bet("x", 3)]),
             Err(Refusal::BadSeq { expected: 2 })
         ));
         assert!(matches!(
-            l.store(1, 10, 77, 2, &[bet("2", 2)]),
+            l.store(1, 10, 77, 2, 0, &[bet("2", 2)]),
             Ok(Stored::New)
         ));
         assert_eq!(l.bets(), 2);
@@ -410,17 +446,17 @@ mod tests {
     #[test]
     fn only_a_true_replay_of_the_last_batch_is_acknowledged_again() {
         let l = ledger(1);
-        l.hello(1, 5, 1);
+        l.hello(1, 5, 1).expect("newer connection");
         let batch = [bet("1", 1), bet("2", 2)];
-        assert!(matches!(l.store(1, 1, 5, 1, &batch), Ok(Stored::New)));
-        assert!(matches!(l.store(1, 1, 5, 1, &batch), Ok(Stored::Replay)));
+        assert!(matches!(l.store(1, 1, 5, 1, 0, &batch), Ok(Stored::New)));
+        assert!(matches!(l.store(1, 1, 5, 1, 0, &batch), Ok(Stored::Replay)));
         // Same seq, other content: refused.
         assert!(matches!(
-            l.store(1, 1, 5, 1, &[bet("9", 9)]),
+            l.store(1, 1, 5, 1, 0, &[bet("9", 9)]),
             Err(Refusal::BadSeq { expected: 2 })
         ));
         assert_eq!(l.bets(), 2);
-        let welcome = l.hello(1, 5, 2);
+        let welcome = l.hello(1, 5, 2).expect("newer connection");
         assert_eq!((welcome.stored_seq, welcome.stored_bets), (1, 2));
         assert_eq!(welcome.superseded, Some(1));
     }
@@ -428,51 +464,85 @@ mod tests {
     #[test]
     fn a_superseded_connection_can_neither_store_nor_finish() {
         let l = ledger(1);
-        l.hello(1, 5, 1);
-        l.hello(1, 5, 2);
+        l.hello(1, 5, 1).expect("newer connection");
+        l.hello(1, 5, 2).expect("newer connection");
         assert!(matches!(
-            l.store(1, 1, 5, 1, &[bet("1", 1)]),
+            l.store(1, 1, 5, 1, 0, &[bet("1", 1)]),
             Err(Refusal::Superseded)
         ));
         assert!(matches!(l.finish(1, 1, 7574), Err(Refusal::Superseded)));
         assert!(matches!(
-            l.store(1, 2, 5, 1, &[bet("1", 1)]),
+            l.store(1, 2, 5, 1, 0, &[bet("1", 1)]),
             Ok(Stored::New)
         ));
         // Releasing the old connection does not release the new owner.
         l.release(1, 1);
         assert!(matches!(
-            l.store(1, 2, 5, 2, &[bet("2", 1)]),
+            l.store(1, 2, 5, 2, 0, &[bet("2", 1)]),
             Ok(Stored::New)
         ));
+    }
+
+    #[test]
+    fn a_late_hello_of_an_older_connection_does_not_take_over() {
+        let l = ledger(1);
+        assert!(l.hello(1, 5, 2).is_some());
+        // Connection 1 was accepted first but its HELLO is handled last: it is stale.
+        assert!(l.hello(1, 5, 1).is_none());
+        assert!(matches!(
+            l.store(1, 1, 5, 1, 0, &[bet("1", 1)]),
+            Err(Refusal::Superseded)
+        ));
+        assert!(matches!(
+            l.store(1, 2, 5, 1, 0, &[bet("1", 1)]),
+            Ok(Stored::New)
+        ));
+        // A repeated HELLO on the owning connection changes nothing.
+        assert_eq!(l.hello(1, 5, 2).map(|w| w.superseded), Some(None));
+    }
+
+    #[test]
+    fn the_line_of_the_last_batch_is_reported() {
+        let l = ledger(1);
+        l.hello(1, 5, 1).expect("first connection");
+        assert!(matches!(
+            l.store(1, 1, 5, 1, 3, &[bet("1", 1)]),
+            Ok(Stored::New)
+        ));
+        assert!(matches!(
+            l.store(1, 1, 5, 2, 9, &[bet("2", 1)]),
+            Ok(Stored::New)
+        ));
+        let w = l.hello(1, 5, 2).expect("newer connection");
+        assert_eq!((w.stored_seq, w.stored_bets, w.stored_line), (2, 2, 9));
     }
 
     #[test]
     fn another_upload_of_an_agency_with_bets_is_a_conflict() {
         let l = ledger(1);
-        l.hello(1, 5, 1);
+        l.hello(1, 5, 1).expect("newer connection");
         assert!(matches!(
-            l.store(1, 1, 5, 1, &[bet("1", 1)]),
+            l.store(1, 1, 5, 1, 0, &[bet("1", 1)]),
             Ok(Stored::New)
         ));
-        let welcome = l.hello(1, 6, 2);
+        let welcome = l.hello(1, 6, 2).expect("newer connection");
         assert_eq!(welcome.upload, 5);
         assert!(matches!(
-            l.store(1, 2, 6, 1, &[bet("1", 1)]),
+            l.store(1, 2, 6, 1, 0, &[bet("1", 1)]),
             Err(Refusal::UploadConflict { stored: 5, bets: 1 })
         ));
         // An agency with nothing stored may start any upload.
         let l = ledger(1);
-        assert_eq!(l.hello(1, 6, 1).upload, 6);
+        assert_eq!(l.hello(1, 6, 1).map(|w| w.upload), Some(6));
     }
 
     #[test]
     fn the_nth_fin_marks_the_draw_once_and_closes_the_ledger() {
         let l = ledger(2);
-        l.hello(1, 5, 1);
-        l.hello(2, 6, 2);
+        l.hello(1, 5, 1).expect("newer connection");
+        l.hello(2, 6, 2).expect("newer connection");
         assert!(matches!(
-            l.store(1, 1, 5, 1, &[bet("1", 7574)]),
+            l.store(1, 1, 5, 1, 0, &[bet("1", 7574)]),
             Ok(Stored::New)
         ));
         let f = l.finish(1, 1, 7574).expect("fin");
@@ -480,14 +550,14 @@ mod tests {
         let f = l.finish(1, 1, 7574).expect("repeated fin");
         assert_eq!((f.finished, f.draw_now), (1, false));
         assert!(matches!(
-            l.store(1, 1, 5, 2, &[bet("2", 1)]),
+            l.store(1, 1, 5, 2, 0, &[bet("2", 1)]),
             Err(Refusal::AgencyFinished)
         ));
         let f = l.finish(2, 2, 7574).expect("fin");
         assert_eq!((f.finished, f.draw_now), (2, true));
         assert!(!l.finish(2, 2, 7574).expect("fin").draw_now);
         assert!(matches!(
-            l.store(2, 2, 6, 1, &[bet("2", 1)]),
+            l.store(2, 2, 6, 1, 0, &[bet("2", 1)]),
             Err(Refusal::DrawDone)
         ));
         let (draw, count) = l.compute_draw().expect("draw");
@@ -501,14 +571,14 @@ mod tests {
             ..MemoryStore::default()
         };
         let l = Ledger::new(Box::new(store), 1);
-        l.hello(1, 5, 1);
+        l.hello(1, 5, 1).expect("newer connection");
         assert!(matches!(
-            l.store(1, 1, 5, 1, &[bet("1", 1)]),
+            l.store(1, 1, 5, 1, 0, &[bet("1", 1)]),
             Err(Refusal::Storage(_))
         ));
         assert_eq!(l.bets(), 0);
         assert!(matches!(
-            l.store(1, 1, 5, 1, &[bet("1", 1)]),
+            l.store(1, 1, 5, 1, 0, &[bet("1", 1)]),
             Ok(Stored::New)
         ));
     }
@@ -523,6 +593,7 @@ mod tests {
                 last_seq: 3,
                 last_count: 2,
                 last_digest: 9,
+                last_line: 7,
                 bets: 6,
             },
         );
@@ -534,14 +605,14 @@ mod tests {
             ..MemoryStore::default()
         };
         let l = Ledger::new(Box::new(store), 2);
-        let w = l.hello(1, 5, 1);
+        let w = l.hello(1, 5, 1).expect("newer connection");
         assert_eq!(
             (w.upload, w.stored_seq, w.stored_bets, w.finished),
             (5, 3, 6, true)
         );
         // Every FIN recorded, no draw: the start-up runs it, once.
-        assert!(l.draw_pending(7574));
-        assert!(!l.draw_pending(7574));
+        assert_eq!(l.draw_pending(7574), Some(Ok(())));
+        assert_eq!(l.draw_pending(7574), None);
         assert_eq!(l.draw().map(|d| d.bets), Some(6));
     }
 }

@@ -339,11 +339,11 @@ impl Shared {
             }
             let outcome = self.compute_draw("draw_restore");
             let _ = self.barrier.publish(outcome);
-        } else if self.ledger.draw_pending(self.config.winning_number) {
+        } else if let Some(recorded) = self.ledger.draw_pending(self.config.winning_number) {
             log::info!(
                 "action: draw_resume | result: in_progress | reason: every agency had finished but the draw had not run"
             );
-            self.draw_and_answer();
+            self.draw_and_answer(recorded.err());
         } else {
             self.log_missing();
         }
@@ -376,9 +376,21 @@ impl Shared {
     }
 
     /// Runs the draw over everything stored, publishes the result, and answers every
-    /// agency that is already waiting.
-    fn draw_and_answer(&self) {
-        let outcome = self.compute_draw("sorteo");
+    /// agency that is already waiting. If the draw could not be journaled
+    /// (`unrecorded`), every agency is answered `INTERNAL` instead: winners that a
+    /// restart might draw differently are never sent.
+    fn draw_and_answer(&self, unrecorded: Option<String>) {
+        let outcome = match unrecorded {
+            None => self.compute_draw("sorteo"),
+            Some(why) => {
+                log::error!(
+                    "action: sorteo | result: fail | error: the draw could not be journaled: {why}"
+                );
+                Err(format!(
+                    "the draw could not be recorded ({why}); it runs when the server restarts"
+                ))
+            }
+        };
         let waiters = self.barrier.publish(outcome.clone());
         let mut delivered = Vec::with_capacity(waiters.len());
         for waiter in &waiters {

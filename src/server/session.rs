@@ -162,7 +162,7 @@ impl Session<'_> {
                 Ok(Flow::Continue)
             }
             Message::Hello { agency, upload } => self.hello(agency, upload),
-            Message::Bets { seq, bets } => self.bets(seq, bets),
+            Message::Bets { seq, line, bets } => self.bets(seq, line, bets),
             Message::Fin => self.fin(),
             Message::WinnersQuery => self.winners(),
             other => self.reply_error(
@@ -175,8 +175,10 @@ impl Session<'_> {
     /// Logs a refused `BETS` frame, with its count read straight from the payload
     /// (it may not decode).
     fn log_batch_refused(&self, payload: &[u8], reason: &str) {
+        // The count follows `seq` and `line` (BETS_PREFIX_LEN - 2 bytes).
+        let at = crate::protocol::BETS_PREFIX_LEN - 2;
         let count = payload
-            .get(8..10)
+            .get(at..at + 2)
             .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]));
         log::warn!(
             "action: apuesta_recibida | result: fail | cantidad: {count} | agency: {} | reason: {}",
@@ -220,7 +222,15 @@ impl Session<'_> {
         }
         self.agency = Some(agency);
         self.upload = upload;
-        let welcome = self.shared.ledger.hello(agency, upload, self.id);
+        let welcome = match self.shared.ledger.hello(agency, upload, self.id) {
+            Some(welcome) => welcome,
+            None => {
+                // A newer connection of the agency said HELLO before this (older)
+                // one's HELLO was handled: this one is the stale one.
+                self.superseded.store(true, Ordering::SeqCst);
+                return Ok(Flow::Continue); // The loop answers SUPERSEDED and closes.
+            }
+        };
         if let Some(old) = welcome.superseded {
             self.shared.supersede(old);
             log::info!(
@@ -247,13 +257,14 @@ impl Session<'_> {
             upload: welcome.upload,
             stored_seq: welcome.stored_seq,
             stored_bets: welcome.stored_bets,
+            stored_line: welcome.stored_line,
             finished: welcome.finished,
             drawn: welcome.drawn,
         })?;
         Ok(Flow::Continue)
     }
 
-    fn bets(&mut self, seq: u64, bets: Vec<Bet>) -> Result<Flow, ConnectionError> {
+    fn bets(&mut self, seq: u64, line: u64, bets: Vec<Bet>) -> Result<Flow, ConnectionError> {
         let Some(agency) = self.agency else {
             return self.not_identified();
         };
@@ -274,7 +285,7 @@ impl Session<'_> {
             None => match self
                 .shared
                 .ledger
-                .store(agency, self.id, self.upload, seq, &bets)
+                .store(agency, self.id, self.upload, seq, line, &bets)
             {
                 Ok(Stored::New) => {
                     log::info!(
@@ -373,7 +384,7 @@ impl Session<'_> {
             agencies,
         });
         if finish.draw_now {
-            self.shared.draw_and_answer();
+            self.shared.draw_and_answer(finish.draw_unrecorded);
         } else if !self.shared.shutdown.is_triggered() {
             self.shared.log_missing();
         }

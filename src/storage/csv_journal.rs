@@ -5,12 +5,15 @@
 //! A commit writes its rows (one `write_all`), syncs the bets file, appends one COMMIT
 //! record to the journal and syncs it; only then does it return `Ok`. The journal
 //! decides what is stored: rows after the last recorded end offset were never
-//! acknowledged and are cut off when the store is opened.
+//! acknowledged and are cut off when the store is opened, once the rows before it have
+//! been checked against the journal's digests ([`Verify`]): a bets file changed outside
+//! the server is refused, not cut.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
+use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -162,24 +165,32 @@ impl CsvJournalStore {
             at: "byte 0".into(),
             reason,
         })?;
+        let bets_len = bets.metadata().map_err(io_err(&path, "inspect"))?.len();
         let mut rebuild = Rebuild::default();
-        let scan = journal::scan(&mut reader, on_disk, |_, record| rebuild.apply(record)).map_err(
-            |e| match e {
-                ScanError::Io(source) => StorageError::Io {
-                    path: jpath.clone(),
-                    action: "read",
-                    source,
-                },
-                ScanError::Corrupt { offset, reason } => StorageError::Corrupt {
-                    path: jpath.clone(),
-                    at: format!("byte {offset}"),
-                    reason,
-                },
+        // Each record's rows are checked against the bets file as the record is read,
+        // before anything is repaired (docs/STORAGE.md §4 step 4, "Committed prefix").
+        let mut verify = Verify::new(&path, &bets, bets_len);
+        let scanned = journal::scan(&mut reader, on_disk, |_, record| {
+            rebuild.apply(&record)?;
+            verify.record(&record)
+        });
+        if let Some(err) = verify.failure.take() {
+            return Err(err);
+        }
+        let scan = scanned.map_err(|e| match e {
+            ScanError::Io(source) => StorageError::Io {
+                path: jpath.clone(),
+                action: "read",
+                source,
             },
-        )?;
+            ScanError::Corrupt { offset, reason } => StorageError::Corrupt {
+                path: jpath.clone(),
+                at: format!("byte {offset}"),
+                reason,
+            },
+        })?;
         drop(reader);
         let end = rebuild.end;
-        let bets_len = bets.metadata().map_err(io_err(&path, "inspect"))?.len();
         if bets_len < end {
             return Err(StorageError::Corrupt {
                 path,
@@ -383,6 +394,21 @@ impl Store for CsvJournalStore {
         let mut entries = Vec::with_capacity(batches.len());
         let mut bets = 0u64;
         for b in batches {
+            // Every row must be exactly one line: recovery checks the committed rows
+            // line by line against their digests (docs/STORAGE.md §4 step 4).
+            if let Some(i) = b.bets.iter().position(has_line_break) {
+                return Err(invalid(
+                    &self.path,
+                    format!(
+                        "bet {} of batch seq {} of agency {} holds a line break; a stored row \
+                         must be one line",
+                        i + 1,
+                        b.seq,
+                        b.agency
+                    ),
+                ));
+            }
+            let start = self.rows.len();
             format_rows(&mut self.rows, b.agency, b.bets)
                 .map_err(|e| invalid(&self.path, format!("cannot format a row: {e}")))?;
             let count = u32::try_from(b.bets.len()).map_err(|_| {
@@ -391,13 +417,27 @@ impl Store for CsvJournalStore {
                     format!("a batch of {} bets is too big", b.bets.len()),
                 )
             })?;
+            // The journal's digest must be that of the rows as written, or recovery
+            // would refuse them.
+            let digest = journal::CRC32C.checksum(&self.rows[start..]);
+            if digest != b.digest {
+                return Err(invalid(
+                    &self.path,
+                    format!(
+                        "batch seq {} of agency {} carries digest {:#010x}, but its rows' \
+                         digest is {digest:#010x}",
+                        b.seq, b.agency, b.digest
+                    ),
+                ));
+            }
             bets += u64::from(count);
             entries.push(CommitEntry {
                 agency: b.agency,
                 upload: b.upload,
                 seq: b.seq,
+                line: b.line,
                 count,
-                digest: b.digest,
+                digest,
             });
         }
         let end = self.committed_end + self.rows.len() as u64;
@@ -629,22 +669,23 @@ struct Rebuild {
 }
 
 impl Rebuild {
-    fn apply(&mut self, record: Record) -> Result<(), String> {
-        match record {
-            Record::Commit { end, entries } => {
+    fn apply(&mut self, record: &Record) -> Result<(), String> {
+        match *record {
+            Record::Commit { end, ref entries } => {
                 self.advance(end)?;
                 let r = &mut self.recovered;
                 for e in entries {
                     let p = r.agencies.entry(e.agency).or_default();
                     p.upload = e.upload;
                     p.last_seq = e.seq;
+                    p.last_line = e.line;
                     p.last_count = e.count;
                     p.last_digest = e.digest;
                     p.bets += u64::from(e.count);
                     r.bets += u64::from(e.count);
                 }
             }
-            Record::Adopt { end, entries } => {
+            Record::Adopt { end, ref entries } => {
                 self.advance(end)?;
                 let r = &mut self.recovered;
                 for e in entries {
@@ -682,6 +723,238 @@ impl Rebuild {
         self.end = end;
         Ok(())
     }
+}
+
+/// How much of the bets file [`Verify`] reads at a time.
+const VERIFY_BUFFER: usize = 64 * 1024;
+
+/// Checks, record by record as the journal is read, that the bets file's committed
+/// prefix holds exactly the rows the journal says were written (`docs/STORAGE.md` §4
+/// step 4, "Committed prefix"): the rows of every COMMIT entry, line by line, hash to
+/// the entry's digest, the rows of an ADOPT record count what it says per agency, and
+/// each record's `end` falls exactly after its last row. The file is streamed once,
+/// from byte 0, through a fixed buffer; nothing is written.
+struct Verify<'a> {
+    path: &'a Path,
+    file: &'a File,
+    /// The bets file's length when it was opened.
+    len: u64,
+    reader: BufReader<ReadAt<'a>>,
+    /// Bytes checked so far (the reader's position).
+    pos: u64,
+    /// Complete lines checked so far.
+    lines: u64,
+    /// The last byte checked (a line feed unless a row is cut).
+    last: Option<u8>,
+    /// A record commits bytes beyond the file's end: the length check after the scan
+    /// refuses the file, so checking stops.
+    beyond: bool,
+    /// What did not match; the scan is stopped when it is set.
+    failure: Option<StorageError>,
+}
+
+impl<'a> Verify<'a> {
+    fn new(path: &'a Path, file: &'a File, len: u64) -> Verify<'a> {
+        Verify {
+            path,
+            file,
+            len,
+            reader: Self::reader_at(file, 0, len),
+            pos: 0,
+            lines: 0,
+            last: None,
+            beyond: false,
+            failure: None,
+        }
+    }
+
+    fn reader_at(file: &'a File, pos: u64, end: u64) -> BufReader<ReadAt<'a>> {
+        BufReader::with_capacity(VERIFY_BUFFER, ReadAt { file, pos, end })
+    }
+
+    /// Checks the rows of one journal record; an `Err` stops the scan, and
+    /// [`Verify::failure`] then says what did not match.
+    fn record(&mut self, record: &Record) -> Result<(), String> {
+        let end = match *record {
+            Record::Commit { end, .. } | Record::Adopt { end, .. } => end,
+            Record::Fin { .. } | Record::Draw { .. } => return Ok(()),
+        };
+        if self.beyond || end > self.len {
+            self.beyond = true;
+            return Ok(());
+        }
+        let checked = match record {
+            Record::Commit { entries, .. } => self.commit(end, entries),
+            Record::Adopt { entries, .. } => self.adopt(end, entries),
+            Record::Fin { .. } | Record::Draw { .. } => Ok(()),
+        };
+        checked.map_err(|err| {
+            let reason = err.to_string();
+            self.failure = Some(err);
+            reason
+        })
+    }
+
+    /// A mismatch at `at`: a 1-based line, or `byte N`.
+    fn corrupt(&self, at: impl fmt::Display, reason: String) -> StorageError {
+        StorageError::Corrupt {
+            path: self.path.to_path_buf(),
+            at: at.to_string(),
+            reason: format!("{reason}; the bets file was changed outside the server"),
+        }
+    }
+
+    /// The rows of each entry, `count` lines each, must hash to its digest, and the
+    /// last of them must end exactly at `end`.
+    fn commit(&mut self, end: u64, entries: &[CommitEntry]) -> Result<(), StorageError> {
+        for e in entries {
+            let (first_line, start) = (self.lines + 1, self.pos);
+            let mut digest = journal::CRC32C.digest();
+            let mut left = e.count;
+            while left > 0 {
+                let path = self.path;
+                let buf = self
+                    .reader
+                    .fill_buf()
+                    .map_err(|err| read_error(path, err))?;
+                let room = usize::try_from(end - self.pos).unwrap_or(usize::MAX);
+                let buf = &buf[..buf.len().min(room)];
+                if buf.is_empty() {
+                    let cut = match self.last {
+                        Some(b) if b != b'\n' => format!(
+                            ", and they end inside a row (byte {} is not a line feed)",
+                            self.pos - 1
+                        ),
+                        _ => String::new(),
+                    };
+                    return Err(self.corrupt(
+                        self.lines + 1,
+                        format!(
+                            "batch seq {} of agency {} has {} rows in the journal, but the \
+                             committed bytes (up to byte {end}) hold only {} complete rows of \
+                             it{cut}",
+                            e.seq,
+                            e.agency,
+                            e.count,
+                            e.count - left
+                        ),
+                    ));
+                }
+                let mut take = buf.len();
+                for (i, _) in buf.iter().enumerate().filter(|&(_, &b)| b == b'\n') {
+                    left -= 1;
+                    self.lines += 1;
+                    if left == 0 {
+                        take = i + 1;
+                        break;
+                    }
+                }
+                digest.update(&buf[..take]);
+                self.last = Some(buf[take - 1]);
+                self.reader.consume(take);
+                self.pos += take as u64;
+            }
+            let got = digest.finalize();
+            if got != e.digest {
+                return Err(self.corrupt(
+                    first_line,
+                    format!(
+                        "batch seq {} of agency {} (lines {first_line}..={}, bytes {start}..{}) \
+                         does not match its journal digest (its rows hash to {got:#010x}, the \
+                         journal records {:#010x})",
+                        e.seq, e.agency, self.lines, self.pos, e.digest
+                    ),
+                ));
+            }
+        }
+        if self.pos != end {
+            return Err(self.corrupt(
+                self.lines + 1,
+                format!(
+                    "the journal's rows end at byte {}, but its commit record puts the committed \
+                     end at byte {end}: bytes {}..{end} hold rows the journal does not know of",
+                    self.pos, self.pos
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The rows up to `end`, parsed as adoption parsed them, must hold exactly the
+    /// ADOPT record's bets per agency, and end with a line feed.
+    fn adopt(&mut self, end: u64, entries: &[AdoptEntry]) -> Result<(), StorageError> {
+        let mut want: BTreeMap<AgencyId, u64> = BTreeMap::new();
+        for e in entries {
+            *want.entry(e.agency).or_default() += e.bets;
+        }
+        if end > self.pos {
+            let mut last = [0u8; 1];
+            self.file
+                .read_exact_at(&mut last, end - 1)
+                .map_err(|err| read_error(self.path, err))?;
+            if last[0] != b'\n' {
+                return Err(self.corrupt(
+                    format_args!("byte {}", end - 1),
+                    format!(
+                        "the adopted rows end inside a row (byte {} is not a line feed)",
+                        end - 1
+                    ),
+                ));
+            }
+        }
+        let mut got: BTreeMap<AgencyId, u64> = BTreeMap::new();
+        let (_, lines) = read_rows_between(self.path, self.file, self.pos, end, |agency, _| {
+            *got.entry(agency).or_default() += 1;
+        })
+        .map_err(|err| match err {
+            StorageError::Corrupt { path, at, reason } => StorageError::Corrupt {
+                path,
+                at,
+                reason: format!(
+                    "{reason} (an adopted row); the bets file was changed outside the server"
+                ),
+            },
+            other => other,
+        })?;
+        let last_line = self.lines + lines;
+        let agencies: BTreeSet<AgencyId> = want.keys().chain(got.keys()).copied().collect();
+        for agency in agencies {
+            let (w, g) = (
+                want.get(&agency).copied().unwrap_or(0),
+                got.get(&agency).copied().unwrap_or(0),
+            );
+            if w != g {
+                return Err(self.corrupt(
+                    last_line,
+                    format!(
+                        "the adopted rows (bytes {}..{end}) hold {g} bets of agency {agency}, but \
+                         the journal's ADOPT record says {w}",
+                        self.pos
+                    ),
+                ));
+            }
+        }
+        self.pos = end;
+        self.lines = last_line;
+        self.last = Some(b'\n');
+        self.reader = Self::reader_at(self.file, end, self.len);
+        Ok(())
+    }
+}
+
+fn read_error(path: &Path, source: io::Error) -> StorageError {
+    StorageError::Io {
+        path: path.to_path_buf(),
+        action: "read",
+        source,
+    }
+}
+
+/// Whether a bet's text would put a line break (LF or CR) into its row.
+fn has_line_break(bet: &Bet) -> bool {
+    [&bet.first_name, &bet.last_name, &bet.document]
+        .iter()
+        .any(|s| s.contains(['\n', '\r']))
 }
 
 /// The CRC-32C of `bets` of `agency` formatted exactly as the bets file's rows.
@@ -733,14 +1006,33 @@ where
 
 /// Streams the rows of `file` (the bets file at `path`) from offset 0 up to `end`
 /// through positioned reads, so the handle's own offset is left alone.
-fn read_rows<F>(path: &Path, file: &File, end: u64, mut f: F) -> Result<u64, StorageError>
+fn read_rows<F>(path: &Path, file: &File, end: u64, f: F) -> Result<u64, StorageError>
+where
+    F: FnMut(AgencyId, Bet),
+{
+    read_rows_between(path, file, 0, end, f).map(|(count, _)| count)
+}
+
+/// [`read_rows`] from offset `start`; returns how many rows and how many lines (line
+/// feeds) were read.
+fn read_rows_between<F>(
+    path: &Path,
+    file: &File,
+    start: u64,
+    end: u64,
+    mut f: F,
+) -> Result<(u64, u64), StorageError>
 where
     F: FnMut(AgencyId, Bet),
 {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(ReadAt { file, pos: 0, end });
+        .from_reader(ReadAt {
+            file,
+            pos: start,
+            end,
+        });
     let mut count = 0;
     let mut record = csv::StringRecord::new();
     loop {
@@ -761,7 +1053,8 @@ where
             }
         })?;
         if !more {
-            return Ok(count);
+            // The reader counts lines from 1 by the line feeds it has read.
+            return Ok((count, reader.position().line().saturating_sub(1)));
         }
         let (agency, bet) = parse_row(&record).map_err(|reason| StorageError::Corrupt {
             path: path.to_path_buf(),
@@ -875,6 +1168,8 @@ mod tests {
             agency,
             upload,
             seq,
+            // A cursor that differs from seq, so a mix-up would show.
+            line: seq * 10 + 1,
             digest: rows_digest(agency, bets),
             bets,
         }
@@ -983,10 +1278,12 @@ mod tests {
                 last_seq: 1,
                 last_count: 1,
                 last_digest: rows_digest(1, &b),
+                last_line: 11,
                 bets: 3
             }
         );
         assert_eq!(r.agencies[&2].last_seq, 9);
+        assert_eq!(r.agencies[&2].last_line, 91);
         assert_eq!(r.agencies[&2].bets, 2);
         assert_eq!(r.bets, 5);
         assert_eq!(r.finished.iter().copied().collect::<Vec<_>>(), vec![2]);
@@ -1135,6 +1432,7 @@ mod tests {
                 last_seq: 0,
                 last_count: 0,
                 last_digest: 0,
+                last_line: 0,
                 bets: 2
             }
         );
@@ -1152,6 +1450,7 @@ mod tests {
         let journal_len = fs::metadata(journal_path(&path)).expect("meta").len();
         let mut store = CsvJournalStore::open(&path).expect("reopen");
         assert_eq!(store.recovered().agencies[&1].upload, 77);
+        assert_eq!(store.recovered().agencies[&1].last_line, 11);
         assert_eq!(store.recovered().agencies[&1].bets, 3);
         assert_eq!(store.recovered().bets, 4);
         assert_eq!(all(&mut store).len(), 4);
@@ -1206,6 +1505,326 @@ mod tests {
         fs::write(&file, "").expect("write");
         let err = CsvJournalStore::open(&file.join("bets.csv")).expect_err("parent is a file");
         assert!(err.to_string().contains("plain-file"), "{err}");
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    /// Both files' bytes, to show that a refused open changed nothing.
+    fn snapshot(path: &Path) -> (Vec<u8>, Vec<u8>) {
+        (
+            fs::read(path).expect("bets"),
+            fs::read(journal_path(path)).expect("journal"),
+        )
+    }
+
+    /// A store at `dir/bets.csv` holding two commits: agency 1 seq 1 (2 bets), then
+    /// agency 2 seq 1 (1 bet) with agency 1 seq 2 (1 bet).
+    fn two_commits(dir: &Path) -> PathBuf {
+        let path = dir.join("bets.csv");
+        let mut store = CsvJournalStore::open(&path).expect("open");
+        let (a, b, c) = (
+            [bet("Ana", "1", 1), bet("Zoë", "2", 2)],
+            [bet("Luis", "3", 3)],
+            [bet("Eva", "4", 4)],
+        );
+        store.commit(&[batch(1, 5, 1, &a)]).expect("commit");
+        store
+            .commit(&[batch(2, 6, 1, &b), batch(1, 5, 2, &c)])
+            .expect("commit");
+        drop(store);
+        path
+    }
+
+    #[test]
+    fn the_raw_lines_of_a_batch_hash_to_its_digest() {
+        // Recovery hashes the committed bytes line by line (each line with its LF);
+        // that must be exactly `rows_digest`, whatever quoting the names need.
+        let dir = temp_dir("raw-lines");
+        let path = dir.join("bets.csv");
+        let mut store = CsvJournalStore::open(&path).expect("open");
+        let names = [
+            "Ana",
+            "O'Neil",
+            "Paz, María",
+            "\"Tito\"",
+            " spaced ",
+            "日本",
+            "a\"b,c",
+        ];
+        let mut batches = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let n = i as u16;
+            batches.push(vec![
+                Bet {
+                    first_name: (*name).into(),
+                    last_name: format!("{name}, {name}"),
+                    document: format!("{:08}", i),
+                    birthdate: NaiveDate::from_ymd_opt(1950 + i as i32, 1, 1).expect("date"),
+                    number: n * 1111,
+                };
+                i + 1
+            ]);
+        }
+        for (i, bets) in batches.iter().enumerate() {
+            store
+                .commit(&[batch(i as u32 + 1, 1, 1, bets)])
+                .expect("commit");
+        }
+        drop(store);
+        let text = fs::read(&path).expect("read");
+        let mut lines = text.split_inclusive(|&b| b == b'\n');
+        for (i, bets) in batches.iter().enumerate() {
+            let raw: Vec<u8> = lines.by_ref().take(bets.len()).flatten().copied().collect();
+            assert_eq!(
+                journal::CRC32C.checksum(&raw),
+                rows_digest(i as u32 + 1, bets),
+                "batch {i}"
+            );
+            assert_eq!(raw.iter().filter(|&&b| b == b'\n').count(), bets.len());
+        }
+        assert_eq!(lines.next(), None);
+        assert!(
+            CsvJournalStore::open(&path).is_ok(),
+            "and recovery accepts them"
+        );
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_commit_refuses_a_line_break_or_a_wrong_digest_before_writing() {
+        let dir = temp_dir("refuse");
+        let path = dir.join("bets.csv");
+        let mut store = CsvJournalStore::open(&path).expect("open");
+        let good = [bet("Ana", "1", 1)];
+        store.commit(&[batch(1, 5, 1, &good)]).expect("commit");
+        let before = snapshot(&path);
+        for bad in ["An\na", "Ana\r"] {
+            let bets = [bet(bad, "2", 2)];
+            let err = store
+                .commit(&[batch(1, 5, 2, &good), batch(1, 5, 3, &bets)])
+                .expect_err("line break");
+            assert!(err.to_string().contains("holds a line break"), "{err}");
+        }
+        let mut wrong = batch(1, 5, 2, &good);
+        wrong.digest ^= 1;
+        let err = store.commit(&[wrong]).expect_err("digest");
+        assert!(err.to_string().contains("carries digest"), "{err}");
+        assert_eq!(snapshot(&path), before, "nothing was written");
+        store
+            .commit(&[batch(1, 5, 2, &good)])
+            .expect("the store goes on");
+        drop(store);
+        assert_eq!(
+            CsvJournalStore::open(&path)
+                .expect("reopen")
+                .recovered()
+                .bets,
+            2
+        );
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn an_overwritten_bets_file_is_refused_and_left_untouched() {
+        // The reviewer's case: other, longer content in place of the committed rows
+        // used to be cut at the committed end (mid-row), and the draw then failed.
+        let dir = temp_dir("overwritten");
+        let path = dir.join("bets.csv");
+        let mut store = CsvJournalStore::open(&path).expect("open");
+        let two = [bet("Ana", "1", 1), bet("Zoë", "2", 2)];
+        store.commit(&[batch(1, 5, 1, &two)]).expect("commit");
+        drop(store);
+        let committed = fs::metadata(&path).expect("meta").len();
+        let other = "7,Someone,Else,12345678,1960-06-06,1234\n".repeat(5);
+        assert!(other.len() as u64 > committed);
+        fs::write(&path, &other).expect("overwrite");
+        let before = snapshot(&path);
+        let err = CsvJournalStore::open(&path).expect_err("overwritten");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}:1: batch seq 1 of agency 1 (lines 1..=2, bytes 0..80) does not match its \
+                 journal digest (its rows hash to {:#010x}, the journal records {:#010x}); the \
+                 bets file was changed outside the server",
+                path.display(),
+                journal::CRC32C.checksum(&other.as_bytes()[..80]),
+                rows_digest(1, &two)
+            )
+        );
+        assert_eq!(snapshot(&path), before, "the refused open changed nothing");
+        // A shorter overwrite is refused too (by the length check).
+        fs::write(&path, "7,A,B,1,1960-06-06,1\n").expect("overwrite");
+        let (_, reason) = corrupt_reason(CsvJournalStore::open(&path).expect_err("shorter"));
+        assert!(reason.contains("vanished"), "{reason}");
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn every_flipped_bit_of_the_committed_rows_is_refused() {
+        let dir = temp_dir("flip");
+        let path = two_commits(&dir);
+        let (bets, journal) = snapshot(&path);
+        let mut lines_named = BTreeSet::new();
+        for i in 0..bets.len() {
+            for bit in [0x01u8, 0x20, 0x80] {
+                let mut flipped = bets.clone();
+                flipped[i] ^= bit;
+                fs::write(&path, &flipped).expect("flip");
+                let err = CsvJournalStore::open(&path).expect_err("a flipped bit");
+                let (at, reason) = corrupt_reason(err);
+                assert!(
+                    reason.contains("changed outside the server"),
+                    "byte {i}: {reason}"
+                );
+                lines_named.insert(at);
+                assert_eq!(
+                    fs::read(&path).expect("bets"),
+                    flipped,
+                    "byte {i} untouched"
+                );
+                assert_eq!(fs::read(journal_path(&path)).expect("journal"), journal);
+            }
+        }
+        // Batches start on lines 1 (agency 1 seq 1), 3 and 4.
+        assert!(
+            lines_named.contains("1") && lines_named.contains("3"),
+            "{lines_named:?}"
+        );
+        fs::write(&path, &bets).expect("restore");
+        assert_eq!(
+            CsvJournalStore::open(&path)
+                .expect("intact")
+                .recovered()
+                .bets,
+            4
+        );
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_committed_prefix_that_ends_mid_row_is_refused() {
+        let dir = temp_dir("mid-row");
+        let path = two_commits(&dir);
+        let mut bets = fs::read(&path).expect("bets");
+        let last = bets.len() - 1;
+        bets[last] = b'x';
+        bets.extend_from_slice(b"\n");
+        fs::write(&path, &bets).expect("write");
+        let (at, reason) = corrupt_reason(CsvJournalStore::open(&path).expect_err("mid-row"));
+        assert_eq!(at, "4");
+        assert!(
+            reason.contains(&format!("byte {last} is not a line feed")),
+            "{reason}"
+        );
+        assert_eq!(fs::read(&path).expect("bets"), bets);
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn rows_the_journal_does_not_know_of_inside_the_committed_end_are_refused() {
+        let dir = temp_dir("unknown-rows");
+        let path = dir.join("bets.csv");
+        let a = [bet("Ana", "1", 1)];
+        let mut rows = Vec::new();
+        format_rows(&mut rows, 1, &a).expect("rows");
+        let first = rows.len() as u64;
+        format_rows(&mut rows, 1, &a).expect("rows");
+        fs::write(&path, &rows).expect("bets");
+        let mut journal = journal::header().to_vec();
+        Record::Commit {
+            end: rows.len() as u64,
+            entries: vec![CommitEntry {
+                agency: 1,
+                upload: 5,
+                seq: 1,
+                line: 1,
+                count: 1,
+                digest: rows_digest(1, &a),
+            }],
+        }
+        .encode(&mut journal)
+        .expect("encode");
+        fs::write(journal_path(&path), &journal).expect("journal");
+        let (at, reason) = corrupt_reason(CsvJournalStore::open(&path).expect_err("unknown"));
+        assert_eq!(at, "2");
+        assert!(
+            reason.contains(&format!(
+                "bytes {first}..{} hold rows the journal does not know of",
+                rows.len()
+            )),
+            "{reason}"
+        );
+        assert_eq!(fs::read(&path).expect("bets"), rows);
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn an_intact_prefix_with_an_unacknowledged_tail_is_still_repaired() {
+        let dir = temp_dir("tail");
+        let path = two_commits(&dir);
+        let committed = fs::read(&path).expect("bets");
+        for tail in [
+            &b"9,Never,Acked,1,1990-01-01,1\n"[..],
+            b"garbage without a line feed",
+            b"\n\n\n",
+        ] {
+            let mut bets = committed.clone();
+            bets.extend_from_slice(tail);
+            fs::write(&path, &bets).expect("write");
+            let mut store = CsvJournalStore::open(&path).expect("repaired");
+            assert_eq!(store.recovered().bets, 4);
+            assert_eq!(all(&mut store).len(), 4);
+            drop(store);
+            assert_eq!(fs::read(&path).expect("bets"), committed, "the tail is cut");
+        }
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn adopted_rows_are_checked_per_agency() {
+        let dir = temp_dir("adopt-check");
+        let path = dir.join("bets.csv");
+        let adopted = "1,Ana,Paz,1,1990-01-02,5\n2,Luis,\"Ro, Jr\",2,1990-01-02,6\n\
+                       1,Eva,Paz,3,1990-01-02,7\n";
+        fs::write(&path, adopted).expect("write");
+        let mut store = CsvJournalStore::open(&path).expect("adopt");
+        store
+            .commit(&[batch(2, 9, 1, &[bet("New", "9", 9)])])
+            .expect("commit");
+        drop(store);
+        let intact = fs::read(&path).expect("bets");
+        assert_eq!(
+            CsvJournalStore::open(&path)
+                .expect("reopen")
+                .recovered()
+                .bets,
+            4
+        );
+        // An adopted row moved to another agency (same length).
+        let mut moved = intact.clone();
+        moved[0] = b'2';
+        fs::write(&path, &moved).expect("write");
+        let (at, reason) = corrupt_reason(CsvJournalStore::open(&path).expect_err("moved"));
+        assert_eq!(at, "3");
+        assert!(
+            reason.contains("hold 1 bets of agency 1, but the journal's ADOPT record says 2"),
+            "{reason}"
+        );
+        assert_eq!(fs::read(&path).expect("bets"), moved);
+        // The commit after the adopted rows is checked from the right line.
+        let mut changed = intact.clone();
+        let at_new = adopted.len() + 2;
+        changed[at_new] ^= 0x20;
+        fs::write(&path, &changed).expect("write");
+        let (at, reason) = corrupt_reason(CsvJournalStore::open(&path).expect_err("changed"));
+        assert_eq!(at, "4");
+        assert!(reason.contains("batch seq 1 of agency 2"), "{reason}");
+        // An adopted range that no longer ends with a line feed.
+        let mut cut = intact.clone();
+        cut[adopted.len() - 1] = b' ';
+        fs::write(&path, &cut).expect("write");
+        let (at, reason) = corrupt_reason(CsvJournalStore::open(&path).expect_err("cut"));
+        assert_eq!(at, format!("byte {}", adopted.len() - 1));
+        assert!(reason.contains("not a line feed"), "{reason}");
         fs::remove_dir_all(dir).expect("cleanup");
     }
 }

@@ -30,8 +30,9 @@ pub(crate) const TYPE_DRAW: u8 = 3;
 /// Record type: bets of a journal-less bets file adopted as committed.
 pub(crate) const TYPE_ADOPT: u8 = 4;
 
-/// Bytes of one COMMIT entry: agency u32, upload u64, seq u64, count u32, digest u32.
-pub(crate) const COMMIT_ENTRY_LEN: usize = 4 + 8 + 8 + 4 + 4;
+/// Bytes of one COMMIT entry: agency u32, upload u64, seq u64, line u64, count u32,
+/// digest u32.
+pub(crate) const COMMIT_ENTRY_LEN: usize = 4 + 8 + 8 + 8 + 4 + 4;
 /// Bytes of a COMMIT body before its entries: end u64, n u16.
 pub(crate) const COMMIT_FIXED_LEN: usize = 8 + 2;
 /// Bytes of one ADOPT entry: agency u32, bets u64.
@@ -51,8 +52,11 @@ pub(crate) const MAX_COMMIT_ENTRIES: usize =
 pub(crate) const MAX_ADOPT_ENTRIES: usize =
     (MAX_RECORD_LEN as usize - 1 - ADOPT_FIXED_LEN) / ADOPT_ENTRY_LEN;
 
-/// CRC-32C (Castagnoli), the checksum of records and of batch digests.
-pub(crate) const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+/// CRC-32C (Castagnoli), the checksum of records and of batch digests. Slice-by-16
+/// tables (16 KiB): the same checksum as the byte-wise table, several times faster,
+/// which recovery's check of the whole committed prefix wants.
+pub(crate) const CRC32C: crc::Crc<u32, crc::Table<16>> =
+    crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
 
 /// One batch of a COMMIT record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +64,8 @@ pub(crate) struct CommitEntry {
     pub(crate) agency: AgencyId,
     pub(crate) upload: UploadId,
     pub(crate) seq: u64,
+    /// The 1-based line of the agency file holding the batch's last bet (0: no file).
+    pub(crate) line: u64,
     pub(crate) count: u32,
     pub(crate) digest: u32,
 }
@@ -146,6 +152,7 @@ impl Record {
                     out.extend_from_slice(&e.agency.to_be_bytes());
                     out.extend_from_slice(&e.upload.to_be_bytes());
                     out.extend_from_slice(&e.seq.to_be_bytes());
+                    out.extend_from_slice(&e.line.to_be_bytes());
                     out.extend_from_slice(&e.count.to_be_bytes());
                     out.extend_from_slice(&e.digest.to_be_bytes());
                 }
@@ -217,6 +224,7 @@ impl Record {
                         agency: b.u32().ok_or_else(short)?,
                         upload: b.u64().ok_or_else(short)?,
                         seq: b.u64().ok_or_else(short)?,
+                        line: b.u64().ok_or_else(short)?,
                         count: b.u32().ok_or_else(short)?,
                         digest: b.u32().ok_or_else(short)?,
                     });
@@ -415,6 +423,7 @@ mod tests {
                 agency: 1,
                 upload: 0x0102_0304_0506_0708,
                 seq: 1,
+                line: 3,
                 count: 2,
                 digest: 0xDEAD_BEEF,
             }],
@@ -435,6 +444,7 @@ mod tests {
                         agency: i,
                         upload: u64::MAX - u64::from(i),
                         seq: u64::from(i) * 3,
+                        line: u64::MAX - 1 - u64::from(i),
                         count: u32::MAX,
                         digest: i,
                     })
@@ -474,9 +484,14 @@ mod tests {
         assert_eq!(FRAME_LEN, 8);
         assert_eq!(MAX_RECORD_LEN, 1_048_576);
         assert_eq!((TYPE_COMMIT, TYPE_FIN, TYPE_DRAW, TYPE_ADOPT), (1, 2, 3, 4));
-        assert_eq!(COMMIT_ENTRY_LEN, 28);
+        assert_eq!(COMMIT_ENTRY_LEN, 36);
+        assert_eq!(COMMIT_FIXED_LEN, 10);
         assert_eq!(ADOPT_ENTRY_LEN, 12);
-        assert_eq!(MAX_COMMIT_ENTRIES, 37_448);
+        assert_eq!(MAX_COMMIT_ENTRIES, 29_126);
+        // The largest COMMIT fits the bound, one more entry does not.
+        let payload = |n: usize| 1 + COMMIT_FIXED_LEN + n * COMMIT_ENTRY_LEN;
+        assert!(payload(MAX_COMMIT_ENTRIES) <= MAX_RECORD_LEN as usize);
+        assert!(payload(MAX_COMMIT_ENTRIES + 1) > MAX_RECORD_LEN as usize);
         assert!(MAX_COMMIT_ENTRIES < usize::from(u16::MAX));
         assert_eq!(MAX_ADOPT_ENTRIES, 87_380);
         // CRC-32C's check value.
@@ -491,8 +506,9 @@ mod tests {
     fn worked_examples_of_storage_md() {
         assert_eq!(
             hex(&encoded(&example_commit())),
-            "00 00 00 27 6d 96 b4 95 01 00 00 00 00 00 00 00 64 00 01 00 00 00 01 \
-             01 02 03 04 05 06 07 08 00 00 00 00 00 00 00 01 00 00 00 02 de ad be ef"
+            "00 00 00 2f c1 0b 3e e7 01 00 00 00 00 00 00 00 64 00 01 00 00 00 01 \
+             01 02 03 04 05 06 07 08 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 03 \
+             00 00 00 02 de ad be ef"
         );
         assert_eq!(
             hex(&encoded(&Record::Fin { agency: 3 })),
@@ -650,7 +666,7 @@ mod tests {
             (&[TYPE_DRAW, 0][..], "DRAW record body is 1 bytes"),
             (
                 &[TYPE_COMMIT, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1][..],
-                "COMMIT record body is 10 bytes, expected 38",
+                "COMMIT record body is 10 bytes, expected 46",
             ),
             (
                 &[TYPE_ADOPT, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff][..],
@@ -672,6 +688,7 @@ mod tests {
             agency: 1,
             upload: 1,
             seq: 1,
+            line: 1,
             count: 1,
             digest: 1,
         };
@@ -682,7 +699,7 @@ mod tests {
         }
         .encode(&mut out)
         .expect_err("too big");
-        assert!(err.contains("at most 37448"), "{err}");
+        assert!(err.contains("at most 29126"), "{err}");
         assert_eq!(out, vec![7]);
         Record::Commit {
             end: 0,

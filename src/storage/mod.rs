@@ -41,6 +41,10 @@ pub struct Batch<'a> {
     pub upload: UploadId,
     /// The batch's sequence number within the upload.
     pub seq: u64,
+    /// Where the batch ends in the agency's source: the 1-based line of its agency
+    /// file that holds the batch's last bet (0 when the bets come from no file, e.g.
+    /// a single bet). A resuming client goes on after this line.
+    pub line: u64,
     /// The batch's content digest ([`digest`]), recorded so that a replay of the
     /// batch can be told from another batch with the same `seq`.
     pub digest: u32,
@@ -59,6 +63,8 @@ pub struct AgencyProgress {
     pub last_count: u32,
     /// The digest of the last committed batch.
     pub last_digest: u32,
+    /// The `line` of the last committed batch (0: none or no file).
+    pub last_line: u64,
     /// Every stored bet of the agency, all uploads together.
     pub bets: u64,
 }

@@ -155,6 +155,7 @@ pub struct Progress {
     pub upload: u64,
     pub stored_seq: u64,
     pub stored_bets: u64,
+    pub stored_line: u64,
     pub finished: bool,
     pub drawn: bool,
 }
@@ -166,6 +167,7 @@ impl Progress {
             upload,
             stored_seq: 0,
             stored_bets: 0,
+            stored_line: 0,
             finished: false,
             drawn: false,
         }
@@ -179,6 +181,7 @@ pub fn fresh_welcome(agency: u32, upload: u64) -> Message {
         upload,
         stored_seq: 0,
         stored_bets: 0,
+        stored_line: 0,
         finished: false,
         drawn: false,
     }
@@ -226,12 +229,14 @@ impl Peer {
                 upload,
                 stored_seq,
                 stored_bets,
+                stored_line,
                 finished,
                 drawn,
             } if got == agency => Progress {
                 upload,
                 stored_seq,
                 stored_bets,
+                stored_line,
                 finished,
                 drawn,
             },
@@ -252,11 +257,16 @@ impl Peer {
         (peer, progress)
     }
 
-    /// Sends one batch and expects its acknowledgement.
+    /// Sends one batch (from no file: `line` 0) and expects its acknowledgement.
     pub fn store(&mut self, seq: u64, bets: Vec<Bet>) {
+        self.store_at(seq, 0, bets);
+    }
+
+    /// Sends one batch ending at file line `line` and expects its acknowledgement.
+    pub fn store_at(&mut self, seq: u64, line: u64, bets: Vec<Bet>) {
         let count = bets.len() as u16;
         assert_eq!(
-            self.request(&Message::Bets { seq, bets }),
+            self.request(&Message::Bets { seq, line, bets }),
             Message::BetsAck { seq, count }
         );
     }

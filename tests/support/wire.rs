@@ -91,10 +91,11 @@ pub fn good_raw_bet(document: &str, number: u16) -> Vec<u8> {
     raw_bet("Ana", "Núñez", document, (1999, 3, 17), number)
 }
 
-/// The payload of a `BETS` frame: `seq`, `count = bets.len()`, the bets.
+/// The payload of a `BETS` frame: `seq`, `line = 0`, `count = bets.len()`, the bets.
 pub fn bets_payload(seq: u64, bets: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&0u64.to_be_bytes());
     out.extend_from_slice(&(bets.len() as u16).to_be_bytes());
     for bet in bets {
         out.extend_from_slice(bet);
