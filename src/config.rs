@@ -131,7 +131,7 @@ pub const CLIENT_KEYS: &[Key] = &[
         "server.retry_deadline",
         "CLI_RETRY_DEADLINE",
         Some("300s"),
-        "how long to keep reconnecting without a working session before giving up",
+        "how long to keep reconnecting while no session makes progress before giving up",
     ),
     key(
         "server.io_timeout",
@@ -295,7 +295,7 @@ pub struct ClientConfig {
     pub server_address: String,
     /// The bound of one connection attempt.
     pub connect_timeout: Duration,
-    /// How long to keep reconnecting without a working session before giving up.
+    /// How long to keep reconnecting while no session makes progress before giving up.
     pub retry_deadline: Duration,
     /// Wait for each reply.
     pub io_timeout: Duration,

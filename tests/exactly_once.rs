@@ -299,7 +299,7 @@ fn a_restarted_server_reports_the_same_progress_and_keeps_fins() {
     a1.store(2, one[6..].to_vec());
     assert_eq!(a1.fin(), (1, 3));
     let (mut a2, _) = Peer::hello_upload(server.addr, 2, 0xA2);
-    a2.store(1, two[..4].to_vec());
+    a2.store_at(1, 5, two[..4].to_vec());
     drop((a1, a2));
     stop_bounded(server);
 
@@ -335,7 +335,7 @@ fn a_restarted_server_reports_the_same_progress_and_keeps_fins() {
             upload: 0xA2,
             stored_seq: 1,
             stored_bets: 4,
-            stored_line: 0,
+            stored_line: 5,
             finished: false,
             drawn: false,
         }

@@ -2,10 +2,10 @@
 //! its winners; or sends a single bet; or runs an echo loop.
 //!
 //! The upload is resumable: its id is a fingerprint of the content
-//! ([`fingerprint`]), so the server's `WELCOME` tells a restarted or reconnected
+//! (`fingerprint`), so the server's `WELCOME` tells a restarted or reconnected
 //! client how much of *this* upload is stored, and the client goes on from there
-//! (after the file line of the last stored bet, [`upload`]). A dropped connection
-//! or a transient server error starts a new session after a backoff ([`retry`])
+//! (after the file line of the last stored bet, `upload`). A dropped connection
+//! or a transient server error starts a new session after a backoff (`retry`)
 //! until `server.retry_deadline` passes without a session that made progress (a
 //! `WELCOME` alone is none).
 //!
