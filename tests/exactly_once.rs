@@ -751,3 +751,67 @@ fn a_storage_path_that_is_not_a_regular_file_is_refused_at_once() {
         );
     }
 }
+
+// ------------------------------------------------------------------ adopted bets
+
+/// Regression: bets adopted from a journal-less bets file (an older run) were a
+/// conflict for every upload, so their agency could never finish and the draw never
+/// ran. They are now the first bets of whatever upload goes on.
+#[test]
+fn bets_adopted_from_an_older_run_are_resumed_by_the_agencys_upload() {
+    let dir = TempDir::new("eo-adopted");
+    let data = bets("8", 10);
+    let config = server_config(dir.path(), 1);
+    // An older run stored the first 4 bets, with no journal beside the file.
+    let rows: String = data[..4]
+        .iter()
+        .map(|b| {
+            format!(
+                "1,{},{},{},{},{}\n",
+                b.first_name,
+                b.last_name,
+                b.document,
+                b.birthdate.format("%Y-%m-%d"),
+                b.number
+            )
+        })
+        .collect();
+    fs::write(&config.storage_path, rows).expect("write the old bets file");
+    let server = TestServer::start(config.clone());
+    let (mut peer, progress) = Peer::hello_upload(server.addr, 1, 0xF11E);
+    println!("adopted: WELCOME {progress:?}");
+    assert_eq!(
+        (
+            progress.upload,
+            progress.stored_seq,
+            progress.stored_bets,
+            progress.stored_line
+        ),
+        (0xF11E, 0, 4, 0),
+        "adopted bets are reported under the asking upload"
+    );
+    peer.store_at(1, 10, data[4..].to_vec());
+    assert_eq!(peer.fin(), (1, 1));
+    assert_eq!(sorted(&peer.winners()), winners_of(&data));
+    assert_eq!(
+        server.stored(),
+        rows_of(1, &data),
+        "every bet once, in order"
+    );
+    drop(peer);
+    stop_bounded(server);
+
+    // After a restart the agency's bets belong to that upload.
+    let server = TestServer::start(config);
+    let (_peer, progress) = Peer::hello_upload(server.addr, 1, 0xF11E);
+    assert_eq!(
+        (
+            progress.upload,
+            progress.stored_seq,
+            progress.stored_bets,
+            progress.stored_line
+        ),
+        (0xF11E, 1, 10, 10)
+    );
+    stop_bounded(server);
+}

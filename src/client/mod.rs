@@ -7,7 +7,11 @@
 //! (after the file line of the last stored bet, `upload`). A dropped connection
 //! or a transient server error starts a new session after a backoff (`retry`)
 //! until `server.retry_deadline` passes without a session that made progress (a
-//! `WELCOME` alone is none).
+//! `WELCOME` alone is none, nor is a `FIN_ACK` of an agency already finished).
+//!
+//! The file is fingerprinted again at the start of every session and once more
+//! before `FIN`: a file that changed during the run is never resumed by line numbers
+//! that belong to its old content ([`ClientError::FileChanged`]).
 //!
 //! [`run`] blocks until the work is done, fails, or `shutdown` is triggered (which shuts
 //! the stream down so that any blocked read or write returns at once, and cuts any
@@ -20,6 +24,7 @@ mod upload;
 
 use std::fmt;
 use std::io;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::agency_file::{AgencyFile, AgencyFileError};
@@ -124,13 +129,33 @@ pub enum ClientError {
         /// Bets the file has to send.
         sendable: u64,
     },
+    /// The agency file is not what it was when the run fingerprinted it: resuming by
+    /// its line numbers would store a bet twice or lose one, so nothing more is sent.
+    FileChanged {
+        /// The agency file.
+        path: PathBuf,
+        /// The run's upload id (the file's fingerprint when the run started).
+        was: u64,
+        /// The file's fingerprint now.
+        now: u64,
+    },
+    /// The agency already finished (its `FIN` is recorded) without bets of this file:
+    /// they cannot be stored any more (its winners were still fetched).
+    FinishedNotStored {
+        /// The agency.
+        agency: AgencyId,
+        /// Valid bets of the file after what the server stored.
+        unsent: u64,
+        /// The file line of the first of them.
+        from_line: u64,
+    },
     /// Another client process of the same agency said `HELLO` and took over.
     Superseded {
         /// The agency.
         agency: AgencyId,
     },
-    /// No session made progress (a batch acknowledged, a `FIN_ACK`, the winners) for
-    /// `server.retry_deadline`.
+    /// No session made progress (a batch acknowledged, the `FIN_ACK` of an agency that
+    /// had not finished, the winners) for `server.retry_deadline`.
     RetryDeadline {
         /// The deadline.
         deadline: Duration,
@@ -199,6 +224,22 @@ impl fmt::Display for ClientError {
                 f,
                 "agency {agency} has {stored_bets} bets of this file stored, but the file \
                  has only {sendable} valid bets to send; was it changed?"
+            ),
+            ClientError::FileChanged { path, was, now } => write!(
+                f,
+                "the agency file {} changed during the upload (fingerprint {was:016x}, now \
+                 {now:016x}); nothing more is sent — restore the file and run again: it \
+                 resumes",
+                path.display()
+            ),
+            ClientError::FinishedNotStored {
+                agency,
+                unsent,
+                from_line,
+            } => write!(
+                f,
+                "agency {agency} already finished; {unsent} bets of this file from line \
+                 {from_line} on are not stored"
             ),
             ClientError::Superseded { agency } => write!(
                 f,
@@ -275,8 +316,17 @@ struct Run<'a> {
     /// This run's upload id (see `Message::Hello`).
     upload: u64,
     /// Bets the server acknowledged in this run, over all sessions (logged when a
-    /// connection closes, so a stopped or failed run tells how much it stored).
+    /// connection closes, so a stopped or failed run tells how much it stored). Each
+    /// batch counts once, also when it is acknowledged again as a replay.
     acked: u64,
+    /// The highest `seq` whose acknowledgement is counted in `acked`.
+    acked_through: u64,
+    /// Sessions of this run so far (the first needs no new fingerprint: the run just
+    /// took it).
+    sessions: u64,
+    /// How long the current session waited for a held `WINNERS_QUERY` (no failing
+    /// time, see `Retrier::held`).
+    held: Duration,
     /// Invalid lines of the last complete pass over the file.
     skipped: Option<u64>,
     /// Bad lines up to this line number were already logged in this run.
@@ -306,6 +356,9 @@ impl<'a> Run<'a> {
             work,
             upload,
             acked: 0,
+            acked_through: 0,
+            sessions: 0,
+            held: Duration::ZERO,
             skipped: None,
             reported_through: 0,
             pending: None,
@@ -327,6 +380,7 @@ impl<'a> Run<'a> {
         let mut retrier = Retrier::new(deadline);
         loop {
             self.progressed = false;
+            self.held = Duration::ZERO;
             let budget = self
                 .config
                 .connect_timeout
@@ -340,6 +394,7 @@ impl<'a> Run<'a> {
             };
             // Only progress restarts the deadline: a server that welcomes every session
             // and fails every request must not keep the client retrying forever.
+            retrier.held(self.held);
             let Some(delay) = retrier.failed(self.progressed, Instant::now()) else {
                 return Err(ClientError::RetryDeadline {
                     deadline,
@@ -367,7 +422,7 @@ impl<'a> Run<'a> {
     }
 
     /// Bets or single-bet mode: sessions until the work is done.
-    fn upload(mut self) -> Result<Outcome, ClientError> {
+    fn upload(&mut self) -> Result<Outcome, ClientError> {
         Ok(self
             .with_retries(Run::session)?
             .unwrap_or(Outcome::Interrupted))
@@ -376,6 +431,11 @@ impl<'a> Run<'a> {
     /// One session: connect, `HELLO`, then whatever the `WELCOME` says is left.
     fn session(&mut self, connect_timeout: Duration) -> Result<Outcome, ClientError> {
         let config = self.config;
+        self.sessions += 1;
+        if matches!(self.work, Work::Bets) && self.sessions > 1 {
+            // Before HELLO: the WELCOME's line numbers must be those of this content.
+            self.check_file()?;
+        }
         let mut session = Session::connect(
             &config.server_address,
             config.id,
@@ -403,6 +463,45 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Fails with [`ClientError::FileChanged`] unless the agency file still has the
+    /// run's upload id as its fingerprint.
+    fn check_file(&self) -> Result<(), ClientError> {
+        let path = &self.config.data;
+        let now = fingerprint::of_file(path).map_err(|source| {
+            ClientError::AgencyFile(AgencyFileError {
+                path: path.clone(),
+                line: 0,
+                source,
+            })
+        })?;
+        if now == self.upload {
+            Ok(())
+        } else {
+            Err(ClientError::FileChanged {
+                path: path.clone(),
+                was: self.upload,
+                now,
+            })
+        }
+    }
+
+    /// Sends batch `seq` and counts its acknowledgement (once per `seq` in a run).
+    fn send_batch(
+        &mut self,
+        session: &mut Session,
+        seq: u64,
+        line: u64,
+        bets: Vec<Bet>,
+    ) -> Result<(), ClientError> {
+        let acked = session.send_batch(seq, line, bets)?;
+        if seq > self.acked_through {
+            self.acked_through = seq;
+            self.acked += acked;
+        }
+        self.progressed = true;
+        Ok(())
+    }
+
     fn conflict(&self, welcome: &Welcome) -> ClientError {
         ClientError::UploadConflict {
             agency: self.config.id,
@@ -413,9 +512,11 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Whether the agency's stored bets belong to another upload.
+    /// Whether the agency's stored bets belong to another upload. Upload 0 is none:
+    /// bets adopted from an old bets file (the server reports them as this upload's,
+    /// to be skipped by count; an older server reported 0).
     fn is_conflict(&self, welcome: &Welcome) -> bool {
-        welcome.upload != self.upload && welcome.stored_bets > 0
+        welcome.upload != self.upload && welcome.upload != 0 && welcome.stored_bets > 0
     }
 
     fn single_bet(
@@ -432,8 +533,7 @@ impl<'a> Run<'a> {
         } else {
             let seq = welcome.stored_seq.saturating_add(1);
             // Line 0: the bet comes from no file.
-            self.acked += session.send_batch(seq, 0, vec![bet.clone()])?;
-            self.progressed = true;
+            self.send_batch(session, seq, 0, vec![bet.clone()])?;
         }
         log::info!(
             "action: apuesta_enviada | result: success | dni: {} | numero: {}",
@@ -455,18 +555,26 @@ impl<'a> Run<'a> {
                     sanitize(&conflict.to_string())
                 );
                 self.pending.get_or_insert(conflict);
-            } else {
-                log::info!(
-                    "action: upload | result: success | client_id: {id} | resumed: already finished"
+            } else if let Err(failure) = self.check_finished(welcome) {
+                // The bets cannot be stored any more; the winners are still fetched.
+                log::error!(
+                    "action: upload | result: fail | client_id: {id} | error: {}",
+                    sanitize(&failure.to_string())
                 );
+                self.pending.get_or_insert(failure);
             }
-            return self.finish(session);
+            return self.finish(session, welcome);
         }
         if self.is_conflict(welcome) {
             return Err(self.conflict(welcome));
         }
         match self.stream_file(session, welcome) {
-            Ok(Some(skipped)) => self.skipped = Some(skipped),
+            Ok(Some(skipped)) => {
+                self.skipped = Some(skipped);
+                // Every batch is acknowledged: were they all read from the content
+                // the upload id names? If not, no FIN (the run can still be mended).
+                self.check_file()?;
+            }
             Ok(None) => return Ok(Outcome::Interrupted),
             Err(
                 refused @ ClientError::Refused {
@@ -484,7 +592,37 @@ impl<'a> Run<'a> {
             }
             Err(e) => return Err(e),
         }
-        self.finish(session)
+        self.finish(session, welcome)
+    }
+
+    /// The agency finished with this upload: goes over the file as a resumed upload
+    /// would, sending nothing, and fails when bets would still be left to send (they
+    /// are not stored and cannot be any more). Records the file's invalid lines.
+    fn check_finished(&mut self, welcome: &Welcome) -> Result<(), ClientError> {
+        let config = self.config;
+        let id = config.id;
+        let file = AgencyFile::open(&config.data, bet::today()).map_err(ClientError::AgencyFile)?;
+        let mut reported = self.reported_through;
+        let counted = {
+            let mut items = Sendable::new(file, id, &config.data, &mut reported);
+            count_unsent(&mut items, welcome)
+                .map(|(unsent, from_line)| (unsent, from_line, items.skipped()))
+        };
+        self.reported_through = reported;
+        let (unsent, from_line, skipped) = counted?;
+        self.skipped = Some(skipped);
+        if unsent > 0 {
+            return Err(ClientError::FinishedNotStored {
+                agency: id,
+                unsent,
+                from_line,
+            });
+        }
+        log::info!(
+            "action: upload | result: success | client_id: {id} | resumed: already finished | stored_bets: {} | skipped: {skipped}",
+            welcome.stored_bets
+        );
+        Ok(())
     }
 
     /// Re-reads the agency file, skips what the server stored and sends the rest.
@@ -538,8 +676,7 @@ impl<'a> Run<'a> {
                 },
             };
             seq += 1;
-            self.acked += session.send_batch(seq, batch.line, batch.bets)?;
-            self.progressed = true;
+            self.send_batch(session, seq, batch.line, batch.bets)?;
             if self.last_progress.elapsed() >= PROGRESS_EVERY {
                 self.last_progress = Instant::now();
                 log::info!(
@@ -562,11 +699,19 @@ impl<'a> Run<'a> {
     }
 
     /// `FIN` and the winners; then the pending failure, if any.
-    fn finish(&mut self, session: &mut Session) -> Result<Outcome, ClientError> {
+    fn finish(&mut self, session: &mut Session, welcome: &Welcome) -> Result<Outcome, ClientError> {
         session.finish()?;
-        // The FIN is recorded: progress, also when the wait for the draw breaks.
+        if !welcome.finished {
+            // The FIN is newly recorded: progress, also when the wait for the draw
+            // breaks. A FIN the server had already is none (a server that fails every
+            // WINNERS_QUERY must not keep the client retrying forever).
+            self.progressed = true;
+        }
+        let waiting = Instant::now();
+        let winners = session.winners();
+        self.held = waiting.elapsed();
+        let winners = winners?;
         self.progressed = true;
-        let winners = session.winners()?;
         log::info!(
             "action: consulta_ganadores | result: success | cant_ganadores: {}",
             winners.len()
@@ -621,6 +766,28 @@ impl<'a> Run<'a> {
         log::info!("action: loop_finished | result: success | client_id: {id}");
         Ok(Outcome::Completed { skipped: 0 })
     }
+}
+
+/// Skips what `welcome` says is stored and counts the bets left: how many, and the
+/// file line of the first (0: none).
+fn count_unsent<I>(
+    items: &mut Sendable<'_, I>,
+    welcome: &Welcome,
+) -> Result<(u64, u64), ClientError>
+where
+    I: Iterator<Item = Result<crate::agency_file::Line, AgencyFileError>>,
+{
+    upload::resume(items, Resume::new(welcome.stored_line, welcome.stored_bets))?;
+    let mut unsent = 0;
+    let mut from_line = 0;
+    for item in items {
+        let item = item.map_err(ClientError::AgencyFile)?;
+        if unsent == 0 {
+            from_line = item.line;
+        }
+        unsent += 1;
+    }
+    Ok((unsent, from_line))
 }
 
 /// Logs where a resumed upload goes on, as the `WELCOME` says.
@@ -816,6 +983,422 @@ mod tests {
         );
     }
 
+    /// What a stateful fake server saw.
+    #[derive(Debug, Default, Clone)]
+    struct Seen {
+        /// `(seq, line, documents)` of every batch stored (replays included).
+        batches: Vec<(u64, u64, Vec<String>)>,
+        fins: u32,
+        queries: u32,
+        sessions: u32,
+    }
+
+    /// The durable state of a fake server's one agency.
+    #[derive(Debug, Default, Clone)]
+    struct Stored {
+        upload: u64,
+        seq: u64,
+        bets: u64,
+        line: u64,
+        finished: bool,
+    }
+
+    /// A fake server that stores batches like the real one (next seq only, WELCOME
+    /// from its state) and calls `hook(seen, seq)` before answering each batch: the
+    /// hook returns whether to acknowledge it (`false`: close the connection, the
+    /// batch stored but its ACK lost). `WINNERS_QUERY` gets `winners_reply`.
+    fn stateful_server(
+        initial: Stored,
+        winners_reply: Message,
+        hook: impl Fn(&Seen, u64) -> bool + Send + 'static,
+    ) -> (String, Arc<Mutex<Seen>>, Arc<Mutex<Stored>>) {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let state = Arc::new(Mutex::new(initial));
+        let (seen_, state_) = (Arc::clone(&seen), Arc::clone(&state));
+        let address = fake_server(move |conn| {
+            seen_.lock().expect("lock").sessions += 1;
+            while let Ok(Some(message)) = conn.read_message() {
+                let reply = match message {
+                    Message::Hello { upload, .. } => {
+                        let mut st = state_.lock().expect("lock");
+                        if st.bets == 0 {
+                            st.upload = upload;
+                        }
+                        Message::Welcome {
+                            agency: 1,
+                            upload: st.upload,
+                            stored_seq: st.seq,
+                            stored_bets: st.bets,
+                            stored_line: st.line,
+                            finished: st.finished,
+                            drawn: false,
+                        }
+                    }
+                    Message::Bets { seq, line, bets } => {
+                        let documents: Vec<String> =
+                            bets.iter().map(|b| b.document.clone()).collect();
+                        let count = u16::try_from(bets.len()).unwrap_or(u16::MAX);
+                        {
+                            let mut st = state_.lock().expect("lock");
+                            assert!(seq == st.seq + 1 || seq == st.seq, "seq {seq}");
+                            if seq == st.seq + 1 {
+                                st.seq = seq;
+                                st.bets += u64::from(count);
+                                st.line = line;
+                            }
+                        }
+                        let ack = {
+                            let mut seen = seen_.lock().expect("lock");
+                            seen.batches.push((seq, line, documents));
+                            hook(&seen, seq)
+                        };
+                        if !ack {
+                            return;
+                        }
+                        Message::BetsAck { seq, count }
+                    }
+                    Message::Fin => {
+                        seen_.lock().expect("lock").fins += 1;
+                        state_.lock().expect("lock").finished = true;
+                        Message::FinAck {
+                            finished: 1,
+                            agencies: 1,
+                        }
+                    }
+                    Message::WinnersQuery => {
+                        seen_.lock().expect("lock").queries += 1;
+                        winners_reply.clone()
+                    }
+                    other => panic!("{other:?}"),
+                };
+                if conn.write_message(&reply).is_err() {
+                    return;
+                }
+            }
+        });
+        (address, seen, state)
+    }
+
+    fn no_winners() -> Message {
+        Message::Winners {
+            last: true,
+            documents: Vec::new(),
+        }
+    }
+
+    fn documents(seen: &Seen) -> Vec<String> {
+        seen.batches
+            .iter()
+            .flat_map(|(_, _, d)| d.iter().cloned())
+            .collect()
+    }
+
+    const FOUR: &str = "Ana,Paz,1,1990-01-01,1\n\
+                        Bea,Paz,2,1990-01-01,2\n\
+                        Cid,Paz,3,1990-01-01,3\n\
+                        Dan,Paz,4,1990-01-01,4\n";
+
+    #[test]
+    fn a_file_changed_between_sessions_is_not_resumed() {
+        // The reviewer's repro: the server dies after storing batch 1 (lines 1–2)
+        // and batch 2 (ACK lost); a line is added at the top of the file meanwhile.
+        let data = agency_file("changed-between", FOUR);
+        let was = fingerprint::of_file(&data).expect("reads");
+        let path = data.clone();
+        let (address, seen, _) = stateful_server(Stored::default(), no_winners(), move |_, seq| {
+            if seq == 2 {
+                let text = format!("New,Paz,9,1990-01-01,9\n{FOUR}");
+                std::fs::write(&path, text).expect("rewrite");
+                return false;
+            }
+            true
+        });
+        let config = config(address, data.clone(), Duration::from_secs(5));
+        let result = run(&config, &Shutdown::new());
+        let now = fingerprint::of_file(&data).expect("reads");
+        let _ = std::fs::remove_file(&data);
+        match result {
+            Err(ClientError::FileChanged {
+                path,
+                was: w,
+                now: n,
+            }) => {
+                assert_eq!((path, w, n), (data.clone(), was, now));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!retry::is_retryable(&ClientError::FileChanged {
+            path: data,
+            was,
+            now
+        }));
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(documents(&seen), ["1", "2", "3", "4"], "nothing sent twice");
+        assert_eq!(seen.sessions, 1, "no HELLO with the changed file");
+        assert_eq!(seen.fins, 0);
+    }
+
+    #[test]
+    fn a_file_changed_during_the_last_pass_gets_no_fin() {
+        let data = agency_file("changed-during", FOUR);
+        let path = data.clone();
+        let (address, seen, _) = stateful_server(Stored::default(), no_winners(), move |_, seq| {
+            if seq == 2 {
+                std::fs::write(&path, FOUR.replace("Dan", "Don")).expect("rewrite");
+            }
+            true
+        });
+        let config = config(address, data.clone(), Duration::from_secs(5));
+        let result = run(&config, &Shutdown::new());
+        let _ = std::fs::remove_file(&data);
+        match &result {
+            Err(ClientError::FileChanged { was, now, .. }) => assert_ne!(was, now),
+            other => panic!("{other:?}"),
+        }
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen.fins, 0, "nothing more is sent");
+        assert_eq!(seen.queries, 0);
+        // An unchanged file goes on to FIN as before.
+        let data = agency_file("unchanged", FOUR);
+        let (address, seen, _) = stateful_server(Stored::default(), no_winners(), |_, _| true);
+        let unchanged = self::config(address, data.clone(), Duration::from_secs(5));
+        let result = run(&unchanged, &Shutdown::new());
+        let _ = std::fs::remove_file(&data);
+        assert_eq!(result.ok(), Some(Outcome::Completed { skipped: 0 }));
+        assert_eq!(seen.lock().expect("lock").fins, 1);
+    }
+
+    /// Runs the client against a server that holds `stored` for the run's upload
+    /// (finished), with `text` as the agency file.
+    fn run_finished(
+        name: &str,
+        text: &str,
+        stored: impl FnOnce(u64) -> Stored,
+    ) -> (Result<Outcome, ClientError>, Seen) {
+        let data = agency_file(name, text);
+        let upload = fingerprint::of_file(&data).expect("reads");
+        let (address, seen, _) = stateful_server(stored(upload), no_winners(), |_, _| true);
+        let config = config(address, data.clone(), Duration::from_secs(5));
+        let result = run(&config, &Shutdown::new());
+        let _ = std::fs::remove_file(&data);
+        let seen = seen.lock().expect("lock").clone();
+        (result, seen)
+    }
+
+    #[test]
+    fn an_agency_finished_without_the_bets_of_this_file_fails_but_gets_its_winners() {
+        // Run 1 had every line invalid: nothing stored, FIN recorded (an upload of
+        // no bets is nobody's: the server reports the HELLO's own).
+        let (result, seen) = run_finished("finished-empty", FOUR, |upload| Stored {
+            upload,
+            finished: true,
+            ..Stored::default()
+        });
+        match result {
+            Err(e @ ClientError::FinishedNotStored { .. }) => assert_eq!(
+                e.to_string(),
+                "agency 1 already finished; 4 bets of this file from line 1 on are not stored"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!((seen.batches.len(), seen.fins, seen.queries), (0, 1, 1));
+        // Stored through line 2, line 3 invalid: line 4 is missing.
+        let text = FOUR.replace("Cid,Paz,3", "Cid,Paz,x");
+        let (result, seen) = run_finished("finished-part", &text, |upload| Stored {
+            upload,
+            seq: 1,
+            bets: 2,
+            line: 2,
+            finished: true,
+        });
+        match result {
+            Err(ClientError::FinishedNotStored {
+                agency: 1,
+                unsent: 1,
+                from_line: 4,
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!((seen.batches.len(), seen.queries), (0, 1));
+        // Adopted bets (no line): the first 3 valid bets are stored, 1 is not.
+        let (result, _) = run_finished("finished-adopted", FOUR, |upload| Stored {
+            upload,
+            bets: 3,
+            finished: true,
+            ..Stored::default()
+        });
+        assert!(
+            matches!(
+                result,
+                Err(ClientError::FinishedNotStored {
+                    unsent: 1,
+                    from_line: 4,
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn an_agency_finished_with_all_of_this_file_succeeds_and_counts_invalid_lines() {
+        // Lines 1–4 stored; line 5 invalid.
+        let text = format!("{FOUR}bad line\n");
+        let (result, seen) = run_finished("finished-all", &text, |upload| Stored {
+            upload,
+            seq: 2,
+            bets: 4,
+            line: 4,
+            finished: true,
+        });
+        assert_eq!(result.ok(), Some(Outcome::Completed { skipped: 1 }));
+        assert_eq!((seen.batches.len(), seen.fins, seen.queries), (0, 1, 1));
+        let (result, _) = run_finished("finished-all-lf", FOUR, |upload| Stored {
+            upload,
+            seq: 2,
+            bets: 4,
+            line: 4,
+            finished: true,
+        });
+        assert_eq!(result.ok(), Some(Outcome::Completed { skipped: 0 }));
+    }
+
+    #[test]
+    fn winners_that_keep_failing_are_given_up_on() {
+        let data = agency_file("winners-internal", FOUR);
+        let internal = Message::Error {
+            code: ErrorCode::Internal,
+            reason: "cannot read the draw".into(),
+        };
+        let (address, seen, _) = stateful_server(Stored::default(), internal, |_, _| true);
+        let config = config(address, data.clone(), Duration::from_secs(1));
+        let shutdown = Shutdown::new();
+        let (done, finished) = std::sync::mpsc::channel();
+        let runner = {
+            let shutdown = shutdown.clone();
+            std::thread::spawn(move || {
+                let result = run(&config, &shutdown);
+                let _ = done.send(());
+                result
+            })
+        };
+        // Before the fix it retries forever: stop it after a while.
+        let gave_up = finished.recv_timeout(Duration::from_secs(8)).is_ok();
+        shutdown.trigger();
+        let result = runner.join().expect("the client thread");
+        let _ = std::fs::remove_file(&data);
+        assert!(gave_up, "still retrying after 8 s: {result:?}");
+        match result {
+            Err(ClientError::RetryDeadline { last_error, .. }) => assert!(
+                matches!(
+                    *last_error,
+                    ClientError::Refused {
+                        code: ErrorCode::Internal,
+                        ..
+                    }
+                ),
+                "{last_error}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(documents(&seen), ["1", "2", "3", "4"]);
+        assert!(seen.queries >= 2, "it did retry");
+    }
+
+    #[test]
+    fn bets_adopted_under_upload_zero_are_skipped_by_count_not_a_conflict() {
+        // An older server reports adopted bets as upload 0, no seq, no line.
+        let data = agency_file("adopted", FOUR);
+        let (address, seen, _) = stateful_server(
+            Stored {
+                upload: 0,
+                bets: 3,
+                ..Stored::default()
+            },
+            no_winners(),
+            |_, _| true,
+        );
+        let config = config(address, data.clone(), Duration::from_secs(5));
+        let result = run(&config, &Shutdown::new());
+        let _ = std::fs::remove_file(&data);
+        assert_eq!(result.ok(), Some(Outcome::Completed { skipped: 0 }));
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen.batches, [(1, 4, vec!["4".to_string()])]);
+    }
+
+    #[test]
+    fn a_batch_acknowledged_again_as_a_replay_counts_once() {
+        // Batches 1 and 2 are acknowledged, then the connection breaks; the next
+        // WELCOME says only batch 1 is stored, so batch 2 goes again and is
+        // acknowledged again.
+        let data = agency_file("replay", FOUR);
+        let (address, seen, state) = stateful_server(Stored::default(), no_winners(), |_, _| true);
+        let rewind = Arc::clone(&state);
+        let once = Arc::new(Mutex::new(false));
+        let address = {
+            // A proxy in front: after the second ACK it breaks the connection and
+            // rewinds the state to batch 1 (keeping the upload).
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let proxy = listener.local_addr().expect("address").to_string();
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    let Ok(client) = client else { return };
+                    let Ok(mut client) = Connection::new(client) else {
+                        return;
+                    };
+                    let Ok(server) = std::net::TcpStream::connect(&address) else {
+                        return;
+                    };
+                    let Ok(mut server) = Connection::new(server) else {
+                        return;
+                    };
+                    while let Ok(Some(message)) = client.read_message() {
+                        if server.write_message(&message).is_err() {
+                            break;
+                        }
+                        let Ok(Some(reply)) = server.read_message() else {
+                            break;
+                        };
+                        if client.write_message(&reply).is_err() {
+                            break;
+                        }
+                        let mut once = once.lock().expect("lock");
+                        if matches!(reply, Message::BetsAck { seq: 2, .. }) && !*once {
+                            *once = true;
+                            let mut st = rewind.lock().expect("lock");
+                            st.seq = 1;
+                            st.bets = 2;
+                            st.line = 2;
+                            break;
+                        }
+                    }
+                }
+            });
+            proxy
+        };
+        let config = config(address, data.clone(), Duration::from_secs(5));
+        let shutdown = Shutdown::new();
+        let mut run = Run::new(
+            &config,
+            &shutdown,
+            Work::Bets,
+            fingerprint::of_file(&data).expect("reads"),
+        );
+        let result = run.upload();
+        let _ = std::fs::remove_file(&data);
+        assert_eq!(result.ok(), Some(Outcome::Completed { skipped: 0 }));
+        let seqs: Vec<u64> = seen
+            .lock()
+            .expect("lock")
+            .batches
+            .iter()
+            .map(|b| b.0)
+            .collect();
+        assert_eq!(seqs, [1, 2, 2]);
+        assert_eq!(run.acked, 4, "batch 2 counted once");
+    }
+
     #[test]
     fn errors_read_clearly() {
         let conflict = ClientError::UploadConflict {
@@ -850,5 +1433,16 @@ mod tests {
             "{text}"
         );
         assert!(std::error::Error::source(&deadline).is_some());
+        assert_eq!(
+            ClientError::FileChanged {
+                path: PathBuf::from("/data/agency-1.csv"),
+                was: 0xab,
+                now: 0xcd,
+            }
+            .to_string(),
+            "the agency file /data/agency-1.csv changed during the upload (fingerprint \
+             00000000000000ab, now 00000000000000cd); nothing more is sent — restore the \
+             file and run again: it resumes"
+        );
     }
 }

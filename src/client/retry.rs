@@ -160,10 +160,21 @@ impl Retrier {
         self.backoff.attempt()
     }
 
+    /// The last session waited `held` for the server to answer a held request (the
+    /// `WINNERS_QUERY`, which the server holds until the draw). While it waited the
+    /// server was doing what the protocol says, so that time is no failing time: a
+    /// client whose wait for the draw breaks twice is not given up on for the length
+    /// of the wait. It is no progress either: a server that answers at once with an
+    /// error adds next to nothing.
+    pub fn held(&mut self, held: Duration) {
+        self.clock.held(held);
+    }
+
     /// A session failed (in a retryable way) at `now`. `progressed` says whether it
-    /// made progress first — a batch acknowledged, a `FIN_ACK`, the winners — and only
-    /// then do the deadline clock and the backoff start over: a `WELCOME` alone is no
-    /// progress (a server that welcomes and then fails every request is not working).
+    /// made progress first — a batch acknowledged, the `FIN_ACK` of an agency not yet
+    /// finished, the winners — and only then do the deadline clock and the backoff
+    /// start over: a `WELCOME` alone is no progress (a server that welcomes and then
+    /// fails every request is not working), nor is a `FIN` the server already had.
     /// Returns how long to wait before the next session, or `None` when the deadline
     /// has passed.
     pub fn failed(&mut self, progressed: bool, now: Instant) -> Option<Duration> {
@@ -195,6 +206,13 @@ impl RetryClock {
     /// A session made progress: the next failure starts the clock anew.
     pub fn progressed(&mut self) {
         self.failing_since = None;
+    }
+
+    /// `held` of the time since the first failure was a healthy wait: it does not count.
+    pub fn held(&mut self, held: Duration) {
+        if let Some(since) = self.failing_since {
+            self.failing_since = Some(since.checked_add(held).unwrap_or(since));
+        }
     }
 
     /// Records a failure at `now`; returns the time left before giving up, or `None`
@@ -331,6 +349,31 @@ mod tests {
     }
 
     #[test]
+    fn time_spent_in_a_held_query_is_no_failing_time_and_no_progress() {
+        let deadline = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let mut retrier = Retrier::new(deadline);
+        assert!(retrier.failed(false, t0).is_some());
+        // The next session waited 10 s for the draw, then broke: 0.5 s of failing time.
+        retrier.held(Duration::from_secs(10));
+        let left = retrier
+            .failed(false, t0 + Duration::from_millis(10_500))
+            .expect("the wait does not count");
+        assert!(left <= Duration::from_millis(500), "{left:?}");
+        assert_eq!(retrier.attempt(), 2, "no progress: the backoff goes on");
+        // Sessions answered at once (held for next to nothing) run out the deadline.
+        retrier.held(Duration::from_millis(1));
+        assert_eq!(
+            retrier.failed(false, t0 + Duration::from_millis(11_100)),
+            None
+        );
+        // Before any failure there is nothing to shift.
+        let mut clock = RetryClock::new(deadline);
+        clock.held(Duration::from_secs(10));
+        assert_eq!(clock.failed(t0), Some(deadline));
+    }
+
+    #[test]
     fn every_error_code_is_classified() {
         let retryable = [
             ErrorCode::ShuttingDown,
@@ -408,6 +451,16 @@ mod tests {
             ClientError::Unexpected {
                 stage: "x",
                 got: "Fin".into(),
+            },
+            ClientError::FileChanged {
+                path: "f.csv".into(),
+                was: 1,
+                now: 2,
+            },
+            ClientError::FinishedNotStored {
+                agency: 1,
+                unsent: 3,
+                from_line: 7,
             },
         ] {
             assert!(!is_retryable(&no), "{no}");

@@ -21,7 +21,9 @@ use std::sync::Mutex;
 
 use crate::bet::{AgencyId, Bet, DrawResult};
 use crate::shutdown::lock;
-use crate::storage::{self, AgencyProgress, Batch, DrawRecord, StorageError, Store, UploadId};
+use crate::storage::{
+    self, ADOPTED_UPLOAD, AgencyProgress, Batch, DrawRecord, StorageError, Store, UploadId,
+};
 
 /// What a `HELLO` learns: how far the agency's upload is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +145,9 @@ impl Ledger {
         state.owners.insert(agency, conn);
         let (stored_upload, stored_seq, stored_bets, stored_line) =
             match state.progress.get(&agency) {
+                // Bets adopted from an older, journal-less run belong to no known
+                // upload: they are taken as the first bets of whatever upload goes on.
+                Some(p) if is_adopted(p) => (upload, 0, p.bets, 0),
                 Some(p) if p.bets > 0 => (p.upload, p.last_seq, p.bets, p.last_line),
                 _ => (upload, 0, 0, 0),
             };
@@ -189,7 +194,7 @@ impl Ledger {
         let digest = storage::digest(agency, bets);
         let count = u32::try_from(bets.len()).unwrap_or(u32::MAX);
         let last = state.progress.get(&agency).cloned().unwrap_or_default();
-        if last.bets > 0 && last.upload != upload {
+        if last.bets > 0 && last.upload != upload && !is_adopted(&last) {
             return Err(Refusal::UploadConflict {
                 stored: last.upload,
                 bets: last.bets,
@@ -337,10 +342,16 @@ impl Ledger {
         self.count_finished(&state)
     }
 
-    /// The store's description for logs.
+    /// The store's description for logs (its path).
     pub fn describe(&self) -> String {
         lock(&self.state).store.describe()
     }
+}
+
+/// Whether an agency's stored bets are only bets adopted from a journal-less bets
+/// file (an older run): they belong to no known upload yet.
+fn is_adopted(progress: &AgencyProgress) -> bool {
+    progress.upload == ADOPTED_UPLOAD && progress.last_seq == 0 && progress.bets > 0
 }
 
 #[cfg(test)]
@@ -534,6 +545,44 @@ mod tests {
         // An agency with nothing stored may start any upload.
         let l = ledger(1);
         assert_eq!(l.hello(1, 6, 1).map(|w| w.upload), Some(6));
+    }
+
+    #[test]
+    fn adopted_bets_are_the_start_of_whatever_upload_goes_on() {
+        let mut recovered = Recovered::default();
+        recovered.agencies.insert(
+            1,
+            AgencyProgress {
+                upload: ADOPTED_UPLOAD,
+                bets: 5,
+                ..AgencyProgress::default()
+            },
+        );
+        recovered.bets = 5;
+        let store = MemoryStore {
+            recovered,
+            ..MemoryStore::default()
+        };
+        let l = Ledger::new(Box::new(store), 1);
+        let w = l.hello(1, 0xF11E, 1).expect("first connection");
+        assert_eq!(
+            (w.upload, w.stored_seq, w.stored_bets, w.stored_line),
+            (0xF11E, 0, 5, 0)
+        );
+        assert!(matches!(
+            l.store(1, 1, 0xF11E, 1, 9, &[bet("6", 1)]),
+            Ok(Stored::New)
+        ));
+        // From then on the agency's bets belong to that upload.
+        let w = l.hello(1, 0xBEEF, 2).expect("newer connection");
+        assert_eq!((w.upload, w.stored_bets, w.stored_line), (0xF11E, 6, 9));
+        assert!(matches!(
+            l.store(1, 2, 0xBEEF, 2, 10, &[bet("7", 1)]),
+            Err(Refusal::UploadConflict {
+                stored: 0xF11E,
+                bets: 6
+            })
+        ));
     }
 
     #[test]

@@ -238,18 +238,22 @@ impl Session<'_> {
                 self.peer
             );
         }
-        log::info!(
-            "action: hello | result: success | agency: {agency} | upload: {upload:016x} | stored_bets: {} | stored_seq: {} | finished: {} | peer: {}",
-            welcome.stored_bets,
-            welcome.stored_seq,
-            welcome.finished,
-            self.peer
-        );
-        if welcome.upload != upload {
+        if welcome.upload == upload {
+            log::info!(
+                "action: hello | result: success | agency: {agency} | upload: {upload:016x} | stored_bets: {} | stored_seq: {} | stored_line: {} | finished: {} | peer: {}",
+                welcome.stored_bets,
+                welcome.stored_seq,
+                welcome.stored_line,
+                welcome.finished,
+                self.peer
+            );
+        } else {
             log::warn!(
-                "action: hello | result: fail | agency: {agency} | upload: {upload:016x} | stored_upload: {:016x} | stored_bets: {} | reason: the agency stored bets of another upload",
+                "action: hello | result: success | agency: {agency} | upload: {upload:016x} | stored_upload: {:016x} | stored_bets: {} | finished: {} | peer: {} | note: the agency stored bets of another upload; BETS of this one are refused",
                 welcome.upload,
-                welcome.stored_bets
+                welcome.stored_bets,
+                welcome.finished,
+                self.peer
             );
         }
         self.conn.write_message(&Message::Welcome {
