@@ -18,8 +18,10 @@ demo-local:
 # Docker tests (real images, real compose, real engine).
 test: test-rust test-docker
 
+# --show-output: the fault and crash tests print their figures (kills survived, bets
+# lost, duplicates, faults injected); a passing test's output is shown after its binary.
 test-rust:
-	cargo test --locked
+	cargo test --locked -- --show-output
 
 test-docker: docker-image
 	python3 tests/docker/test_compose.py
