@@ -295,3 +295,36 @@ fn a_bad_environment_value_logs_the_config_failure_line_and_exits_2() {
     }
     assert!(!storage.exists(), "nothing was served");
 }
+
+/// Regression: with bets of agency 1 adopted from an older, journal-less bets file,
+/// the server reports them under the asking upload with no stored batch; a single
+/// bet took that for "already stored" and exited 0 without sending it.
+#[test]
+fn a_single_bet_next_to_adopted_bets_is_sent_and_stored_once() {
+    let dir = TempDir::new("e2e-single-adopted");
+    std::fs::write(
+        dir.join("bets.csv"),
+        "1,Ana,Paz,11111111,1990-01-02,1\n1,Luis,Ro,22222222,1990-01-02,2\n",
+    )
+    .expect("write the old bets file");
+    let mut server = Server::start(dir.path(), 1);
+    let mut client = single_bet(&server, "Zoe", "99999999", "7574");
+    assert_eq!(client.exit_code(), 0, "{}", client.dump());
+    // Run again: now it is stored (its batch is in the journal) and not sent twice.
+    let mut again = single_bet(&server, "Zoe", "99999999", "7574");
+    assert_eq!(again.exit_code(), 0, "{}", again.dump());
+    server.stop();
+    let stored = stored_multiset(&server.storage);
+    let zoe = single_row("Zoe", "99999999", 7574);
+    println!(
+        "single bet next to adopted bets: {} rows stored, the bet {} time(s)",
+        stored.values().sum::<usize>(),
+        stored.get(&zoe).copied().unwrap_or(0)
+    );
+    assert_eq!(
+        stored.get(&zoe),
+        Some(&1),
+        "the single bet is stored exactly once"
+    );
+    assert_eq!(stored.values().sum::<usize>(), 3);
+}

@@ -228,8 +228,9 @@ impl fmt::Display for ClientError {
             ClientError::FileChanged { path, was, now } => write!(
                 f,
                 "the agency file {} changed during the upload (fingerprint {was:016x}, now \
-                 {now:016x}); nothing more is sent — restore the file and run again: it \
-                 resumes",
+                 {now:016x}); nothing more is sent and FIN is not sent — restore the \
+                 file and run again to resume (bets already sent from the changed \
+                 content stay stored)",
                 path.display()
             ),
             ClientError::FinishedNotStored {
@@ -338,6 +339,11 @@ struct Run<'a> {
     ever_welcomed: bool,
     /// The current session got a batch acknowledged, a `FIN_ACK` or the winners.
     progressed: bool,
+    /// This run got a `FIN_ACK`: its upload is complete and checked, so a later
+    /// session (the wait for the draw broke) only fetches the winners — it neither
+    /// re-checks the file (which may have been edited since) nor re-counts bets that a
+    /// date change made valid.
+    fin_acked: bool,
     started: Instant,
     last_progress: Instant,
 }
@@ -364,6 +370,7 @@ impl<'a> Run<'a> {
             pending: None,
             ever_welcomed: false,
             progressed: false,
+            fin_acked: false,
             started: now,
             last_progress: now,
         }
@@ -432,7 +439,7 @@ impl<'a> Run<'a> {
     fn session(&mut self, connect_timeout: Duration) -> Result<Outcome, ClientError> {
         let config = self.config;
         self.sessions += 1;
-        if matches!(self.work, Work::Bets) && self.sessions > 1 {
+        if matches!(self.work, Work::Bets) && self.sessions > 1 && !self.fin_acked {
             // Before HELLO: the WELCOME's line numbers must be those of this content.
             self.check_file()?;
         }
@@ -525,8 +532,10 @@ impl<'a> Run<'a> {
         welcome: &Welcome,
         bet: &Bet,
     ) -> Result<Outcome, ClientError> {
-        if welcome.upload == self.upload && welcome.stored_bets >= 1 {
-            // Stored by an earlier session or run (its acknowledgement was lost).
+        if welcome.upload == self.upload && welcome.stored_seq >= 1 {
+            // Stored by an earlier session or run (its acknowledgement was lost). Bets
+            // reported with no stored batch (adopted from an older, journal-less
+            // bets file) are not this bet: it is sent below.
             log_resume(self.config.id, welcome);
         } else if self.is_conflict(welcome) {
             return Err(self.conflict(welcome));
@@ -555,6 +564,8 @@ impl<'a> Run<'a> {
                     sanitize(&conflict.to_string())
                 );
                 self.pending.get_or_insert(conflict);
+            } else if self.fin_acked {
+                // This run finished the upload itself; only the winners are left.
             } else if let Err(failure) = self.check_finished(welcome) {
                 // The bets cannot be stored any more; the winners are still fetched.
                 log::error!(
@@ -701,6 +712,7 @@ impl<'a> Run<'a> {
     /// `FIN` and the winners; then the pending failure, if any.
     fn finish(&mut self, session: &mut Session, welcome: &Welcome) -> Result<Outcome, ClientError> {
         session.finish()?;
+        self.fin_acked = true;
         if !welcome.finished {
             // The FIN is newly recorded: progress, also when the wait for the draw
             // breaks. A FIN the server had already is none (a server that fails every
@@ -1307,6 +1319,61 @@ mod tests {
     }
 
     #[test]
+    fn after_its_own_fin_a_broken_wait_only_fetches_the_winners() {
+        // The upload finishes and FIN is acknowledged; the wait for the draw breaks
+        // and the file is edited meanwhile (for the next day). The next session must
+        // neither refuse the changed file nor re-count its bets: it gets the winners.
+        let data = agency_file("fin-acked", FOUR);
+        let edited = data.clone();
+        let sessions = Arc::new(Mutex::new(0u32));
+        let counter = Arc::clone(&sessions);
+        let address = fake_server(move |conn| {
+            let first = {
+                let mut n = counter.lock().expect("lock");
+                *n += 1;
+                *n == 1
+            };
+            while let Ok(Some(message)) = conn.read_message() {
+                let reply = match message {
+                    Message::Hello { upload, .. } => Message::Welcome {
+                        agency: 1,
+                        upload,
+                        stored_seq: if first { 0 } else { 1 },
+                        stored_bets: if first { 0 } else { 4 },
+                        stored_line: if first { 0 } else { 4 },
+                        finished: !first,
+                        drawn: false,
+                    },
+                    Message::Bets { seq, bets, .. } => Message::BetsAck {
+                        seq,
+                        count: u16::try_from(bets.len()).unwrap_or(u16::MAX),
+                    },
+                    Message::Fin => Message::FinAck {
+                        finished: 1,
+                        agencies: 2,
+                    },
+                    Message::WinnersQuery if first => {
+                        let mut text = FOUR.to_string();
+                        text.push_str("Eva,Paz,5,1990-01-01,5\n");
+                        std::fs::write(&edited, text).expect("edit the file");
+                        return; // the wait breaks
+                    }
+                    Message::WinnersQuery => no_winners(),
+                    other => panic!("{other:?}"),
+                };
+                if conn.write_message(&reply).is_err() {
+                    return;
+                }
+            }
+        });
+        let config = config(address, data.clone(), Duration::from_secs(5));
+        let result = run(&config, &Shutdown::new());
+        let _ = std::fs::remove_file(&data);
+        assert_eq!(*sessions.lock().expect("lock"), 2);
+        assert_eq!(result.ok(), Some(Outcome::Completed { skipped: 0 }));
+    }
+
+    #[test]
     fn bets_adopted_under_upload_zero_are_skipped_by_count_not_a_conflict() {
         // An older server reports adopted bets as upload 0, no seq, no line.
         let data = agency_file("adopted", FOUR);
@@ -1441,8 +1508,9 @@ mod tests {
             }
             .to_string(),
             "the agency file /data/agency-1.csv changed during the upload (fingerprint \
-             00000000000000ab, now 00000000000000cd); nothing more is sent — restore the \
-             file and run again: it resumes"
+             00000000000000ab, now 00000000000000cd); nothing more is sent and FIN is not \
+             sent — restore the file and run again to resume (bets already sent from the \
+             changed content stay stored)"
         );
     }
 }
