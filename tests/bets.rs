@@ -288,10 +288,35 @@ fn two_connections_of_one_agency_racing_the_same_upload_store_it_once() {
                 gate.wait();
                 let mut takeovers = 0;
                 'session: for _ in 0..1000 {
-                    let (mut peer, progress) = Peer::hello_upload(addr, 1, 0);
-                    // Every batch has 20 bets: the stored count says where to go on.
-                    assert_eq!(progress.stored_bets, progress.stored_seq * 20);
-                    for seq in progress.stored_seq + 1..=batches.len() as u64 {
+                    let mut peer = Peer::connect(addr);
+                    peer.send(&Message::Hello {
+                        agency: 1,
+                        upload: 0,
+                    });
+                    let stored_seq = match recv_or_close(&mut peer) {
+                        Some(Message::Welcome {
+                            stored_seq,
+                            stored_bets,
+                            ..
+                        }) => {
+                            // Every batch has 20 bets: the stored count says where to
+                            // go on.
+                            assert_eq!(stored_bets, stored_seq * 20);
+                            stored_seq
+                        }
+                        // This HELLO was handled after the other connection's newer
+                        // one: it is the stale one, superseded at once. Start again.
+                        Some(Message::Error {
+                            code: ErrorCode::Superseded,
+                            ..
+                        })
+                        | None => {
+                            takeovers += 1;
+                            continue 'session;
+                        }
+                        Some(other) => panic!("unexpected reply to HELLO {other:?}"),
+                    };
+                    for seq in stored_seq + 1..=batches.len() as u64 {
                         let batch = batches[seq as usize - 1].clone();
                         let count = batch.len() as u16;
                         if peer
