@@ -610,17 +610,11 @@ impl<'a> Run<'a> {
     /// would, sending nothing, and fails when bets would still be left to send (they
     /// are not stored and cannot be any more). Records the file's invalid lines.
     fn check_finished(&mut self, welcome: &Welcome) -> Result<(), ClientError> {
-        let config = self.config;
-        let id = config.id;
-        let file = AgencyFile::open(&config.data, bet::today()).map_err(ClientError::AgencyFile)?;
-        let mut reported = self.reported_through;
-        let counted = {
-            let mut items = Sendable::new(file, id, &config.data, &mut reported);
-            count_unsent(&mut items, welcome)
+        let id = self.config.id;
+        let (unsent, from_line, skipped) = self.over_file(|_, items| {
+            count_unsent(items, welcome)
                 .map(|(unsent, from_line)| (unsent, from_line, items.skipped()))
-        };
-        self.reported_through = reported;
-        let (unsent, from_line, skipped) = counted?;
+        })?;
         self.skipped = Some(skipped);
         if unsent > 0 {
             return Err(ClientError::FinishedNotStored {
@@ -643,12 +637,21 @@ impl<'a> Run<'a> {
         session: &mut Session,
         welcome: &Welcome,
     ) -> Result<Option<u64>, ClientError> {
+        self.over_file(|run, items| run.send_rest(session, welcome, items))
+    }
+
+    /// One pass over the agency file, opened afresh: `pass` gets its sendable bets
+    /// (bad lines already reported in this run are not logged again).
+    fn over_file<T>(
+        &mut self,
+        pass: impl FnOnce(&mut Self, &mut Sendable<'_, AgencyFile>) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
         let config = self.config;
         let file = AgencyFile::open(&config.data, bet::today()).map_err(ClientError::AgencyFile)?;
         let mut reported = self.reported_through;
         let result = {
             let mut items = Sendable::new(file, config.id, &config.data, &mut reported);
-            self.send_rest(session, welcome, &mut items)
+            pass(self, &mut items)
         };
         self.reported_through = reported;
         result

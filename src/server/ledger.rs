@@ -336,10 +336,16 @@ impl Ledger {
         lock(&self.state).bets
     }
 
-    /// How many agencies finished, as the server counts them (ids in `1..=N`).
-    pub fn finished(&self) -> u32 {
+    /// Who the draw still waits for, in one look: how many agencies finished (ids in
+    /// `1..=N`), the first `limit` ids that have not, and how many have not.
+    pub fn waiting_for(&self, limit: usize) -> (u32, Vec<AgencyId>, u32) {
         let state = lock(&self.state);
-        self.count_finished(&state)
+        let finished = self.count_finished(&state);
+        let first = (1..=self.agencies)
+            .filter(|a| !state.finished.contains(a))
+            .take(limit)
+            .collect();
+        (finished, first, self.agencies - finished)
     }
 
     /// The store's description for logs (its path).
@@ -663,5 +669,14 @@ mod tests {
         assert_eq!(l.draw_pending(7574), Some(Ok(())));
         assert_eq!(l.draw_pending(7574), None);
         assert_eq!(l.draw().map(|d| d.bets), Some(6));
+    }
+
+    #[test]
+    fn waiting_for_names_the_first_missing_agencies() {
+        let l = ledger(4);
+        l.hello(2, 5, 1).expect("first connection");
+        l.finish(2, 1, 7574).expect("fin");
+        assert_eq!(l.waiting_for(2), (1, vec![1, 3], 3));
+        assert_eq!(l.waiting_for(10), (1, vec![1, 3, 4], 3));
     }
 }

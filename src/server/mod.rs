@@ -411,18 +411,15 @@ impl Shared {
 
     /// Logs which agencies the draw still waits for.
     fn log_missing(&self) {
+        const SHOWN: usize = 20;
         let agencies = self.ledger.agencies();
-        let missing: Vec<String> = (1..=agencies)
-            .filter(|&a| !self.ledger.has_finished(a))
-            .take(20)
-            .map(|a| a.to_string())
-            .collect();
-        if !missing.is_empty() {
+        let (finished, missing, count) = self.ledger.waiting_for(SHOWN);
+        if count > 0 {
+            let shown: Vec<String> = missing.iter().map(|a| a.to_string()).collect();
             log::info!(
-                "action: draw_wait | result: in_progress | finished: {} | agencies: {agencies} | missing: {}{}",
-                self.ledger.finished(),
-                missing.join(","),
-                if missing.len() == 20 { ",…" } else { "" }
+                "action: draw_wait | result: in_progress | finished: {finished} | agencies: {agencies} | missing: {}{}",
+                shown.join(","),
+                if count as usize > SHOWN { ",…" } else { "" }
             );
         }
     }
