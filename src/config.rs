@@ -98,6 +98,12 @@ pub const SERVER_KEYS: &[Key] = &[
         Some("data/bets.csv"),
         "the bets file (CSV, appended)",
     ),
+    key(
+        "status.http_port",
+        "SERVER_STATUS_PORT",
+        Some("0"),
+        "HTTP port of the live status page (/) and Prometheus metrics (/metrics) on server.host; 0: off",
+    ),
 ];
 
 /// Every client key (`config/client.toml`).
@@ -107,7 +113,7 @@ pub const CLIENT_KEYS: &[Key] = &[
         "mode",
         "CLI_MODE",
         Some("bets"),
-        "\"bets\" (upload the agency file) or \"echo\"",
+        "\"bets\" (upload the agency file), \"echo\", or \"status\" (print the lottery's progress, every loop.period for loop.amount times; 0: once)",
     ),
     key(
         "data",
@@ -248,6 +254,8 @@ pub enum Mode {
     Bets,
     /// Send `loop.amount` echo messages.
     Echo,
+    /// Print the lottery's progress (a status query), once or every `loop.period`.
+    Status,
 }
 
 impl fmt::Display for Mode {
@@ -255,6 +263,7 @@ impl fmt::Display for Mode {
         f.write_str(match self {
             Mode::Bets => "bets",
             Mode::Echo => "echo",
+            Mode::Status => "status",
         })
     }
 }
@@ -280,6 +289,8 @@ pub struct ServerConfig {
     pub winning_number: u16,
     /// The bets file.
     pub storage_path: PathBuf,
+    /// Port of the HTTP status page and metrics; `None` when off (`0`).
+    pub status_port: Option<u16>,
 }
 
 /// The client's effective configuration.
@@ -504,6 +515,9 @@ impl ServerConfig {
             agencies: src.get("lottery.agencies", int(1, 1_000_000))?,
             winning_number: src.get("lottery.winning_number", int(0, MAX_NUMBER))?,
             storage_path: src.get("storage.path", |s| non_empty(s).map(PathBuf::from))?,
+            status_port: src
+                .get("status.http_port", int(0, u16::MAX))
+                .map(|port| (port != 0).then_some(port))?,
         })
     }
 
@@ -511,7 +525,8 @@ impl ServerConfig {
     pub fn summary(&self) -> String {
         format!(
             "host: {} | port: {} | listen_backlog: {} | logging_level: {} | agencies: {} | \
-             winning_number: {} | storage: {} | io_timeout: {} | max_connections: {}",
+             winning_number: {} | storage: {} | io_timeout: {} | max_connections: {} | \
+             status_port: {}",
             self.host,
             self.port,
             self.listen_backlog,
@@ -520,7 +535,8 @@ impl ServerConfig {
             self.winning_number,
             self.storage_path.display(),
             format_duration(self.io_timeout),
-            self.max_connections
+            self.max_connections,
+            self.status_port.map_or_else(|| "off".to_string(), |p| p.to_string())
         )
     }
 }
@@ -546,7 +562,8 @@ impl ClientConfig {
             mode: src.get("mode", |s| match s {
                 "bets" => Ok(Mode::Bets),
                 "echo" => Ok(Mode::Echo),
-                _ => Err("expected \"bets\" or \"echo\"".into()),
+                "status" => Ok(Mode::Status),
+                _ => Err("expected \"bets\", \"echo\" or \"status\"".into()),
             })?,
             data,
             server_address: src.get("server.address", |s| {

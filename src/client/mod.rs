@@ -20,6 +20,7 @@
 mod fingerprint;
 mod retry;
 mod session;
+mod status;
 mod upload;
 
 use std::fmt;
@@ -291,6 +292,7 @@ pub fn run(config: &ClientConfig, shutdown: &Shutdown) -> Result<Outcome, Client
             Run::new(config, shutdown, Work::Bets, upload).upload()
         }
         (None, Mode::Echo) => Run::new(config, shutdown, Work::Echo, 0).echo_loop(),
+        (None, Mode::Status) => status::run(config, shutdown),
     };
     match result {
         Err(_) if shutdown.is_triggered() => Ok(Outcome::Interrupted),

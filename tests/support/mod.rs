@@ -74,6 +74,7 @@ pub fn server_config(dir: &Path, agencies: u32) -> ServerConfig {
         agencies,
         winning_number: 7574,
         storage_path: dir.join("bets.csv"),
+        status_port: None,
     }
 }
 
