@@ -55,6 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         agencies,
         winning_number: 7574,
         storage_path: dir.join("bets.csv"),
+        status_port: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
