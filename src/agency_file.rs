@@ -13,6 +13,8 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::NaiveDate;
 
@@ -29,6 +31,29 @@ pub struct AgencyFile {
     buf: Vec<u8>,
     line: u64,
     today: NaiveDate,
+    /// The file's size in bytes when it was opened.
+    size: u64,
+    /// Bytes consumed so far.
+    position: ReadPosition,
+}
+
+/// How many bytes of its file an [`AgencyFile`] has consumed: a handle that stays
+/// readable while the reader itself is owned by something else (the upload's
+/// progress lines read it).
+#[derive(Debug, Clone, Default)]
+pub struct ReadPosition(Arc<AtomicU64>);
+
+impl ReadPosition {
+    /// Bytes consumed so far (whole lines: every line handed out, and the blank or
+    /// over-long lines before it).
+    pub fn bytes(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn advance(&self, bytes: usize) {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        self.0.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 /// One line of the file: a valid bet, or the reason it is not one.
@@ -108,13 +133,28 @@ impl AgencyFile {
             line: 0,
             source,
         })?;
+        // The size only scales the progress lines: a file whose metadata cannot be
+        // read is still read (and counts as empty there).
+        let size = file.metadata().map_or(0, |m| m.len());
         Ok(AgencyFile {
             path: path.to_path_buf(),
             reader: BufReader::new(file),
             buf: Vec::new(),
             line: 0,
             today,
+            size,
+            position: ReadPosition::default(),
         })
+    }
+
+    /// The file's size in bytes when it was opened.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// A handle on how many bytes have been consumed (see [`ReadPosition`]).
+    pub fn position(&self) -> ReadPosition {
+        self.position.clone()
     }
 
     fn bad(&self, line: u64, reason: String) -> Line {
@@ -139,14 +179,10 @@ impl AgencyFile {
                 ),
             );
         }
-        let birthdate = match NaiveDate::parse_from_str(&fields[3], "%Y-%m-%d") {
+        let birthdate = match crate::bet::parse_birthdate(&fields[3]) {
             Ok(date) => date,
-            Err(_) => {
-                return self.bad(
-                    line,
-                    format!("birthdate {:?} is not a date YYYY-MM-DD", fields[3]),
-                );
-            }
+            // Says "not a real date" for 1999-02-30, the format for anything else.
+            Err(e) => return self.bad(line, e.to_string()),
         };
         let number = match fields[4].parse::<u16>() {
             Ok(n) => n,
@@ -177,9 +213,9 @@ impl AgencyFile {
     }
 }
 
-/// Consumes input up to and including the next line break (or the end); returns
-/// `Ok(true)` so the caller reports the over-long line.
-fn skip_rest_of_line(reader: &mut BufReader<File>) -> io::Result<bool> {
+/// Consumes input up to and including the next line break (or the end), counting it
+/// in `position`; returns `Ok(true)` so the caller reports the over-long line.
+fn skip_rest_of_line(reader: &mut BufReader<File>, position: &ReadPosition) -> io::Result<bool> {
     loop {
         let buf = reader.fill_buf()?;
         if buf.is_empty() {
@@ -188,11 +224,13 @@ fn skip_rest_of_line(reader: &mut BufReader<File>) -> io::Result<bool> {
         match buf.iter().position(|&b| b == b'\n') {
             Some(i) => {
                 reader.consume(i + 1);
+                position.advance(i + 1);
                 return Ok(true);
             }
             None => {
                 let n = buf.len();
                 reader.consume(n);
+                position.advance(n);
             }
         }
     }
@@ -243,10 +281,14 @@ impl Iterator for AgencyFile {
                 .read_until(b'\n', &mut self.buf)
             {
                 Ok(0) => return None,
-                Ok(_) if self.buf.len() > MAX_LINE_BYTES && !self.buf.ends_with(b"\n") => {
-                    skip_rest_of_line(&mut self.reader)
+                Ok(n) if self.buf.len() > MAX_LINE_BYTES && !self.buf.ends_with(b"\n") => {
+                    self.position.advance(n);
+                    skip_rest_of_line(&mut self.reader, &self.position)
                 }
-                Ok(_) => Ok(false),
+                Ok(n) => {
+                    self.position.advance(n);
+                    Ok(false)
+                }
                 Err(e) => Err(e),
             };
             self.line += 1;
@@ -360,6 +402,7 @@ mod tests {
         assert_eq!(reasons[1], (3, "first_name is empty".to_string()));
         assert!(reasons[2].1.contains("document"));
         assert!(reasons[3].1.contains("2000-02-30"));
+        assert!(reasons[3].1.contains("not a real date"), "{}", reasons[3].1);
         assert!(reasons[4].1.contains("not in the past"));
         assert!(reasons[5].1.contains("not in 0..=9999"));
         assert!(reasons[6].1.contains("\"-1\""));
@@ -409,6 +452,26 @@ mod tests {
         }
         assert!(matches!(lines[2], Line::Bet { line: 3, .. }));
         assert_eq!(lines.len(), 3);
+    }
+
+    #[test]
+    fn the_read_position_counts_every_byte_consumed() {
+        // A blank line, a CRLF line, an over-long line and a last line without a break.
+        let mut bytes = b"\nAna,Paz,1,2000-01-01,1\r\n".to_vec();
+        bytes.extend(std::iter::repeat_n(b'x', 2 * MAX_LINE_BYTES));
+        bytes.extend_from_slice(b"\nEva,Ro,2,1990-05-05,5");
+        let path = file_with("position", &bytes);
+        let mut file = AgencyFile::open(&path, today()).expect("open");
+        let position = file.position();
+        assert_eq!((file.size(), position.bytes()), (bytes.len() as u64, 0));
+        assert!(matches!(file.next(), Some(Ok(Line::Bet { line: 2, .. }))));
+        assert_eq!(position.bytes(), 1 + 24, "the blank line and line 2");
+        assert!(matches!(file.next(), Some(Ok(Line::Invalid(_)))));
+        assert_eq!(position.bytes(), 25 + 2 * MAX_LINE_BYTES as u64 + 1);
+        assert!(matches!(file.next(), Some(Ok(Line::Bet { line: 4, .. }))));
+        assert!(file.next().is_none());
+        assert_eq!(position.bytes(), bytes.len() as u64);
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -61,6 +61,15 @@ pub enum BetError {
     AncientBirthdate(NaiveDate),
     /// The number is above 9999.
     NumberOutOfRange(u16),
+    /// A birthdate is not written `YYYY-MM-DD` (see [`parse_birthdate`]).
+    MalformedBirthdate(String),
+    /// A birthdate is written right but no such day exists (`1999-02-30`).
+    ImpossibleBirthdate {
+        /// The date as written.
+        text: String,
+        /// What is wrong with it, e.g. `1999-02 has 28 days`.
+        why: String,
+    },
 }
 
 impl fmt::Display for BetError {
@@ -82,6 +91,12 @@ impl fmt::Display for BetError {
             }
             BetError::NumberOutOfRange(n) => {
                 write!(f, "number {n} is not in 0..={MAX_NUMBER}")
+            }
+            BetError::MalformedBirthdate(text) => {
+                write!(f, "birthdate {text:?} is not written YYYY-MM-DD")
+            }
+            BetError::ImpossibleBirthdate { text, why } => {
+                write!(f, "birthdate {text:?} is not a real date ({why})")
             }
         }
     }
@@ -113,6 +128,46 @@ impl Bet {
     pub fn wins(&self, winning_number: u16) -> bool {
         self.number == winning_number
     }
+}
+
+/// Parses a birthdate written `YYYY-MM-DD` (four digits, then one or two for the month
+/// and for the day): [`BetError::MalformedBirthdate`] if it is written otherwise,
+/// [`BetError::ImpossibleBirthdate`] for a day that does not exist, such as
+/// `1999-02-30` or `1999-13-01`. Whether the date is plausible for a bettor is
+/// [`Bet::validate`]'s business.
+pub fn parse_birthdate(text: &str) -> Result<NaiveDate, BetError> {
+    let malformed = || BetError::MalformedBirthdate(text.to_string());
+    let mut parts = text.split('-');
+    let (Some(y), Some(m), Some(d), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed());
+    };
+    let digits = |part: &str, lengths: std::ops::RangeInclusive<usize>| {
+        lengths.contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit())
+    };
+    if !(digits(y, 4..=4) && digits(m, 1..=2) && digits(d, 1..=2)) {
+        return Err(malformed());
+    }
+    // At most four ASCII digits each: these parses cannot fail.
+    let (year, month, day) = match (y.parse::<i32>(), m.parse::<u32>(), d.parse::<u32>()) {
+        (Ok(year), Ok(month), Ok(day)) => (year, month, day),
+        _ => return Err(malformed()),
+    };
+    let impossible = |why: String| BetError::ImpossibleBirthdate {
+        text: text.to_string(),
+        why,
+    };
+    if !(1..=12).contains(&month) {
+        return Err(impossible(format!("there is no month {month}")));
+    }
+    NaiveDate::from_ymd_opt(year, month, day).ok_or_else(|| {
+        let days = (28..=31)
+            .rev()
+            .find(|&last| NaiveDate::from_ymd_opt(year, month, last).is_some())
+            .unwrap_or(28);
+        impossible(format!("{year:04}-{month:02} has {days} days"))
+    })
 }
 
 /// Today's date in local time: the bound for "a real past date".
@@ -273,6 +328,47 @@ mod tests {
         assert_eq!(
             BetError::BadDocument("12a".into()).to_string(),
             "document \"12a\" is not 1 to 8 digits"
+        );
+    }
+
+    #[test]
+    fn birthdates_parse_and_impossible_ones_say_so() {
+        assert_eq!(parse_birthdate("1999-03-17"), Ok(date(1999, 3, 17)));
+        assert_eq!(parse_birthdate("1999-3-7"), Ok(date(1999, 3, 7)));
+        assert_eq!(parse_birthdate("2000-02-29"), Ok(date(2000, 2, 29)));
+        let impossible = |text: &str| match parse_birthdate(text) {
+            Err(e @ BetError::ImpossibleBirthdate { .. }) => e.to_string(),
+            other => panic!("{text}: {other:?}"),
+        };
+        assert_eq!(
+            impossible("1999-02-30"),
+            "birthdate \"1999-02-30\" is not a real date (1999-02 has 28 days)"
+        );
+        assert!(impossible("1900-02-29").contains("1900-02 has 28 days"));
+        assert!(impossible("2024-04-31").contains("2024-04 has 30 days"));
+        assert!(impossible("1999-01-00").contains("1999-01 has 31 days"));
+        assert!(impossible("1999-13-01").contains("there is no month 13"));
+        assert!(impossible("1999-00-01").contains("there is no month 0"));
+        for malformed in [
+            "17/03/1999",
+            "1999-03",
+            "1999-03-17-1",
+            "99-03-17",
+            "1999-003-17",
+            "1999-03-17 ",
+            "1999-+3-17",
+            "",
+            "１９９９-03-17",
+        ] {
+            assert_eq!(
+                parse_birthdate(malformed),
+                Err(BetError::MalformedBirthdate(malformed.into())),
+                "{malformed:?}"
+            );
+        }
+        assert_eq!(
+            BetError::MalformedBirthdate("17/03/1999".into()).to_string(),
+            "birthdate \"17/03/1999\" is not written YYYY-MM-DD"
         );
     }
 

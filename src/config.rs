@@ -10,7 +10,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::NaiveDate;
 use log::LevelFilter;
 
 use crate::bet::{AgencyId, Bet, BetError, MAX_NUMBER};
@@ -143,19 +142,19 @@ pub const CLIENT_KEYS: &[Key] = &[
         "server.io_timeout",
         "CLI_IO_TIMEOUT",
         Some("60s"),
-        "how long to wait for each reply (not for the draw)",
+        "how long to wait for each reply; while waiting for the draw, the longest silence (at least 6s) before the server counts as gone",
     ),
     key(
         "loop.amount",
         "CLI_LOOP_AMOUNT",
         Some("5"),
-        "echo mode: messages to send",
+        "echo: messages to send; status: queries (0 or 1: once)",
     ),
     key(
         "loop.period",
         "CLI_LOOP_PERIOD",
         Some("1s"),
-        "echo mode: pause between messages",
+        "pause between echo messages or status queries",
     ),
     key(
         "log.level",
@@ -198,6 +197,11 @@ pub enum ConfigError {
         /// Its environment variable.
         env: &'static str,
     },
+    /// Some of the single-bet variables are set and these are not.
+    SingleBetIncomplete {
+        /// The variables that are missing, in [`SINGLE_BET_VARS`] order.
+        missing: Vec<&'static str>,
+    },
     /// A value is not acceptable.
     Invalid {
         /// The key (or environment variable) at fault.
@@ -229,6 +233,15 @@ impl fmt::Display for ConfigError {
                     "missing config value {key} (set it in the file or with {env})"
                 )
             }
+            ConfigError::SingleBetIncomplete { missing } => {
+                let verb = if missing.len() == 1 { "is" } else { "are" };
+                write!(
+                    f,
+                    "{} {verb} missing: single-bet mode needs {} (or none of them, to upload the agency file)",
+                    and_list(missing),
+                    and_list(&SINGLE_BET_VARS)
+                )
+            }
             ConfigError::Invalid { key, value, reason } => {
                 write!(f, "invalid value {value:?} for {key}: {reason}")
             }
@@ -237,6 +250,85 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// `A`, `A and B`, `A, B and C`.
+fn and_list(items: &[&str]) -> String {
+    match items {
+        [] => String::new(),
+        [only] => (*only).to_string(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// The edit distance between `a` and `b` (insertions, deletions, substitutions and
+/// swaps of two neighbours each count 1), ignoring ASCII case.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.to_ascii_lowercase().chars().collect();
+    let b: Vec<char> = b.to_ascii_lowercase().chars().collect();
+    // rows[i][j]: the distance between the first i chars of a and the first j of b.
+    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let substitution = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (rows[i - 1][j] + 1)
+                .min(rows[i][j - 1] + 1)
+                .min(rows[i - 1][j - 1] + substitution);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = best;
+        }
+    }
+    rows[a.len()][b.len()]
+}
+
+/// The known name closest to `unknown`, if one is close enough to be a typo (or has
+/// the same last part, e.g. `port` for `server.port`).
+fn nearest<'k>(unknown: &str, known: impl IntoIterator<Item = &'k str>) -> Option<&'k str> {
+    let last = |name: &str| {
+        name.rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    };
+    let allowed = (unknown.chars().count() / 4).clamp(1, 3);
+    known
+        .into_iter()
+        .map(|name| {
+            let distance = edit_distance(unknown, name);
+            let same_last = last(name) == last(unknown);
+            (distance, same_last, name)
+        })
+        .filter(|&(distance, same_last, _)| distance <= allowed || same_last)
+        .min_by_key(|&(distance, same_last, _)| (!same_last && distance > allowed, distance))
+        .map(|(_, _, name)| name)
+}
+
+/// The `line L, column C: message` of a TOML error, on one line.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before
+                .rsplit('\n')
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .count()
+                + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
 
 /// A log level as written in the config, with its filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,7 +433,7 @@ impl Source<'_> {
         })?;
         let file: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            reason: toml_error(&text, &e),
         })?;
         let source = Source { file, env, keys };
         source.reject_unknown_keys(path, &source.file, "")?;
@@ -365,9 +457,25 @@ impl Source<'_> {
             } else if self.keys.iter().any(|k| k.path == full) {
                 continue;
             }
+            let sections: Vec<&str> = self
+                .keys
+                .iter()
+                .filter_map(|k| k.path.rsplit_once('.').map(|(section, _)| section))
+                .collect();
+            let reason = if value.is_table() {
+                match nearest(&full, sections) {
+                    Some(known) => format!("unknown section [{full}]; did you mean [{known}]?"),
+                    None => format!("unknown section [{full}]"),
+                }
+            } else {
+                match nearest(&full, self.keys.iter().map(|k| k.path)) {
+                    Some(known) => format!("unknown key {full}; did you mean {known}?"),
+                    None => format!("unknown key {full}"),
+                }
+            };
             return Err(ConfigError::Parse {
                 path: path.to_path_buf(),
-                reason: format!("unknown key {full}"),
+                reason,
             });
         }
         Ok(())
@@ -536,7 +644,8 @@ impl ServerConfig {
             self.storage_path.display(),
             format_duration(self.io_timeout),
             self.max_connections,
-            self.status_port.map_or_else(|| "off".to_string(), |p| p.to_string())
+            self.status_port
+                .map_or_else(|| "off".to_string(), |p| p.to_string())
         )
     }
 }
@@ -620,14 +729,7 @@ fn single_bet(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Bet>, Confi
         .map(|(name, _)| *name)
         .collect();
     if !missing.is_empty() {
-        return Err(ConfigError::Invalid {
-            key: missing.join(", "),
-            value: String::new(),
-            reason: format!(
-                "single-bet mode needs all of {}",
-                SINGLE_BET_VARS.join(", ")
-            ),
-        });
+        return Err(ConfigError::SingleBetIncomplete { missing });
     }
     let [first_name, last_name, document, birthdate, number] =
         values.map(Option::unwrap_or_default);
@@ -636,12 +738,12 @@ fn single_bet(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Bet>, Confi
         value: value.to_string(),
         reason,
     };
-    let date = NaiveDate::parse_from_str(birthdate.trim(), "%Y-%m-%d").map_err(|_| {
-        invalid(
-            "NACIMIENTO",
-            &birthdate,
-            "expected a date YYYY-MM-DD".into(),
-        )
+    let date = crate::bet::parse_birthdate(birthdate.trim()).map_err(|e| {
+        let reason = match e {
+            BetError::ImpossibleBirthdate { why, .. } => format!("not a real date ({why})"),
+            _ => "expected a date written YYYY-MM-DD, such as 1999-03-17".to_string(),
+        };
+        invalid("NACIMIENTO", &birthdate, reason)
     })?;
     let parsed_number =
         int(0, MAX_NUMBER)(number.trim()).map_err(|reason| invalid("NUMERO", &number, reason))?;
@@ -664,9 +766,10 @@ fn single_bet(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Bet>, Confi
                 ("APELLIDO", &last_name)
             }
             BetError::BadDocument(_) => ("DOCUMENTO", &document),
-            BetError::FutureBirthdate(_) | BetError::AncientBirthdate(_) => {
-                ("NACIMIENTO", &birthdate)
-            }
+            BetError::FutureBirthdate(_)
+            | BetError::AncientBirthdate(_)
+            | BetError::MalformedBirthdate(_)
+            | BetError::ImpossibleBirthdate { .. } => ("NACIMIENTO", &birthdate),
             BetError::NumberOutOfRange(_) => ("NUMERO", &number),
         };
         invalid(var, value, e.to_string())
@@ -708,9 +811,11 @@ where
 
 /// The start of both binaries: parses the command line and loads the configuration.
 ///
-/// On `--help` prints the help and returns `Err(0)`; on bad arguments or configuration
-/// prints the problem (stderr, and as an `action: config | result: fail` line on
-/// stdout) and returns `Err(2)`: the exit code to use.
+/// On `--help` prints the help and returns `Err(0)`; on bad arguments prints the
+/// problem and the help on stderr, on a bad configuration prints the problem once, as
+/// the log line `action: config | result: fail | error: …` on stdout (with the other
+/// log lines, where Compose and the course's tools look); either way returns `Err(2)`:
+/// the exit code to use.
 pub fn from_command_line<C, I>(
     program: &str,
     default: &str,
@@ -733,10 +838,13 @@ where
         }
     };
     load(&path).map_err(|e| {
-        eprintln!("{program}: {e}");
         // The logger needs the config's level, so this one line is formatted by hand.
         let now = chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string();
-        let message = format!("action: config | result: fail | error: {e}");
+        // A key name or a path from the file could hold `|` or a line break.
+        let message = format!(
+            "action: config | result: fail | error: {}",
+            crate::logging::sanitize(&e.to_string())
+        );
         println!(
             "{}",
             crate::logging::format_line(&now, log::Level::Error, &format_args!("{message}"))
@@ -896,6 +1004,72 @@ mod tests {
     }
 
     #[test]
+    fn unknown_keys_suggest_the_nearest_known_one() {
+        let cases = [
+            (
+                "port = 12345",
+                "prot = 12345",
+                "unknown key server.prot; did you mean server.port?",
+            ),
+            (
+                "listen_backlog = 5",
+                "listen_backlog = 5\nmax_conections = 3",
+                "unknown key server.max_conections; did you mean server.max_connections?",
+            ),
+            (
+                "listen_backlog = 5",
+                "listen_backlog = 5\nIO_timeout = \"5s\"",
+                "unknown key server.IO_timeout; did you mean server.io_timeout?",
+            ),
+            (
+                "[storage]",
+                "[storage]\nagencies = 3",
+                "unknown key storage.agencies; did you mean lottery.agencies?",
+            ),
+            (
+                "[lottery]",
+                "[lotery]",
+                "unknown section [lotery]; did you mean [lottery]?",
+            ),
+            (
+                "listen_backlog = 5",
+                "listen_backlog = 5\ncolour = 1",
+                "unknown key server.colour\n",
+            ),
+            ("[storage]", "[metrics]", "unknown section [metrics]\n"),
+        ];
+        for (i, (from, to, expected)) in cases.into_iter().enumerate() {
+            let path = write_temp(&format!("server-typo-{i}"), &SERVER.replacen(from, to, 1));
+            let err = ServerConfig::load_with_env(&path, &env(&[("SERVER_PORT", "1")]))
+                .expect_err("unknown key");
+            // A trailing newline in `expected` means: nothing after it (no suggestion).
+            let text = format!("{err}\n");
+            assert!(text.contains(expected), "{to:?}: {err}");
+        }
+        let path = write_temp("client-typo", &format!("mdoe = \"echo\"\n{CLIENT}"));
+        let err = ClientConfig::load_with_env(&path, &env(&[])).expect_err("typo");
+        assert!(
+            err.to_string()
+                .contains("unknown key mdoe; did you mean mode?"),
+            "{err}"
+        );
+        assert_eq!(edit_distance("prot", "port"), 1);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("LOG", "log"), 0);
+    }
+
+    #[test]
+    fn a_toml_syntax_error_is_one_line_with_its_position() {
+        let path = write_temp("server-syntax-line", "[server]\nport = 1\n[lottery\n");
+        let err = ServerConfig::load_with_env(&path, &env(&[])).expect_err("syntax");
+        let text = err.to_string();
+        assert!(!text.contains('\n'), "{text}");
+        assert!(text.contains("line 3, column 9: "), "{text}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+    }
+
+    #[test]
     fn client_config_and_overrides() {
         let path = write_temp("client-ok", CLIENT);
         let config = ClientConfig::load_with_env(&path, &env(&[])).expect("loads");
@@ -982,11 +1156,38 @@ mod tests {
         assert_eq!(bet.document, "30904465");
         assert_eq!(bet.number, 7574);
         let err = ClientConfig::load_with_env(&path, &env(&vars[..4])).expect_err("NUMERO missing");
-        assert!(err.to_string().contains("NUMERO"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "NUMERO is missing: single-bet mode needs NOMBRE, APELLIDO, DOCUMENTO, NACIMIENTO and NUMERO (or none of them, to upload the agency file)"
+        );
+        let some = [vars[0], vars[2]];
+        let err = ClientConfig::load_with_env(&path, &env(&some)).expect_err("three missing");
+        assert!(
+            err.to_string()
+                .starts_with("APELLIDO, NACIMIENTO and NUMERO are missing: "),
+            "{err}"
+        );
+        let mut impossible = vars;
+        impossible[3] = ("NACIMIENTO", "1999-02-30");
+        let err = ClientConfig::load_with_env(&path, &env(&impossible)).expect_err("no such day");
+        assert_eq!(
+            err.to_string(),
+            "invalid value \"1999-02-30\" for NACIMIENTO: not a real date (1999-02 has 28 days)"
+        );
+        impossible[3] = ("NACIMIENTO", "1999-13-01");
+        let err = ClientConfig::load_with_env(&path, &env(&impossible)).expect_err("no month 13");
+        assert!(
+            err.to_string()
+                .ends_with("not a real date (there is no month 13)"),
+            "{err}"
+        );
         let mut bad = vars;
         bad[3] = ("NACIMIENTO", "17/03/1999");
         let err = ClientConfig::load_with_env(&path, &env(&bad)).expect_err("bad date");
-        assert!(err.to_string().contains("NACIMIENTO"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "invalid value \"17/03/1999\" for NACIMIENTO: expected a date written YYYY-MM-DD, such as 1999-03-17"
+        );
         bad = vars;
         bad[2] = ("DOCUMENTO", "123456789");
         let err = ClientConfig::load_with_env(&path, &env(&bad)).expect_err("bad document");

@@ -7,14 +7,45 @@
 //!
 //! The read timeout is a deadline for a *whole frame*: a peer that trickles a frame
 //! in one byte at a time cannot keep a connection (and its thread) forever.
+//!
+//! The same connection can also carry plain text (see `docs/PROTOCOL.md`, "Plain-text
+//! echo"): [`Connection::peek_byte`] looks at the first byte without consuming it,
+//! [`starts_plain_text`] tells a line of text from a frame, and
+//! [`Connection::read_line`] / [`Connection::write_bytes`] move bounded lines, under the
+//! same deadline (a whole line must arrive within the timeout).
 
 use std::fmt;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown as Both, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::protocol::{self, DecodeError, EncodeError, Frame, FrameError, Message};
+
+/// The longest line of plain text served, in bytes, not counting its `\n`.
+pub const MAX_TEXT_LINE: usize = 1024;
+
+/// Whether a connection whose first byte is `first` speaks plain text rather than
+/// frames: printable ASCII (`0x20..=0x7E`) or a tab, CR or LF. Every frame starts with
+/// [`protocol::VERSION`] (a control byte), and a TLS ClientHello with `0x16`: neither
+/// is text, so this never takes a frame (or a handshake) for text.
+pub fn starts_plain_text(first: u8) -> bool {
+    first != protocol::VERSION
+        && (matches!(first, 0x20..=0x7e) || matches!(first, b'\t' | b'\r' | b'\n'))
+}
+
+/// One line of plain text, as [`Connection::read_line`] read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextLine {
+    /// The bytes of a line, up to and including its `\n`.
+    Complete(Vec<u8>),
+    /// The last bytes of the stream, which ended before a `\n`.
+    Unterminated(Vec<u8>),
+    /// More than the limit came before a `\n` (nothing of it is returned).
+    TooLong,
+    /// The stream ended at a line boundary.
+    End,
+}
 
 /// A protocol connection over TCP.
 #[derive(Debug)]
@@ -159,6 +190,61 @@ impl Connection {
         protocol::read_frame(&mut self.reader)
     }
 
+    /// The next byte the peer sends, without consuming it (it stays buffered for the
+    /// next read); `Ok(None)` if the stream ends first. Waits at most the timeout.
+    pub fn peek_byte(&mut self) -> Result<Option<u8>, FrameError> {
+        self.reader.get_mut().deadline = self.frame_timeout.map(|t| Instant::now() + t);
+        loop {
+            match self.reader.fill_buf() {
+                Ok(buf) => return Ok(buf.first().copied()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(FrameError::Io(e)),
+            }
+        }
+    }
+
+    /// Reads one line of plain text (see [`TextLine`]); more than `max` bytes before
+    /// the `\n` is [`TextLine::TooLong`]. The whole line must arrive within the
+    /// timeout, or the error is a timeout ([`FrameError::is_timeout`]).
+    pub fn read_line(&mut self, max: usize) -> Result<TextLine, FrameError> {
+        self.reader.get_mut().deadline = self.frame_timeout.map(|t| Instant::now() + t);
+        let mut line = Vec::new();
+        loop {
+            let buf = match self.reader.fill_buf() {
+                Ok(buf) => buf,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(FrameError::Io(e)),
+            };
+            if buf.is_empty() {
+                return Ok(if line.is_empty() {
+                    TextLine::End
+                } else {
+                    TextLine::Unterminated(line)
+                });
+            }
+            let (taken, complete) = match buf.iter().position(|&b| b == b'\n') {
+                Some(at) => (at + 1, true),
+                None => (buf.len(), false),
+            };
+            let content = line.len() + taken - usize::from(complete);
+            if content > max {
+                return Ok(TextLine::TooLong);
+            }
+            line.extend_from_slice(&buf[..taken]);
+            self.reader.consume(taken);
+            if complete {
+                return Ok(TextLine::Complete(line));
+            }
+        }
+    }
+
+    /// Writes raw bytes (a line of plain text) in one `write_all`.
+    pub fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), ConnectionError> {
+        (&*self.stream)
+            .write_all(bytes)
+            .map_err(ConnectionError::Write)
+    }
+
     /// Reads and decodes the next message; `Ok(None)` at a clean end of stream.
     pub fn read_message(&mut self) -> Result<Option<Message>, ConnectionError> {
         match self.read_frame()? {
@@ -259,6 +345,84 @@ mod tests {
             .expect("timeouts");
         let err = conn.read_message().expect_err("nothing sent");
         assert!(err.is_timeout(), "{err}");
+    }
+
+    #[test]
+    fn text_is_told_from_frames_and_tls() {
+        for text in b"hola HOLA 0~\t\r\n".iter().copied().chain(0x20..=0x7e) {
+            assert!(starts_plain_text(text), "0x{text:02x}");
+        }
+        // Our version byte, TLS' handshake byte, other control bytes, non-ASCII.
+        for binary in [
+            protocol::VERSION,
+            0x16,
+            0x00,
+            0x01,
+            0x1b,
+            0x7f,
+            0x80,
+            0xc3,
+            0xff,
+        ] {
+            assert!(!starts_plain_text(binary), "0x{binary:02x}");
+        }
+    }
+
+    #[test]
+    fn peeking_keeps_the_byte_for_the_frame() {
+        let (mut conn, mut peer) = pair();
+        peer.write_all(&Message::Fin.encode().expect("encodes"))
+            .expect("send");
+        drop(peer);
+        assert_eq!(conn.peek_byte().expect("peek"), Some(protocol::VERSION));
+        assert_eq!(
+            conn.peek_byte().expect("peek again"),
+            Some(protocol::VERSION)
+        );
+        assert_eq!(conn.read_message().expect("ok"), Some(Message::Fin));
+        assert_eq!(conn.peek_byte().expect("end"), None);
+    }
+
+    #[test]
+    fn lines_are_read_whole_bounded_and_to_the_end() {
+        let (mut conn, mut peer) = pair();
+        let long = [b'x'; 10];
+        let mut bytes = b"hola\n\nchau\r\n".to_vec();
+        bytes.extend_from_slice(&long[..8]);
+        bytes.push(b'\n');
+        bytes.extend_from_slice(b"last");
+        peer.write_all(&bytes).expect("send");
+        drop(peer);
+        let complete = |bytes: &[u8]| TextLine::Complete(bytes.to_vec());
+        assert_eq!(conn.read_line(8).expect("1"), complete(b"hola\n"));
+        assert_eq!(conn.read_line(8).expect("2"), complete(b"\n"));
+        assert_eq!(conn.read_line(8).expect("3"), complete(b"chau\r\n"));
+        // Exactly `max` bytes before the `\n` is still a line.
+        assert_eq!(conn.read_line(8).expect("4"), complete(b"xxxxxxxx\n"));
+        assert_eq!(
+            conn.read_line(8).expect("5"),
+            TextLine::Unterminated(b"last".to_vec())
+        );
+        assert_eq!(conn.read_line(8).expect("end"), TextLine::End);
+
+        let (mut conn, mut peer) = pair();
+        peer.write_all(&long[..9]).expect("send");
+        drop(peer);
+        assert_eq!(conn.read_line(8).expect("read"), TextLine::TooLong);
+    }
+
+    #[test]
+    fn a_line_must_arrive_within_the_timeout() {
+        let (mut conn, mut peer) = pair();
+        conn.set_timeouts(Some(Duration::from_millis(50)))
+            .expect("timeouts");
+        peer.write_all(b"no end").expect("send");
+        let err = conn.read_line(MAX_TEXT_LINE).expect_err("no newline");
+        assert!(err.is_timeout(), "{err}");
+        conn.write_bytes(b"bye\n").expect("write");
+        let mut buf = [0u8; 4];
+        peer.read_exact(&mut buf).expect("read");
+        assert_eq!(&buf, b"bye\n");
     }
 
     #[test]

@@ -33,6 +33,21 @@ pub fn sanitize(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(clean)
 }
 
+/// The most characters of a peer's message a log line shows (see [`excerpt`]).
+pub const MAX_LOGGED_CHARS: usize = 200;
+
+/// A peer's message (any bytes) made fit for a log line: decoded as UTF-8 (invalid
+/// sequences become `�`), cut to [`MAX_LOGGED_CHARS`] characters (an ellipsis and the
+/// full size mark the cut), then [`sanitize`]d.
+pub fn excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut cut: String = text.chars().take(MAX_LOGGED_CHARS).collect();
+    if cut.len() < text.len() {
+        cut.push_str(&format!("… ({} bytes)", bytes.len()));
+    }
+    sanitize(&cut).into_owned()
+}
+
 /// Installs the logger at `level`. Calling it again is harmless (the first call wins).
 pub fn init(level: LevelFilter) {
     let _ = env_logger::Builder::new()
@@ -75,5 +90,21 @@ mod tests {
             sanitize("x | action: sorteo | result: success\nfake"),
             "x ¦ action: sorteo ¦ result: success\\nfake"
         );
+    }
+
+    #[test]
+    fn excerpts_are_bounded_and_safe() {
+        assert_eq!(
+            excerpt("[CLIENT 1] Message N°1".as_bytes()),
+            "[CLIENT 1] Message N°1"
+        );
+        assert_eq!(excerpt(b"a|b\r\n\xff"), "a¦b\\r\\n\u{fffd}");
+        let long = vec![b'y'; 5000];
+        assert_eq!(
+            excerpt(&long),
+            format!("{}… (5000 bytes)", "y".repeat(MAX_LOGGED_CHARS))
+        );
+        let exact = vec![b'z'; MAX_LOGGED_CHARS];
+        assert_eq!(excerpt(&exact), "z".repeat(MAX_LOGGED_CHARS));
     }
 }

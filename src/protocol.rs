@@ -19,7 +19,7 @@ use chrono::{Datelike, NaiveDate};
 use crate::bet::{AgencyId, Bet};
 
 /// The protocol version this crate speaks; the first byte of every frame.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Bytes in a frame header: version, kind, 2-byte payload length.
 pub const HEADER_LEN: usize = 4;
 /// The hard maximum size of a whole frame, header included (8 KiB).
@@ -31,6 +31,23 @@ pub const MAX_PAYLOAD_LEN: usize = MAX_FRAME_LEN - HEADER_LEN;
 pub const BETS_PREFIX_LEN: usize = 8 + 8 + 2;
 /// Payload bytes of a `WINNERS` frame before its first document (`last: u8`, `count: u16`).
 pub const WINNERS_PREFIX_LEN: usize = 1 + 2;
+/// Payload bytes of a `STATUS` frame before its first entry (`last: u8`,
+/// `agencies: u32`, `finished: u32`, `drawn: u8`, `count: u16`).
+pub const STATUS_PREFIX_LEN: usize = 1 + 4 + 4 + 1 + 2;
+/// Bytes of one agency entry in a `STATUS` payload (`agency: u32`, `flags: u8`,
+/// `bets: u64`, `winners: u32`).
+pub const STATUS_ENTRY_LEN: usize = 4 + 1 + 8 + 4;
+/// The most agency entries one `STATUS` frame carries (480).
+pub const STATUS_ENTRIES_PER_CHUNK: usize =
+    (MAX_PAYLOAD_LEN - STATUS_PREFIX_LEN) / STATUS_ENTRY_LEN;
+/// Bit 0 of a `STATUS` entry's flags: the agency has a connection bound right now.
+pub const STATUS_FLAG_CONNECTED: u8 = 0x01;
+/// Bit 1 of a `STATUS` entry's flags: the agency's `FIN` is recorded.
+pub const STATUS_FLAG_FINISHED: u8 = 0x02;
+/// Bit 2 of a `STATUS` entry's flags: the draw ran and `winners` is the agency's count.
+pub const STATUS_FLAG_WINNERS: u8 = 0x04;
+/// How often the server sends `DRAW_PENDING` to an agency waiting for the draw.
+pub const PENDING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3);
 /// The smallest a bet can be on the wire (all strings empty); used to bound allocation.
 const MIN_BET_LEN: usize = 2 + 2 + 1 + 4 + 2;
 
@@ -46,6 +63,8 @@ pub mod kind {
     pub const WINNERS_QUERY: u8 = 0x04;
     /// `ECHO`: answered with the identical frame.
     pub const ECHO: u8 = 0x05;
+    /// `STATUS_QUERY`: asks for the collection's progress (with or without `HELLO`).
+    pub const STATUS_QUERY: u8 = 0x06;
     /// `WELCOME`: the answer to `HELLO`.
     pub const WELCOME: u8 = 0x81;
     /// `BETS_ACK`: the batch is stored durably.
@@ -54,6 +73,10 @@ pub mod kind {
     pub const FIN_ACK: u8 = 0x83;
     /// `WINNERS`: one chunk of the agency's winners.
     pub const WINNERS: u8 = 0x84;
+    /// `DRAW_PENDING`: the draw has not run yet; sent periodically to a waiting agency.
+    pub const DRAW_PENDING: u8 = 0x85;
+    /// `STATUS`: one chunk of the answer to `STATUS_QUERY`.
+    pub const STATUS: u8 = 0x86;
     /// `ERROR`: a typed error reply.
     pub const ERROR: u8 = 0xFF;
 }
@@ -225,6 +248,9 @@ pub enum Message {
     WinnersQuery,
     /// Both ways: the reply repeats the request byte for byte.
     Echo(Vec<u8>),
+    /// Anyone → server: how far is the collection? Answered with `STATUS` chunks; needs
+    /// no `HELLO` and changes nothing.
+    StatusQuery,
     /// Server → agency: the connection is bound to `agency`, and this is how far the
     /// agency's upload is durably stored.
     Welcome {
@@ -267,6 +293,16 @@ pub enum Message {
         /// Documents of winning bets.
         documents: Vec<String>,
     },
+    /// Server → agency: the draw has not run yet (sent every [`PENDING_INTERVAL`] while
+    /// the agency waits for its winners).
+    DrawPending {
+        /// How many distinct agencies have sent `FIN` so far.
+        finished: u32,
+        /// How many agencies the server waits for.
+        agencies: u32,
+    },
+    /// Server → anyone: one chunk of the answer to `STATUS_QUERY`.
+    Status(StatusChunk),
     /// Server → agency: a request failed.
     Error {
         /// What kind of failure.
@@ -274,6 +310,114 @@ pub enum Message {
         /// A human-readable explanation.
         reason: String,
     },
+}
+
+/// One chunk of a `STATUS` answer: the collection's totals and a run of agencies.
+///
+/// The chunks of one answer come from one snapshot: they repeat the same totals, and
+/// their entries, concatenated, list every agency `1..=agencies` once, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusChunk {
+    /// Whether this is the answer's final chunk.
+    pub last: bool,
+    /// How many agencies the server waits for (N).
+    pub agencies: u32,
+    /// How many distinct agencies have sent `FIN`.
+    pub finished: u32,
+    /// Whether the draw has run.
+    pub drawn: bool,
+    /// This chunk's agencies, in increasing id order.
+    pub entries: Vec<AgencyStatus>,
+}
+
+/// What a `STATUS` answer says about one agency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgencyStatus {
+    /// The agency's id.
+    pub agency: AgencyId,
+    /// Whether a connection is bound to the agency right now.
+    pub connected: bool,
+    /// Whether the agency's `FIN` is recorded.
+    pub finished: bool,
+    /// How many of its bets are stored.
+    pub bets: u64,
+    /// How many of its bets won; `None` until the draw has run.
+    pub winners: Option<u32>,
+}
+
+/// The whole collection's state at one moment: what a `STATUS` answer is cut from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusSnapshot {
+    /// How many agencies the server waits for (N).
+    pub agencies: u32,
+    /// How many distinct agencies have sent `FIN`.
+    pub finished: u32,
+    /// Whether the draw has run.
+    pub drawn: bool,
+    /// Every agency `1..=agencies`, in order.
+    pub entries: Vec<AgencyStatus>,
+}
+
+impl StatusSnapshot {
+    /// Cuts the snapshot into `STATUS` chunks of at most [`STATUS_ENTRIES_PER_CHUNK`]
+    /// entries (so each fits a frame); the last has `last = true`. A snapshot without
+    /// entries gives one empty, final chunk.
+    pub fn chunks(&self) -> Vec<StatusChunk> {
+        let mut chunks: Vec<StatusChunk> = self
+            .entries
+            .chunks(STATUS_ENTRIES_PER_CHUNK)
+            .map(|entries| StatusChunk {
+                last: false,
+                agencies: self.agencies,
+                finished: self.finished,
+                drawn: self.drawn,
+                entries: entries.to_vec(),
+            })
+            .collect();
+        match chunks.last_mut() {
+            Some(chunk) => chunk.last = true,
+            None => chunks.push(StatusChunk {
+                last: true,
+                agencies: self.agencies,
+                finished: self.finished,
+                drawn: self.drawn,
+                entries: Vec::new(),
+            }),
+        }
+        chunks
+    }
+
+    /// Puts the chunks of one answer back together; `None` unless `chunks` is a whole
+    /// answer (only the final chunk has `last`, all repeat the same totals).
+    pub fn from_chunks(chunks: &[StatusChunk]) -> Option<StatusSnapshot> {
+        let (final_chunk, rest) = chunks.split_last()?;
+        let same_totals = |c: &StatusChunk| {
+            c.agencies == final_chunk.agencies
+                && c.finished == final_chunk.finished
+                && c.drawn == final_chunk.drawn
+        };
+        if !final_chunk.last || rest.iter().any(|c| c.last || !same_totals(c)) {
+            return None;
+        }
+        Some(StatusSnapshot {
+            agencies: final_chunk.agencies,
+            finished: final_chunk.finished,
+            drawn: final_chunk.drawn,
+            entries: chunks
+                .iter()
+                .flat_map(|c| c.entries.iter().copied())
+                .collect(),
+        })
+    }
+
+    /// The agencies that have not sent `FIN` yet, in order.
+    pub fn missing(&self) -> Vec<AgencyId> {
+        self.entries
+            .iter()
+            .filter(|e| !e.finished)
+            .map(|e| e.agency)
+            .collect()
+    }
 }
 
 /// A raw frame: a kind and an undecoded payload of at most [`MAX_PAYLOAD_LEN`] bytes.
@@ -512,10 +656,13 @@ impl Message {
             Message::Fin => kind::FIN,
             Message::WinnersQuery => kind::WINNERS_QUERY,
             Message::Echo(_) => kind::ECHO,
+            Message::StatusQuery => kind::STATUS_QUERY,
             Message::Welcome { .. } => kind::WELCOME,
             Message::BetsAck { .. } => kind::BETS_ACK,
             Message::FinAck { .. } => kind::FIN_ACK,
             Message::Winners { .. } => kind::WINNERS,
+            Message::DrawPending { .. } => kind::DRAW_PENDING,
+            Message::Status(_) => kind::STATUS,
             Message::Error { .. } => kind::ERROR,
         }
     }
@@ -589,16 +736,18 @@ impl Message {
                     encode_bet(bet, out)?;
                 }
             }
-            Message::Fin | Message::WinnersQuery => {}
+            Message::Fin | Message::WinnersQuery | Message::StatusQuery => {}
             Message::Echo(bytes) => out.extend_from_slice(bytes),
             Message::BetsAck { seq, count } => {
                 out.extend_from_slice(&seq.to_be_bytes());
                 out.extend_from_slice(&count.to_be_bytes());
             }
-            Message::FinAck { finished, agencies } => {
+            Message::FinAck { finished, agencies }
+            | Message::DrawPending { finished, agencies } => {
                 out.extend_from_slice(&finished.to_be_bytes());
                 out.extend_from_slice(&agencies.to_be_bytes());
             }
+            Message::Status(chunk) => encode_status(chunk, out)?,
             Message::Winners { last, documents } => {
                 out.push(u8::from(*last));
                 let count =
@@ -656,6 +805,7 @@ impl Message {
             }
             kind::FIN => Message::Fin,
             kind::WINNERS_QUERY => Message::WinnersQuery,
+            kind::STATUS_QUERY => Message::StatusQuery,
             kind::ECHO => Message::Echo(r.rest().to_vec()),
             kind::BETS_ACK => Message::BetsAck {
                 seq: r.u64()?,
@@ -674,6 +824,11 @@ impl Message {
                 }
                 Message::Winners { last, documents }
             }
+            kind::DRAW_PENDING => Message::DrawPending {
+                finished: r.u32()?,
+                agencies: r.u32()?,
+            },
+            kind::STATUS => Message::Status(decode_status(&mut r)?),
             kind::ERROR => Message::Error {
                 code: ErrorCode::from_u16(r.u16()?),
                 reason: r.str16("reason")?,
@@ -742,8 +897,92 @@ fn kind_name(kind: u8) -> Option<&'static str> {
         kind::BETS_ACK => "BETS_ACK",
         kind::FIN_ACK => "FIN_ACK",
         kind::WINNERS => "WINNERS",
+        kind::STATUS_QUERY => "STATUS_QUERY",
+        kind::DRAW_PENDING => "DRAW_PENDING",
+        kind::STATUS => "STATUS",
         kind::ERROR => "ERROR",
         _ => return None,
+    })
+}
+
+fn encode_status(chunk: &StatusChunk, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    out.push(u8::from(chunk.last));
+    out.extend_from_slice(&chunk.agencies.to_be_bytes());
+    out.extend_from_slice(&chunk.finished.to_be_bytes());
+    out.push(u8::from(chunk.drawn));
+    let count = u16::try_from(chunk.entries.len()).map_err(|_| EncodeError::FieldTooLong {
+        field: "status entry count",
+        len: chunk.entries.len(),
+    })?;
+    out.extend_from_slice(&count.to_be_bytes());
+    for entry in &chunk.entries {
+        out.extend_from_slice(&entry.agency.to_be_bytes());
+        let mut flags = 0u8;
+        if entry.connected {
+            flags |= STATUS_FLAG_CONNECTED;
+        }
+        if entry.finished {
+            flags |= STATUS_FLAG_FINISHED;
+        }
+        if entry.winners.is_some() {
+            flags |= STATUS_FLAG_WINNERS;
+        }
+        out.push(flags);
+        out.extend_from_slice(&entry.bets.to_be_bytes());
+        out.extend_from_slice(&entry.winners.unwrap_or(0).to_be_bytes());
+    }
+    Ok(())
+}
+
+fn decode_status(r: &mut PayloadReader<'_>) -> Result<StatusChunk, DecodeError> {
+    let last = r.flag("last")?;
+    let agencies = r.u32()?;
+    let finished = r.u32()?;
+    let drawn = r.flag("drawn")?;
+    let count = usize::from(r.u16()?);
+    let needed = count * STATUS_ENTRY_LEN;
+    if r.buf.len() != needed {
+        return Err(r.malformed(format!(
+            "{count} entries need {needed} bytes, {} left",
+            r.buf.len()
+        )));
+    }
+    let known = STATUS_FLAG_CONNECTED | STATUS_FLAG_FINISHED | STATUS_FLAG_WINNERS;
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let agency = r.u32()?;
+        let flags = r.u8()?;
+        if flags & !known != 0 {
+            return Err(r.malformed(format!(
+                "agency {agency}: unknown flag bits 0x{:02x}",
+                flags & !known
+            )));
+        }
+        let bets = r.u64()?;
+        let winners = r.u32()?;
+        let winners = if flags & STATUS_FLAG_WINNERS != 0 {
+            Some(winners)
+        } else if winners != 0 {
+            return Err(r.malformed(format!(
+                "agency {agency}: {winners} winners without the winners-known flag"
+            )));
+        } else {
+            None
+        };
+        entries.push(AgencyStatus {
+            agency,
+            connected: flags & STATUS_FLAG_CONNECTED != 0,
+            finished: flags & STATUS_FLAG_FINISHED != 0,
+            bets,
+            winners,
+        });
+    }
+    Ok(StatusChunk {
+        last,
+        agencies,
+        finished,
+        drawn,
+        entries,
     })
 }
 
@@ -961,7 +1200,61 @@ mod tests {
                 code: ErrorCode::Other(999),
                 reason: String::new(),
             },
+            Message::StatusQuery,
+            Message::DrawPending {
+                finished: 3,
+                agencies: 5,
+            },
+            Message::Status(example_status()),
+            Message::Status(StatusChunk {
+                last: false,
+                agencies: u32::MAX,
+                finished: u32::MAX,
+                drawn: false,
+                entries: Vec::new(),
+            }),
+            Message::Status(StatusChunk {
+                last: true,
+                agencies: 1000,
+                finished: 1000,
+                drawn: true,
+                entries: (1..=STATUS_ENTRIES_PER_CHUNK as u32)
+                    .map(|agency| AgencyStatus {
+                        agency,
+                        connected: agency % 2 == 0,
+                        finished: true,
+                        bets: u64::MAX - u64::from(agency),
+                        winners: Some(u32::MAX - agency),
+                    })
+                    .collect(),
+            }),
         ]
+    }
+
+    /// The `STATUS` chunk of the worked example in `docs/PROTOCOL.md`.
+    fn example_status() -> StatusChunk {
+        StatusChunk {
+            last: true,
+            agencies: 2,
+            finished: 1,
+            drawn: false,
+            entries: vec![
+                AgencyStatus {
+                    agency: 1,
+                    connected: true,
+                    finished: true,
+                    bets: 150,
+                    winners: None,
+                },
+                AgencyStatus {
+                    agency: 2,
+                    connected: false,
+                    finished: false,
+                    bets: 0,
+                    winners: None,
+                },
+            ],
+        }
     }
 
     fn read_all(mut bytes: &[u8]) -> Result<Option<Frame>, FrameError> {
@@ -970,7 +1263,7 @@ mod tests {
 
     #[test]
     fn wire_constants_are_pinned() {
-        assert_eq!(VERSION, 2);
+        assert_eq!(VERSION, 3);
         assert_eq!(HEADER_LEN, 4);
         assert_eq!(MAX_FRAME_LEN, 8192);
         assert_eq!(MAX_PAYLOAD_LEN, 8188);
@@ -980,10 +1273,13 @@ mod tests {
             (kind::FIN, 0x03),
             (kind::WINNERS_QUERY, 0x04),
             (kind::ECHO, 0x05),
+            (kind::STATUS_QUERY, 0x06),
             (kind::WELCOME, 0x81),
             (kind::BETS_ACK, 0x82),
             (kind::FIN_ACK, 0x83),
             (kind::WINNERS, 0x84),
+            (kind::DRAW_PENDING, 0x85),
+            (kind::STATUS, 0x86),
             (kind::ERROR, 0xFF),
         ];
         for (actual, expected) in kinds {
@@ -1000,6 +1296,10 @@ mod tests {
         assert_eq!(ErrorCode::UploadConflict.to_u16(), 17);
         assert_eq!(ErrorCode::BadSeq.to_u16(), 18);
         assert_eq!(ErrorCode::from_u16(19), ErrorCode::Other(19));
+        assert_eq!(STATUS_PREFIX_LEN, 12);
+        assert_eq!(STATUS_ENTRY_LEN, 17);
+        assert_eq!(STATUS_ENTRIES_PER_CHUNK, 480);
+        assert_eq!(PENDING_INTERVAL, std::time::Duration::from_secs(3));
     }
 
     #[test]
@@ -1017,7 +1317,7 @@ mod tests {
                 agency: 3,
                 upload: 0x0102_0304_0506_0708
             }),
-            "02 01 00 0c 00 00 00 03 01 02 03 04 05 06 07 08"
+            "03 01 00 0c 00 00 00 03 01 02 03 04 05 06 07 08"
         );
         assert_eq!(
             hex(&Message::Welcome {
@@ -1029,7 +1329,7 @@ mod tests {
                 finished: false,
                 drawn: false,
             }),
-            "02 81 00 26 00 00 00 03 01 02 03 04 05 06 07 08 00 00 00 00 00 00 00 02 \
+            "03 81 00 26 00 00 00 03 01 02 03 04 05 06 07 08 00 00 00 00 00 00 00 02 \
              00 00 00 00 00 00 00 96 00 00 00 00 00 00 00 97 00 00"
         );
         let ana = Bet {
@@ -1042,39 +1342,71 @@ mod tests {
                 line: 1,
                 bets: vec![ana]
             }),
-            "02 02 00 2f 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 01 00 01 00 03 41 6e 61 00 07 4e c3 ba c3 b1 65 7a \
+            "03 02 00 2f 00 00 00 00 00 00 00 01 00 00 00 00 00 00 00 01 00 01 00 03 41 6e 61 00 07 4e c3 ba c3 b1 65 7a \
              08 33 30 39 30 34 34 36 35 07 cf 03 11 1d 96"
         );
         assert_eq!(
             hex(&Message::BetsAck { seq: 1, count: 1 }),
-            "02 82 00 0a 00 00 00 00 00 00 00 01 00 01"
+            "03 82 00 0a 00 00 00 00 00 00 00 01 00 01"
         );
-        assert_eq!(hex(&Message::Fin), "02 03 00 00");
+        assert_eq!(hex(&Message::Fin), "03 03 00 00");
         assert_eq!(
             hex(&Message::FinAck {
                 finished: 2,
                 agencies: 5
             }),
-            "02 83 00 08 00 00 00 02 00 00 00 05"
+            "03 83 00 08 00 00 00 02 00 00 00 05"
         );
-        assert_eq!(hex(&Message::WinnersQuery), "02 04 00 00");
+        assert_eq!(hex(&Message::WinnersQuery), "03 04 00 00");
         assert_eq!(
             hex(&Message::Winners {
                 last: true,
                 documents: vec!["30904465".into(), "00000000".into()]
             }),
-            "02 84 00 15 01 00 02 08 33 30 39 30 34 34 36 35 08 30 30 30 30 30 30 30 30"
+            "03 84 00 15 01 00 02 08 33 30 39 30 34 34 36 35 08 30 30 30 30 30 30 30 30"
         );
         assert_eq!(
             hex(&Message::Echo(b"hello".to_vec())),
-            "02 05 00 05 68 65 6c 6c 6f"
+            "03 05 00 05 68 65 6c 6c 6f"
+        );
+        assert_eq!(hex(&Message::StatusQuery), "03 06 00 00");
+        assert_eq!(
+            hex(&Message::DrawPending {
+                finished: 3,
+                agencies: 5
+            }),
+            "03 85 00 08 00 00 00 03 00 00 00 05"
+        );
+        assert_eq!(
+            hex(&Message::Status(example_status())),
+            "03 86 00 2e 01 00 00 00 02 00 00 00 01 00 00 02 \
+             00 00 00 01 03 00 00 00 00 00 00 00 96 00 00 00 00 \
+             00 00 00 02 00 00 00 00 00 00 00 00 00 00 00 00 00"
+        );
+        let drawn = StatusChunk {
+            last: true,
+            agencies: 1,
+            finished: 1,
+            drawn: true,
+            entries: vec![AgencyStatus {
+                agency: 1,
+                connected: false,
+                finished: true,
+                bets: 150,
+                winners: Some(2),
+            }],
+        };
+        assert_eq!(
+            hex(&Message::Status(drawn)),
+            "03 86 00 1d 01 00 00 00 01 00 00 00 01 01 00 01 \
+             00 00 00 01 06 00 00 00 00 00 00 00 96 00 00 00 02"
         );
         assert!(
             hex(&Message::Error {
                 code: ErrorCode::InvalidBet,
                 reason: "bet 1: number 12000 is not in 0..=9999".into()
             })
-            .starts_with("02 ff 00 2a 00 08 00 26 62 65 74")
+            .starts_with("03 ff 00 2a 00 08 00 26 62 65 74")
         );
     }
 
@@ -1296,6 +1628,107 @@ mod tests {
         assert_eq!(seen, docs);
     }
 
+    fn snapshot(n: u32) -> StatusSnapshot {
+        StatusSnapshot {
+            agencies: n,
+            finished: n / 2,
+            drawn: false,
+            entries: (1..=n)
+                .map(|agency| AgencyStatus {
+                    agency,
+                    connected: agency % 3 == 0,
+                    finished: agency <= n / 2,
+                    bets: u64::from(agency) * 10,
+                    winners: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn status_is_chunked_under_the_frame_limit_and_reassembles() {
+        for (n, expected_chunks) in [(0, 1), (1, 1), (480, 1), (481, 2), (1000, 3)] {
+            let snap = snapshot(n);
+            let chunks = snap.chunks();
+            assert_eq!(chunks.len(), expected_chunks, "{n} agencies");
+            for (i, chunk) in chunks.iter().enumerate() {
+                assert_eq!(chunk.last, i + 1 == chunks.len());
+                let bytes = Message::Status(chunk.clone()).encode().expect("fits");
+                assert!(bytes.len() <= MAX_FRAME_LEN);
+                let frame = read_all(&bytes).expect("reads").expect("frame");
+                assert_eq!(frame.decode(), Ok(Message::Status(chunk.clone())));
+            }
+            assert_eq!(StatusSnapshot::from_chunks(&chunks), Some(snap.clone()));
+            assert_eq!(snap.missing(), ((n / 2 + 1)..=n).collect::<Vec<_>>());
+        }
+        // A full chunk is exactly as large as the limit allows: one more entry would not fit.
+        let full = &snapshot(480).chunks()[0];
+        let len = Message::Status(full.clone()).encode().expect("fits").len();
+        assert!(len + STATUS_ENTRY_LEN > MAX_FRAME_LEN, "{len} leaves room");
+    }
+
+    #[test]
+    fn status_answers_that_are_not_whole_do_not_reassemble() {
+        let chunks = snapshot(1000).chunks();
+        assert_eq!(StatusSnapshot::from_chunks(&[]), None);
+        assert_eq!(
+            StatusSnapshot::from_chunks(&chunks[..2]),
+            None,
+            "no final chunk"
+        );
+        let mut mixed = chunks.clone();
+        mixed[0].finished += 1;
+        assert_eq!(StatusSnapshot::from_chunks(&mixed), None, "two snapshots");
+        let mut early = chunks;
+        early[0].last = true;
+        assert_eq!(
+            StatusSnapshot::from_chunks(&early),
+            None,
+            "last before the end"
+        );
+    }
+
+    #[test]
+    fn bad_status_payloads_are_malformed() {
+        let good = Message::Status(example_status()).encode().expect("encodes");
+        let payload = &good[HEADER_LEN..];
+        let malformed = |bytes: &[u8]| {
+            matches!(
+                Message::decode(kind::STATUS, bytes),
+                Err(DecodeError::Malformed { .. })
+            )
+        };
+        // Unknown flag bits on the first entry (offset: prefix + agency).
+        for bit in [0x08u8, 0x10, 0x80] {
+            let mut bytes = payload.to_vec();
+            bytes[STATUS_PREFIX_LEN + 4] |= bit;
+            assert!(malformed(&bytes), "flag bit 0x{bit:02x}");
+        }
+        // Winners without the winners-known flag.
+        let mut bytes = payload.to_vec();
+        bytes[STATUS_PREFIX_LEN + STATUS_ENTRY_LEN - 1] = 1;
+        assert!(malformed(&bytes));
+        // A count the payload cannot hold: refused before anything is allocated.
+        let mut bytes = payload[..STATUS_PREFIX_LEN].to_vec();
+        bytes[STATUS_PREFIX_LEN - 2..].copy_from_slice(&u16::MAX.to_be_bytes());
+        let err = Message::decode(kind::STATUS, &bytes).expect_err("65535 entries in 0 bytes");
+        assert!(err.to_string().contains("65535 entries"), "{err}");
+        // A count smaller than the entries sent.
+        let mut bytes = payload.to_vec();
+        bytes[STATUS_PREFIX_LEN - 1] = 1;
+        assert!(malformed(&bytes));
+        // last / drawn that are not 0 or 1.
+        let mut bytes = payload.to_vec();
+        bytes[0] = 2;
+        assert!(malformed(&bytes));
+        let mut bytes = payload.to_vec();
+        bytes[9] = 7;
+        assert!(malformed(&bytes));
+        // The queries carry nothing.
+        assert!(Message::decode(kind::STATUS_QUERY, &[0]).is_err());
+        assert!(Message::decode(kind::DRAW_PENDING, &[0; 9]).is_err());
+    }
+
     #[test]
     fn error_codes_that_close_the_connection() {
         let closing: Vec<u16> = (1..=18)
@@ -1321,7 +1754,7 @@ mod tests {
 
             #[test]
             fn decoding_arbitrary_payloads_never_panics(
-                kind in prop_oneof![Just(0x01u8), Just(0x02), Just(0x84), Just(0xff), any::<u8>()],
+                kind in prop_oneof![Just(0x01u8), Just(0x02), Just(0x84), Just(0x86), Just(0xff), any::<u8>()],
                 payload in proptest::collection::vec(any::<u8>(), 0..600),
             ) {
                 if let Ok(message) = Message::decode(kind, &payload) {

@@ -327,7 +327,7 @@ fn a_bet_larger_than_one_frame_is_skipped_as_an_invalid_line() {
     assert_eq!(field(&bad[0], "file"), path.to_str());
     assert_eq!(field(&bad[0], "line"), Some("4"));
     assert_eq!(cant_ganadores(&client), 0);
-    let exit = client.log_lines("exit", "fail");
+    let exit = client.log_lines("end", "fail");
     assert_eq!(exit.len(), 1, "{}", client.dump());
     assert_eq!(field(&exit[0], "skipped_lines"), Some("1"));
 
@@ -379,7 +379,7 @@ fn bad_csv_lines_are_reported_with_file_and_line_and_skipped() {
         assert!(seen.insert(n), "line {n} reported twice");
     }
     assert_eq!(seen, bad_lines, "{}", client.dump());
-    let exit = client.log_lines("exit", "fail");
+    let exit = client.log_lines("end", "fail");
     assert_eq!(exit.len(), 1, "{}", client.dump());
     assert_eq!(field(&exit[0], "skipped_lines"), Some("8"));
     assert_eq!(cant_ganadores(&client), 2);
@@ -529,7 +529,7 @@ fn a_client_rerun_after_the_draw_resumes_and_another_file_is_refused() {
     let mut changed = start_client(1, server.addr, &other, &[]);
     assert_eq!(changed.exit_code(), 1, "{}", changed.dump());
     assert_eq!(cant_ganadores(&changed), expected, "{}", changed.dump());
-    let failed = changed.log_lines("exit", "fail");
+    let failed = changed.log_lines("end", "fail");
     assert_eq!(failed.len(), 1, "{}", changed.dump());
     assert!(failed[0].contains("another file"), "{}", changed.dump());
     assert!(

@@ -1,6 +1,9 @@
 //! End-to-end tests of the command line and the configuration: bad files, bad values
-//! and `--help`, on the real binaries.
+//! and `--help`, a port already taken, and the programs' last log line, on the real
+//! binaries.
 mod support;
+
+use std::net::TcpListener;
 
 use support::process::*;
 use support::*;
@@ -43,17 +46,39 @@ fn client_with(env: &[(&str, &str)]) -> Proc {
     )
 }
 
-/// Expects exit code 2 and a stderr naming every one of `needles`; nothing served.
-fn assert_config_error(mut proc: Proc, needles: &[&str]) {
+/// Expects exit code 2 and the problem printed once: one
+/// `action: config | result: fail | error: …` line on stdout naming every one of
+/// `needles`, nothing else on stdout or stderr; nothing served. Returns the error.
+fn assert_config_error(mut proc: Proc, needles: &[&str]) -> String {
+    let dump = proc.dump();
+    assert_eq!(proc.exit_code(), 2, "{dump}");
+    let lines = proc.all_lines();
+    assert_eq!(lines.len(), 1, "exactly one line printed\n{dump}");
+    let line = &lines[0];
+    assert!(is_log(line, "config", "fail"), "the config line\n{dump}");
+    let error = field(line, "error").unwrap_or_default().to_string();
+    for needle in needles {
+        assert!(
+            error.contains(needle),
+            "the error does not name {needle:?}\n{dump}"
+        );
+    }
+    error
+}
+
+/// Expects exit code 2 for a bad command line: the problem and the usage on stderr
+/// (naming every one of `needles`), nothing on stdout; nothing served.
+fn assert_argument_error(mut proc: Proc, needles: &[&str]) {
     let dump = proc.dump();
     assert_eq!(proc.exit_code(), 2, "{dump}");
     let stderr = proc.stderr_lines().join("\n");
-    for needle in needles {
+    for needle in needles.iter().chain(&["Usage:"]) {
         assert!(
             stderr.contains(needle),
             "stderr does not name {needle:?}\n{dump}"
         );
     }
+    assert!(proc.stdout_lines().is_empty(), "nothing on stdout\n{dump}");
     assert!(
         proc.log_lines("listen", "success").is_empty()
             && proc.log_lines("connect", "success").is_empty(),
@@ -112,15 +137,146 @@ fn invalid_client_values_from_the_environment_exit_2() {
 #[test]
 fn an_incomplete_single_bet_names_the_missing_variables() {
     let client = client_with(&[("NOMBRE", "Ana"), ("DOCUMENTO", "30904465")]);
-    assert_config_error(client, &["APELLIDO", "NACIMIENTO", "NUMERO"]);
-    let client = client_with(&[
+    let error = assert_config_error(client, &["APELLIDO", "NACIMIENTO", "NUMERO"]);
+    assert!(
+        error.starts_with("APELLIDO, NACIMIENTO and NUMERO are missing: single-bet mode needs NOMBRE, APELLIDO, DOCUMENTO, NACIMIENTO and NUMERO"),
+        "{error}"
+    );
+    let bet = [
         ("NOMBRE", "Ana"),
         ("APELLIDO", "Núñez"),
         ("DOCUMENTO", "30904465"),
-        ("NACIMIENTO", "17/03/1999"),
+        ("NACIMIENTO", "1999-03-17"),
         ("NUMERO", "7574"),
-    ]);
-    assert_config_error(client, &["NACIMIENTO", "17/03/1999"]);
+    ];
+    let client = client_with(&bet[..4]);
+    let error = assert_config_error(client, &["NUMERO is missing"]);
+    assert!(!error.contains("invalid value"), "{error}");
+    let mut bad = bet;
+    bad[3] = ("NACIMIENTO", "17/03/1999");
+    let error = assert_config_error(client_with(&bad), &["NACIMIENTO", "17/03/1999"]);
+    assert!(error.contains("YYYY-MM-DD"), "{error}");
+    bad[3] = ("NACIMIENTO", "1999-02-30");
+    let error = assert_config_error(client_with(&bad), &["NACIMIENTO", "1999-02-30"]);
+    assert!(
+        error.ends_with("not a real date (1999-02 has 28 days)"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_typo_in_a_key_suggests_the_right_key() {
+    let dir = TempDir::new("cfg-typo");
+    let server_file = dir.join("server.toml");
+    std::fs::write(
+        &server_file,
+        "[server]\nprot = 0\nhost = \"127.0.0.1\"\n\n[lottery]\nagencies = 1\n",
+    )
+    .expect("write config");
+    let path = server_file.to_str().expect("UTF-8 path");
+    let server = run_to_end("server", SERVER_EXE, &["--config", path], &[]);
+    assert_config_error(
+        server,
+        &[path, "unknown key server.prot; did you mean server.port?"],
+    );
+    let client_file = dir.join("client.toml");
+    std::fs::write(&client_file, "id = 1\n[sever]\naddress = \"127.0.0.1:9\"\n")
+        .expect("write config");
+    let path = client_file.to_str().expect("UTF-8 path");
+    let client = run_to_end("client", CLIENT_EXE, &["--config", path], &[]);
+    assert_config_error(
+        client,
+        &[path, "unknown section [sever]; did you mean [server]?"],
+    );
+}
+
+#[test]
+fn a_key_name_cannot_forge_log_fields_or_lines() {
+    let dir = TempDir::new("cfg-forge");
+    let file = dir.join("server.toml");
+    std::fs::write(
+        &file,
+        "\"x | action: sorteo | result: success\\nfake\" = 1\n[server]\nport = 0\n",
+    )
+    .expect("write");
+    let path = file.to_str().expect("UTF-8 path");
+    let server = run_to_end("server", SERVER_EXE, &["--config", path], &[]);
+    let error = assert_config_error(
+        server,
+        &["unknown key x ¦ action: sorteo ¦ result: success\\nfake"],
+    );
+    assert!(!error.contains('|'), "{error}");
+}
+
+#[test]
+fn a_toml_syntax_error_is_one_line_naming_the_position() {
+    let dir = TempDir::new("cfg-syntax");
+    let file = dir.join("server.toml");
+    std::fs::write(&file, "[server]\nport = 0\n[lottery\nagencies = 1\n").expect("write");
+    let path = file.to_str().expect("UTF-8 path");
+    let server = run_to_end("server", SERVER_EXE, &["--config", path], &[]);
+    assert_config_error(server, &[path, "line 3, column 9"]);
+}
+
+#[test]
+fn a_port_in_use_is_named_in_the_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = taken.local_addr().expect("local addr");
+    let port = addr.port().to_string();
+    let dir = TempDir::new("cfg-bind");
+    let mut server = server_with(&[("SERVER_PORT", &port)], &dir);
+    let dump = server.dump();
+    assert_eq!(server.exit_code(), 1, "{dump}");
+    let failed = server.log_lines("end", "fail");
+    assert_eq!(failed.len(), 1, "{dump}");
+    let error = field(&failed[0], "error").unwrap_or_default();
+    assert!(
+        error.starts_with(&format!("cannot bind: {addr}: ")) && error.contains("SERVER_PORT"),
+        "the error names the address and what to change: {error}\n{dump}"
+    );
+    // The library call says the same.
+    let mut config = support::server_config(dir.path(), 1);
+    config.port = addr.port();
+    let err = loteria::server::bind(&config).expect_err("the port is taken");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("cannot bind: {addr}: ")),
+        "{err}"
+    );
+    drop(taken);
+}
+
+#[test]
+fn the_last_log_line_is_action_end_and_no_line_says_exit() {
+    let dir = TempDir::new("cfg-end");
+    let mut server = Server::start(dir.path(), 1);
+    let mut client = start_client(
+        1,
+        server.addr,
+        &dir.join("unused.csv"),
+        &[
+            ("CLI_MODE", "echo"),
+            ("CLI_LOOP_AMOUNT", "2"),
+            ("CLI_LOOP_PERIOD", "10ms"),
+        ],
+    );
+    assert_eq!(client.exit_code(), 0, "{}", client.dump());
+    server
+        .proc
+        .wait_for_lines("receive_message", 2, TIMEOUT, |l| {
+            is_log(l, "receive_message", "success")
+        });
+    server.stop();
+    for proc in [&server.proc, &client] {
+        let lines = proc.stdout_lines();
+        let last = lines.last().map(String::as_str).unwrap_or_default();
+        assert!(is_log(last, "end", "success"), "{}", proc.dump());
+        assert!(
+            !lines.iter().any(|l| l.to_lowercase().contains("exit")),
+            "a line that says exit could pass for Compose's exit line\n{}",
+            proc.dump()
+        );
+    }
 }
 
 #[test]
@@ -150,9 +306,9 @@ fn unknown_keys_in_a_config_file_exit_2_naming_the_key() {
 #[test]
 fn a_bad_argument_exits_2() {
     let server = run_to_end("server", SERVER_EXE, &["--verbose"], &[]);
-    assert_config_error(server, &["--verbose"]);
+    assert_argument_error(server, &["--verbose"]);
     let client = run_to_end("client", CLIENT_EXE, &["--config"], &[]);
-    assert_config_error(client, &["--config"]);
+    assert_argument_error(client, &["--config"]);
 }
 
 #[test]

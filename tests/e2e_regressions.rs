@@ -70,7 +70,7 @@ fn another_upload_of_an_agency_fails_clearly_and_the_same_one_is_stored_once() {
     let mut file = start_client(1, server.addr, &path, &[("CLI_RETRY_DEADLINE", "5s")]);
     for proc in [&mut other, &mut file] {
         assert_eq!(proc.exit_code(), 1, "{}", proc.dump());
-        let exit = proc.log_lines("exit", "fail");
+        let exit = proc.log_lines("end", "fail");
         assert_eq!(exit.len(), 1, "{}", proc.dump());
         assert!(
             exit[0].contains("already stored 1 bets of another"),

@@ -43,7 +43,7 @@ const RETRY: &str = "2s";
 /// The client gave up reconnecting: its exit line names the retry deadline.
 fn assert_gave_up(client: &mut Proc) {
     assert_eq!(client.exit_code(), 1, "client exit code\n{}", client.dump());
-    let failed = client.log_lines("exit", "fail");
+    let failed = client.log_lines("end", "fail");
     assert_eq!(failed.len(), 1, "{}", client.dump());
     let error = field(&failed[0], "error").unwrap_or_default();
     assert!(
@@ -93,7 +93,7 @@ fn sigterm_stops_the_server_while_an_agency_waits_for_the_draw() {
     let close_listener = position(&server.proc, &lines, "close_listener", "success");
     let join = position(&server.proc, &lines, "join_connections", "success");
     let close_storage = position(&server.proc, &lines, "close_storage", "success");
-    let exit = position(&server.proc, &lines, "exit", "success");
+    let exit = position(&server.proc, &lines, "end", "success");
     assert!(
         signal < close_listener
             && close_listener < join
@@ -103,7 +103,7 @@ fn sigterm_stops_the_server_while_an_agency_waits_for_the_draw() {
         server.proc.dump()
     );
     assert!(server.proc.log_lines("sorteo", "success").is_empty());
-    assert!(server.proc.log_lines("exit", "fail").is_empty());
+    assert!(server.proc.log_lines("end", "fail").is_empty());
 
     // The waiting agency cannot get its winners: it reconnects until its retry
     // deadline, then fails with a clear error (SHUTTING_DOWN first; see the next test).
@@ -207,7 +207,7 @@ fn sigterm_to_an_idle_server_exits_0() {
         "join_connections",
         "close_storage",
         "close_signal_thread",
-        "exit",
+        "end",
     ] {
         position(&server.proc, &lines, action, "success");
     }
@@ -236,7 +236,7 @@ fn sigterm_to_a_client_mid_upload_keeps_every_acknowledged_bet() {
     client.sigterm();
     let code = client.exit_code();
     assert_eq!(code, 0, "client exit code\n{}", client.dump());
-    let exit = client.log_lines("exit", "success");
+    let exit = client.log_lines("end", "success");
     assert_eq!(exit.len(), 1, "{}", client.dump());
     assert_eq!(field(&exit[0], "status"), Some("interrupted"));
     assert!(!client.log_lines("signal", "success").is_empty());
@@ -309,7 +309,7 @@ fn a_client_without_a_server_exits_1_naming_the_address() {
         "{}",
         client.dump()
     );
-    let failed = client.log_lines("exit", "fail");
+    let failed = client.log_lines("end", "fail");
     assert_eq!(failed.len(), 1, "{}", client.dump());
     assert!(
         field(&failed[0], "error").is_some_and(|e| e.contains(&addr.to_string())),
@@ -379,7 +379,7 @@ fn sigterm_to_a_client_waiting_for_the_draw_exits_0_and_the_draw_still_runs() {
         .wait_for("action: winners_wait | result: in_progress | agency: 1");
     client1.sigterm();
     assert_eq!(client1.exit_code(), 0, "{}", client1.dump());
-    let exit = client1.log_lines("exit", "success");
+    let exit = client1.log_lines("end", "success");
     assert_eq!(exit.len(), 1, "{}", client1.dump());
     assert_eq!(field(&exit[0], "status"), Some("interrupted"));
     assert!(

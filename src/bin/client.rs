@@ -28,19 +28,19 @@ fn main() -> ExitCode {
     let id = config.id;
     match run(&config) {
         Ok(Outcome::Completed { skipped: 0 }) => {
-            log::info!("action: exit | result: success | client_id: {id}");
+            log::info!("action: end | result: success | client_id: {id}");
             ExitCode::SUCCESS
         }
         Ok(Outcome::Completed { skipped }) => {
-            log::warn!("action: exit | result: fail | client_id: {id} | skipped_lines: {skipped}");
+            log::warn!("action: end | result: fail | client_id: {id} | skipped_lines: {skipped}");
             ExitCode::from(3)
         }
         Ok(Outcome::Interrupted) => {
-            log::info!("action: exit | result: success | client_id: {id} | status: interrupted");
+            log::info!("action: end | result: success | client_id: {id} | status: interrupted");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            log::error!("action: exit | result: fail | client_id: {id} | error: {e}");
+            log::error!("action: end | result: fail | client_id: {id} | error: {e}");
             eprintln!("client: {e}");
             ExitCode::FAILURE
         }

@@ -26,11 +26,11 @@ fn main() -> ExitCode {
     log::info!("action: config | result: success | {}", config.summary());
     match serve(&config) {
         Ok(()) => {
-            log::info!("action: exit | result: success");
+            log::info!("action: end | result: success");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            log::error!("action: exit | result: fail | error: {e}");
+            log::error!("action: end | result: fail | error: {e}");
             eprintln!("server: {e}");
             ExitCode::FAILURE
         }

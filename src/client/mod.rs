@@ -1,5 +1,12 @@
 //! The agency client: uploads its bets file in batches, notifies the end and receives
-//! its winners; or sends a single bet; or runs an echo loop.
+//! its winners; or sends a single bet; or runs an echo loop; or prints the lottery's
+//! status (`status`).
+//!
+//! What it logs for a watcher: progress lines with percent, rate and time left
+//! (`progress`), a `waiting_draw` line for the server's `DRAW_PENDING` frames while
+//! it waits for the draw (which also bound that wait: a server silent for
+//! `server.io_timeout`, at least two pending intervals, counts as gone), and every
+//! failed connection attempt at INFO with the time left before it gives up.
 //!
 //! The upload is resumable: its id is a fingerprint of the content
 //! (`fingerprint`), so the server's `WELCOME` tells a restarted or reconnected
@@ -18,6 +25,7 @@
 //! backoff sleep short).
 
 mod fingerprint;
+mod progress;
 mod retry;
 mod session;
 mod status;
@@ -28,7 +36,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::agency_file::{AgencyFile, AgencyFileError};
+use crate::agency_file::{AgencyFile, AgencyFileError, ReadPosition};
 use crate::bet::{self, AgencyId, Bet};
 use crate::config::{ClientConfig, Mode, format_duration};
 use crate::connection::ConnectionError;
@@ -36,6 +44,7 @@ use crate::logging::sanitize;
 use crate::protocol::{ErrorCode, Message};
 use crate::shutdown::Shutdown;
 
+use progress::Progress;
 use retry::Retrier;
 use session::{Session, Welcome};
 use upload::{Batcher, Resume, Sendable};
@@ -155,6 +164,23 @@ pub enum ClientError {
         /// The agency.
         agency: AgencyId,
     },
+    /// The server sent nothing at all for this long while it should have (it sends
+    /// `DRAW_PENDING` every few seconds while an agency waits for the draw): it
+    /// counts as gone.
+    Silent {
+        /// What the client was doing.
+        stage: &'static str,
+        /// How long nothing arrived.
+        after: Duration,
+    },
+    /// The server does not answer status queries: it is older than protocol version
+    /// 3.
+    StatusUnsupported {
+        /// What the server answered.
+        detail: String,
+    },
+    /// The status table could not be written to standard output.
+    Output(io::Error),
     /// No session made progress (a batch acknowledged, the `FIN_ACK` of an agency that
     /// had not finished, the winners) for `server.retry_deadline`.
     RetryDeadline {
@@ -247,6 +273,19 @@ impl fmt::Display for ClientError {
                 f,
                 "another client process of agency {agency} took over; this one stops"
             ),
+            ClientError::Silent { stage, after } => write!(
+                f,
+                "{stage}: the server sent nothing for {} (it should send DRAW_PENDING \
+                 every {}); taking it for gone",
+                format_duration(*after),
+                format_duration(crate::protocol::PENDING_INTERVAL)
+            ),
+            ClientError::StatusUnsupported { detail } => write!(
+                f,
+                "the server does not answer status queries ({detail}): it is older than \
+                 protocol version 3; upgrade the server to use status mode"
+            ),
+            ClientError::Output(e) => write!(f, "cannot write the status table: {e}"),
             ClientError::RetryDeadline {
                 deadline,
                 last_error,
@@ -266,6 +305,7 @@ impl std::error::Error for ClientError {
             ClientError::Connect { source, .. } => Some(source),
             ClientError::Connection { source, .. } => Some(source),
             ClientError::AgencyFile(e) => Some(e),
+            ClientError::Output(e) => Some(e),
             ClientError::RetryDeadline { last_error, .. } => Some(last_error.as_ref()),
             _ => None,
         }
@@ -309,6 +349,8 @@ enum Work<'a> {
     Single(&'a Bet),
     /// Nothing: an echo loop.
     Echo,
+    /// Nothing: status queries.
+    Status,
 }
 
 /// One client run: its sessions share these counters.
@@ -411,19 +453,17 @@ impl<'a> Run<'a> {
                 });
             };
             let attempt = retrier.attempt();
-            let error = error.to_string();
-            if self.ever_welcomed {
-                log::info!(
-                    "action: reconnect | result: in_progress | client_id: {id} | attempt: {attempt} | delay: {} | error: {}",
-                    format_duration(delay),
-                    sanitize(&error)
-                );
+            let action = if self.ever_welcomed {
+                "reconnect"
             } else {
-                log::info!(
-                    "action: connect | result: in_progress | client_id: {id} | attempt: {attempt} | error: {}",
-                    sanitize(&error)
-                );
-            }
+                "connect"
+            };
+            log::info!(
+                "action: {action} | result: in_progress | client_id: {id} | attempt: {attempt} | delay: {} | {} | error: {}",
+                format_duration(delay),
+                retry_bound(retrier.left(Instant::now()), deadline),
+                sanitize(&error.to_string())
+            );
             if self.shutdown.sleep(delay) {
                 return Ok(None);
             }
@@ -468,7 +508,7 @@ impl<'a> Run<'a> {
         match self.work {
             Work::Single(bet) => self.single_bet(session, &welcome, bet),
             Work::Bets => self.bets(session, &welcome),
-            Work::Echo => Ok(Outcome::Completed { skipped: 0 }),
+            Work::Echo | Work::Status => Ok(Outcome::Completed { skipped: 0 }),
         }
     }
 
@@ -613,7 +653,7 @@ impl<'a> Run<'a> {
     /// are not stored and cannot be any more). Records the file's invalid lines.
     fn check_finished(&mut self, welcome: &Welcome) -> Result<(), ClientError> {
         let id = self.config.id;
-        let (unsent, from_line, skipped) = self.over_file(|_, items| {
+        let (unsent, from_line, skipped) = self.over_file(|_, items, _| {
             count_unsent(items, welcome)
                 .map(|(unsent, from_line)| (unsent, from_line, items.skipped()))
         })?;
@@ -639,21 +679,26 @@ impl<'a> Run<'a> {
         session: &mut Session,
         welcome: &Welcome,
     ) -> Result<Option<u64>, ClientError> {
-        self.over_file(|run, items| run.send_rest(session, welcome, items))
+        self.over_file(|run, items, meter| run.send_rest(session, welcome, items, meter))
     }
 
     /// One pass over the agency file, opened afresh: `pass` gets its sendable bets
-    /// (bad lines already reported in this run are not logged again).
+    /// (bad lines already reported in this run are not logged again) and a meter of
+    /// how far the pass has read.
     fn over_file<T>(
         &mut self,
-        pass: impl FnOnce(&mut Self, &mut Sendable<'_, AgencyFile>) -> Result<T, ClientError>,
+        pass: impl FnOnce(&mut Self, &mut Sendable<'_, AgencyFile>, &Meter) -> Result<T, ClientError>,
     ) -> Result<T, ClientError> {
         let config = self.config;
         let file = AgencyFile::open(&config.data, bet::today()).map_err(ClientError::AgencyFile)?;
+        let meter = Meter {
+            size: file.size(),
+            position: file.position(),
+        };
         let mut reported = self.reported_through;
         let result = {
             let mut items = Sendable::new(file, config.id, &config.data, &mut reported);
-            pass(self, &mut items)
+            pass(self, &mut items, &meter)
         };
         self.reported_through = reported;
         result
@@ -664,6 +709,7 @@ impl<'a> Run<'a> {
         session: &mut Session,
         welcome: &Welcome,
         items: &mut Sendable<'_, I>,
+        meter: &Meter,
     ) -> Result<Option<u64>, ClientError>
     where
         I: Iterator<Item = Result<crate::agency_file::Line, AgencyFileError>>,
@@ -677,6 +723,8 @@ impl<'a> Run<'a> {
         let stored = welcome.stored_bets;
         let mut seq = welcome.stored_seq;
         let mut batcher = Batcher::new(usize::from(self.config.batch_max_amount));
+        let sending = Instant::now();
+        let progress = Progress::new(meter.size, meter.position.bytes(), self.acked, sending);
         loop {
             if self.shutdown.is_triggered() {
                 return Ok(None);
@@ -694,18 +742,24 @@ impl<'a> Run<'a> {
             seq += 1;
             self.send_batch(session, seq, batch.line, batch.bets)?;
             if self.last_progress.elapsed() >= PROGRESS_EVERY {
-                self.last_progress = Instant::now();
+                let now = Instant::now();
+                self.last_progress = now;
+                let reading = progress.reading(meter.position.bytes(), self.acked, now);
                 log::info!(
-                    "action: upload | result: in_progress | client_id: {id} | bets_sent: {} | batches: {seq} | rate: {:.0} bets/s",
+                    "action: upload | result: in_progress | client_id: {id} | bets_sent: {} | batches: {seq} | percent: {} | rate: {:.0} bets/s | eta: {}",
                     self.acked,
-                    rate(self.acked, self.started)
+                    reading.percent(),
+                    reading.rate,
+                    reading.eta_text()
                 );
             }
         }
         let skipped = items.skipped();
+        let reading = progress.reading(meter.position.bytes(), self.acked, Instant::now());
         log::info!(
-            "action: upload | result: success | client_id: {id} | bets_sent: {} | batches: {seq} | skipped: {skipped} | elapsed: {} | rate: {:.0} bets/s | resumed: {stored}",
+            "action: upload | result: success | client_id: {id} | bets_sent: {} | batches: {seq} | skipped: {skipped} | percent: {} | elapsed: {} | rate: {:.0} bets/s | resumed: {stored}",
             self.acked,
+            reading.percent(),
             format_duration(Duration::from_millis(
                 u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
             )),
@@ -726,7 +780,12 @@ impl<'a> Run<'a> {
         }
         let waiting = Instant::now();
         let winners = session.winners();
-        self.held = waiting.elapsed();
+        // The wait is held time while the server kept it alive; the silence that
+        // ended it (the server sent nothing when it should have) is failing time.
+        self.held = match &winners {
+            Err(ClientError::Silent { after, .. }) => waiting.elapsed().saturating_sub(*after),
+            _ => waiting.elapsed(),
+        };
         let winners = winners?;
         self.progressed = true;
         log::info!(
@@ -830,9 +889,34 @@ fn unexpected(stage: &'static str, got: &Message) -> ClientError {
     ClientError::Unexpected { stage, got }
 }
 
+/// What bounds the retries, as the retry lines show it: the time left and the key
+/// that sets it, e.g. `gives_up_in: 297s | bounded_by: server.retry_deadline=300s`.
+fn retry_bound(left: Duration, deadline: Duration) -> String {
+    // Whole seconds (rounded up) read better than milliseconds once there are some.
+    let left = if left >= Duration::from_secs(1) {
+        Duration::from_secs(left.as_secs() + u64::from(left.subsec_nanos() > 0))
+    } else {
+        left
+    };
+    format!(
+        "gives_up_in: {} | bounded_by: server.retry_deadline={}",
+        format_duration(left),
+        format_duration(deadline)
+    )
+}
+
+/// `count` per second since `since`.
 fn rate(count: u64, since: Instant) -> f64 {
     let secs = since.elapsed().as_secs_f64();
     if secs > 0.0 { count as f64 / secs } else { 0.0 }
+}
+
+/// How far one pass has read its agency file.
+struct Meter {
+    /// The file's size when the pass opened it.
+    size: u64,
+    /// Bytes the pass has consumed.
+    position: ReadPosition,
 }
 
 #[cfg(test)]
@@ -1469,6 +1553,197 @@ mod tests {
             .collect();
         assert_eq!(seqs, [1, 2, 2]);
         assert_eq!(run.acked, 4, "batch 2 counted once");
+    }
+
+    /// A fake server whose sessions store everything and answer `WINNERS_QUERY` with
+    /// `wait(session number, connection)` (which then sends the winners, or not).
+    fn waiting_server(
+        wait: impl Fn(u32, &mut Connection) + Send + 'static,
+    ) -> (String, Arc<Mutex<u32>>) {
+        let sessions = Arc::new(Mutex::new(0u32));
+        let counter = Arc::clone(&sessions);
+        let address = fake_server(move |conn| {
+            let session = {
+                let mut n = counter.lock().expect("lock");
+                *n += 1;
+                *n
+            };
+            while let Ok(Some(message)) = conn.read_message() {
+                let reply = match message {
+                    Message::Hello { upload, .. } => Message::Welcome {
+                        agency: 1,
+                        upload,
+                        stored_seq: if session == 1 { 0 } else { 2 },
+                        stored_bets: if session == 1 { 0 } else { 4 },
+                        stored_line: if session == 1 { 0 } else { 4 },
+                        finished: session > 1,
+                        drawn: false,
+                    },
+                    Message::Bets { seq, bets, .. } => Message::BetsAck {
+                        seq,
+                        count: u16::try_from(bets.len()).unwrap_or(u16::MAX),
+                    },
+                    Message::Fin => Message::FinAck {
+                        finished: 1,
+                        agencies: 2,
+                    },
+                    Message::WinnersQuery => {
+                        wait(session, conn);
+                        continue;
+                    }
+                    other => panic!("{other:?}"),
+                };
+                if conn.write_message(&reply).is_err() {
+                    return;
+                }
+            }
+        });
+        (address, sessions)
+    }
+
+    /// Runs the client on its own thread; fails the test (after stopping the client)
+    /// if it has not ended within `limit`.
+    fn run_bounded(config: ClientConfig, limit: Duration) -> Result<Outcome, ClientError> {
+        let shutdown = Shutdown::new();
+        let (done, ended) = std::sync::mpsc::channel();
+        let runner = {
+            let shutdown = shutdown.clone();
+            std::thread::spawn(move || {
+                let result = run(&config, &shutdown);
+                let _ = done.send(());
+                result
+            })
+        };
+        let in_time = ended.recv_timeout(limit).is_ok();
+        shutdown.trigger();
+        let result = runner.join().expect("the client thread");
+        assert!(in_time, "still running after {limit:?}: {result:?}");
+        result
+    }
+
+    #[test]
+    fn draw_pending_frames_keep_a_wait_longer_than_the_timeouts_alive() {
+        // The wait's silence limit is max(io_timeout, 2 pending intervals) = 6 s; the
+        // server answers after 7 s, sending DRAW_PENDING every second meanwhile.
+        let (address, sessions) = waiting_server(|_, conn| {
+            for _ in 0..7 {
+                let pending = Message::DrawPending {
+                    finished: 1,
+                    agencies: 2,
+                };
+                if conn.write_message(&pending).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            let _ = conn.write_message(&no_winners());
+        });
+        let data = agency_file("pending", FOUR);
+        let mut config = config(address, data.clone(), Duration::from_secs(5));
+        config.io_timeout = Duration::from_secs(1);
+        let result = run_bounded(config, Duration::from_secs(20));
+        let _ = std::fs::remove_file(&data);
+        assert_eq!(result.ok(), Some(Outcome::Completed { skipped: 0 }));
+        assert_eq!(*sessions.lock().expect("lock"), 1, "no reconnect");
+    }
+
+    #[test]
+    fn a_server_silent_while_the_agency_waits_is_taken_for_gone() {
+        // Session 1: no frame at all after WINNERS_QUERY (a hung server); the client
+        // gives up on it after the silence limit and session 2 gets the winners.
+        let (address, sessions) = waiting_server(|session, conn| {
+            if session == 1 {
+                // Keeps the connection open until the client closes it.
+                while let Ok(Some(_)) = conn.read_message() {}
+            } else {
+                let _ = conn.write_message(&no_winners());
+            }
+        });
+        let data = agency_file("silent", FOUR);
+        let mut config = config(address, data.clone(), Duration::from_secs(5));
+        config.io_timeout = Duration::from_secs(1);
+        let limit = session::draw_wait_timeout(config.io_timeout);
+        let started = Instant::now();
+        let result = run_bounded(config, Duration::from_secs(20));
+        let elapsed = started.elapsed();
+        let _ = std::fs::remove_file(&data);
+        assert_eq!(result.ok(), Some(Outcome::Completed { skipped: 0 }));
+        assert_eq!(*sessions.lock().expect("lock"), 2, "it reconnected");
+        assert!(
+            elapsed >= limit && elapsed < limit + Duration::from_secs(4),
+            "{elapsed:?}"
+        );
+        let silent = ClientError::Silent {
+            stage: "waiting for the draw",
+            after: limit,
+        };
+        assert!(retry::is_retryable(&silent));
+        assert_eq!(
+            silent.to_string(),
+            "waiting for the draw: the server sent nothing for 6s (it should send \
+             DRAW_PENDING every 3s); taking it for gone"
+        );
+    }
+
+    #[test]
+    fn a_server_that_keeps_going_silent_on_the_wait_is_given_up_on() {
+        // The agency's FIN is recorded (no progress to make), and every WINNERS_QUERY
+        // gets silence: each silence is failing time, so a 1 s deadline gives up at
+        // the second one instead of retrying forever.
+        let address = fake_server(|conn| {
+            while let Ok(Some(message)) = conn.read_message() {
+                let reply = match message {
+                    Message::Hello { upload, .. } => Message::Welcome {
+                        agency: 1,
+                        upload,
+                        stored_seq: 2,
+                        stored_bets: 4,
+                        stored_line: 4,
+                        finished: true,
+                        drawn: false,
+                    },
+                    Message::Fin => Message::FinAck {
+                        finished: 1,
+                        agencies: 2,
+                    },
+                    Message::WinnersQuery => continue,
+                    other => panic!("{other:?}"),
+                };
+                if conn.write_message(&reply).is_err() {
+                    return;
+                }
+            }
+        });
+        let data = agency_file("always-silent", FOUR);
+        let mut config = config(address, data.clone(), Duration::from_secs(1));
+        config.io_timeout = Duration::from_secs(1);
+        let result = run_bounded(config, Duration::from_secs(30));
+        let _ = std::fs::remove_file(&data);
+        match result {
+            Err(ClientError::RetryDeadline { last_error, .. }) => {
+                assert!(
+                    matches!(*last_error, ClientError::Silent { .. }),
+                    "{last_error}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn retry_lines_name_the_time_left_and_the_key_that_bounds_it() {
+        assert_eq!(
+            retry_bound(Duration::from_millis(299_400), Duration::from_secs(300)),
+            "gives_up_in: 300s | bounded_by: server.retry_deadline=300s"
+        );
+        assert_eq!(
+            retry_bound(Duration::from_millis(2_000), Duration::from_secs(2)),
+            "gives_up_in: 2s | bounded_by: server.retry_deadline=2s"
+        );
+        assert_eq!(
+            retry_bound(Duration::from_millis(250), Duration::from_millis(1_500)),
+            "gives_up_in: 250ms | bounded_by: server.retry_deadline=1500ms"
+        );
     }
 
     #[test]

@@ -7,9 +7,16 @@
 //! answered by its own thread, and one that arrived earlier is in the list. It then
 //! writes to each waiter with the lock released, under one deadline per waiter's whole
 //! answer, so one agency that reads slowly or not at all cannot hold up the others;
-//! and marks each answered or failed ([`DrawBarrier::delivered`]). A waiting thread
-//! never writes its socket while the drawing thread may, so two threads never write
-//! one socket at once.
+//! and marks each answered or failed ([`DrawBarrier::delivered`]).
+//!
+//! While it waits, a waiting thread writes its own `DRAW_PENDING` frames (every
+//! `PENDING_INTERVAL`). Two threads never write one socket at once, and no lock is
+//! held while either writes: the barrier's state says who may write. A waiter starts a
+//! `DRAW_PENDING` only while the result is unknown and marks itself `pending_write`
+//! (in the same critical section as the check); `publish` sets the result, so no new
+//! one starts after it; and the drawing thread waits until a waiter's mark is gone
+//! ([`DrawBarrier::until_quiet`]) before it writes that waiter's winners. Every such
+//! write has a deadline, so that wait is bounded.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
@@ -60,6 +67,8 @@ struct State {
     sending: HashSet<u64>,
     /// Connections answered (`true`) or whose answer failed (`false`), not yet noticed.
     answered: HashMap<u64, bool>,
+    /// Waiting connections writing a `DRAW_PENDING` right now (their own thread).
+    pending_write: HashSet<u64>,
 }
 
 /// Where agencies wait for the draw.
@@ -67,6 +76,9 @@ struct State {
 pub struct DrawBarrier {
     state: Mutex<State>,
     changed: Condvar,
+    /// Signalled when a `DRAW_PENDING` write ends (only the drawing thread waits on
+    /// it, so a thousand waiters' keep-alives do not wake each other).
+    quiet: Condvar,
 }
 
 impl DrawBarrier {
@@ -110,14 +122,33 @@ impl DrawBarrier {
             .collect()
     }
 
+    /// Blocks until connection `conn_id` is not writing a `DRAW_PENDING` (bounded by
+    /// that write's deadline). Called by the drawing thread after [`Self::publish`],
+    /// before it writes the connection's winners.
+    pub fn until_quiet(&self, conn_id: u64) {
+        let mut state = lock(&self.state);
+        while state.pending_write.contains(&conn_id) {
+            let (guard, _) = self
+                .quiet
+                .wait_timeout(state, PROBE_WAITER_EVERY)
+                .unwrap_or_else(PoisonError::into_inner);
+            state = guard;
+        }
+    }
+
     /// Waits until `waiter` is answered, `stop` returns a reason, or `peer_left`
     /// (probed every [`PROBE_WAITER_EVERY`], with the lock released) says the agency
-    /// has gone. If the result is already known, returns it at once.
+    /// has gone. If the result is already known, returns it at once. Every
+    /// `pending_every` while the result is unknown it calls `pending` (with the lock
+    /// released) to write a `DRAW_PENDING`; `false` from it (the write failed) ends
+    /// the wait as [`WaitEnd::Left`].
     pub fn wait(
         &self,
         waiter: Waiter,
         stop: &dyn Fn() -> Option<&'static str>,
         peer_left: &mut dyn FnMut() -> bool,
+        pending_every: Duration,
+        pending: &mut dyn FnMut() -> bool,
     ) -> WaitEnd {
         let id = waiter.conn_id;
         let mut state = lock(&self.state);
@@ -125,6 +156,7 @@ impl DrawBarrier {
             return WaitEnd::Known(outcome);
         }
         state.waiting.push(waiter);
+        let mut next_pending = Instant::now() + pending_every;
         loop {
             if let Some(delivered) = state.answered.remove(&id) {
                 return WaitEnd::Delivered(delivered);
@@ -140,7 +172,26 @@ impl DrawBarrier {
                 .wait_timeout(state, PROBE_WAITER_EVERY)
                 .unwrap_or_else(PoisonError::into_inner);
             state = guard;
-            if !wait.timed_out() || state.sending.contains(&id) {
+            if state.sending.contains(&id) || state.answered.contains_key(&id) {
+                continue;
+            }
+            if state.result.is_none() && Instant::now() >= next_pending {
+                // Checked and marked under the lock `publish` takes: the drawing thread
+                // waits for this write to end before it writes the winners.
+                state.pending_write.insert(id);
+                drop(state);
+                let written = pending();
+                state = lock(&self.state);
+                state.pending_write.remove(&id);
+                self.quiet.notify_all();
+                next_pending = Instant::now() + pending_every;
+                if !written && !state.answered.contains_key(&id) && !state.sending.contains(&id) {
+                    state.waiting.retain(|w| w.conn_id != id);
+                    return WaitEnd::Left;
+                }
+                continue;
+            }
+            if !wait.timed_out() {
                 continue;
             }
             drop(state);
@@ -197,6 +248,23 @@ pub fn send_winners(
     sent
 }
 
+/// Writes one `DRAW_PENDING` (`finished` of `agencies`) to `stream` within `limit`,
+/// then restores the stream's write timeout to `io_timeout`.
+pub fn send_pending(
+    stream: &TcpStream,
+    finished: u32,
+    agencies: u32,
+    limit: Duration,
+    io_timeout: Duration,
+) -> io::Result<()> {
+    let bytes = Message::DrawPending { finished, agencies }
+        .encode()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let sent = write_all_before(stream, &bytes, Instant::now() + limit);
+    let restored = stream.set_write_timeout(Some(io_timeout));
+    sent.and(restored)
+}
+
 /// `write_all` that fails with `TimedOut` once `deadline` has passed, however the
 /// peer paces its reads.
 fn write_all_before(stream: &TcpStream, mut buf: &[u8], deadline: Instant) -> io::Result<()> {
@@ -223,6 +291,9 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::thread;
 
+    /// A `DRAW_PENDING` interval no test reaches.
+    const LONG: Duration = Duration::from_secs(3600);
+
     fn stream() -> (Arc<TcpStream>, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
@@ -247,7 +318,7 @@ mod tests {
         let barrier = DrawBarrier::default();
         assert!(barrier.publish(Err("x".into())).is_empty());
         let (w, _peer) = waiter(1);
-        let end = barrier.wait(w, &|| None, &mut || false);
+        let end = barrier.wait(w, &|| None, &mut || false, LONG, &mut || true);
         assert!(matches!(end, WaitEnd::Known(Err(reason)) if reason == "x"));
     }
 
@@ -259,7 +330,7 @@ mod tests {
             let barrier = Arc::clone(&barrier);
             thread::spawn(move || {
                 matches!(
-                    barrier.wait(w, &|| None, &mut || false),
+                    barrier.wait(w, &|| None, &mut || false, LONG, &mut || true),
                     WaitEnd::Delivered(true)
                 )
             })
@@ -288,7 +359,7 @@ mod tests {
             thread::spawn(move || {
                 let stop_fn = move || stop.load(Ordering::SeqCst).then_some("superseded");
                 matches!(
-                    barrier.wait(w, &stop_fn, &mut || false),
+                    barrier.wait(w, &stop_fn, &mut || false, LONG, &mut || true),
                     WaitEnd::Stopped("superseded")
                 )
             })
@@ -306,8 +377,84 @@ mod tests {
     fn a_waiter_that_left_gives_up_its_place() {
         let barrier = DrawBarrier::default();
         let (w, _peer) = waiter(4);
-        let end = barrier.wait(w, &|| None, &mut || true);
+        let end = barrier.wait(w, &|| None, &mut || true, LONG, &mut || true);
         assert!(matches!(end, WaitEnd::Left));
         assert!(barrier.waiting_ids().is_empty());
+    }
+
+    #[test]
+    fn pending_frames_are_written_by_the_waiter_until_the_draw_and_never_during_it() {
+        let barrier = Arc::new(DrawBarrier::default());
+        let (w, _peer) = waiter(9);
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let waiting = {
+            let (barrier, writes) = (Arc::clone(&barrier), Arc::clone(&writes));
+            thread::spawn(move || {
+                let mut pending = || {
+                    writes.fetch_add(1, Ordering::SeqCst);
+                    // A slow write: the drawing thread must wait for it to end.
+                    thread::sleep(Duration::from_millis(30));
+                    true
+                };
+                matches!(
+                    barrier.wait(
+                        w,
+                        &|| None,
+                        &mut || false,
+                        Duration::from_millis(10),
+                        &mut pending
+                    ),
+                    WaitEnd::Delivered(true)
+                )
+            })
+        };
+        while writes.load(Ordering::SeqCst) < 3 {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let handed = barrier.publish(Err("done".into()));
+        assert_eq!(handed.len(), 1);
+        barrier.until_quiet(9);
+        let after_quiet = writes.load(Ordering::SeqCst);
+        assert!(lock(&barrier.state).pending_write.is_empty());
+        thread::sleep(Duration::from_millis(60));
+        assert_eq!(
+            writes.load(Ordering::SeqCst),
+            after_quiet,
+            "no DRAW_PENDING starts once the result is published"
+        );
+        barrier.delivered(&[(9, true)]);
+        assert!(waiting.join().expect("waiter thread"));
+    }
+
+    #[test]
+    fn a_failed_pending_write_ends_the_wait() {
+        let barrier = DrawBarrier::default();
+        let (w, _peer) = waiter(5);
+        let end = barrier.wait(w, &|| None, &mut || false, Duration::ZERO, &mut || false);
+        assert!(matches!(end, WaitEnd::Left));
+        assert!(barrier.waiting_ids().is_empty());
+    }
+
+    #[test]
+    fn send_pending_writes_one_whole_frame() {
+        let (server, mut client) = stream();
+        send_pending(
+            &server,
+            2,
+            5,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .expect("written");
+        let frame = crate::protocol::read_frame(&mut client)
+            .expect("reads")
+            .expect("frame");
+        assert_eq!(
+            frame.decode(),
+            Ok(Message::DrawPending {
+                finished: 2,
+                agencies: 5
+            })
+        );
     }
 }

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use crate::bet::{AgencyId, Bet, DrawResult};
+use crate::protocol::{AgencyStatus, StatusSnapshot};
 use crate::shutdown::lock;
 use crate::storage::{
     self, ADOPTED_UPLOAD, AgencyProgress, Batch, DrawRecord, StorageError, Store, UploadId,
@@ -346,6 +347,29 @@ impl Ledger {
             .take(limit)
             .collect();
         (finished, first, self.agencies - finished)
+    }
+
+    /// Every agency's state in one look (one critical section): connected now (a
+    /// connection said `HELLO` for it and is open), bets stored, `FIN` recorded; and,
+    /// when `draw` is given (the published result of the draw), each one's winner count.
+    pub fn status(&self, draw: Option<&DrawResult>) -> StatusSnapshot {
+        let state = lock(&self.state);
+        let entries = (1..=self.agencies)
+            .map(|agency| AgencyStatus {
+                agency,
+                connected: state.owners.contains_key(&agency),
+                finished: state.finished.contains(&agency),
+                bets: state.progress.get(&agency).map_or(0, |p| p.bets),
+                winners: draw
+                    .map(|d| u32::try_from(d.winners_of(agency).len()).unwrap_or(u32::MAX)),
+            })
+            .collect();
+        StatusSnapshot {
+            agencies: self.agencies,
+            finished: self.count_finished(&state),
+            drawn: draw.is_some(),
+            entries,
+        }
     }
 
     /// The store's description for logs (its path).
@@ -678,5 +702,43 @@ mod tests {
         l.finish(2, 1, 7574).expect("fin");
         assert_eq!(l.waiting_for(2), (1, vec![1, 3], 3));
         assert_eq!(l.waiting_for(10), (1, vec![1, 3, 4], 3));
+    }
+
+    #[test]
+    fn status_reports_every_agency_in_one_snapshot() {
+        let l = ledger(3);
+        l.hello(1, 5, 1).expect("first connection");
+        l.hello(3, 6, 2).expect("first connection");
+        assert!(matches!(
+            l.store(1, 1, 5, 1, 0, &[bet("1", 7574), bet("2", 1)]),
+            Ok(Stored::New)
+        ));
+        l.finish(1, 1, 7574).expect("fin");
+        l.release(3, 2);
+        let snap = l.status(None);
+        assert_eq!((snap.agencies, snap.finished, snap.drawn), (3, 1, false));
+        let rows: Vec<_> = snap
+            .entries
+            .iter()
+            .map(|e| (e.agency, e.connected, e.finished, e.bets, e.winners))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (1, true, true, 2, None),
+                (2, false, false, 0, None),
+                (3, false, false, 0, None)
+            ]
+        );
+        assert_eq!(snap.missing(), vec![2, 3]);
+        l.hello(2, 7, 3).expect("first connection");
+        l.finish(2, 3, 7574).expect("fin");
+        l.hello(3, 6, 4).expect("newer connection");
+        assert!(l.finish(3, 4, 7574).expect("fin").draw_now);
+        let (draw, _) = l.compute_draw().expect("draw");
+        let snap = l.status(Some(&draw));
+        assert!(snap.drawn);
+        let winners: Vec<_> = snap.entries.iter().map(|e| e.winners).collect();
+        assert_eq!(winners, vec![Some(1), Some(0), Some(0)]);
     }
 }

@@ -6,13 +6,16 @@
 //! * `draw` — `draw::DrawBarrier`: agencies waiting for the winners, the result, and
 //!   answering them.
 //! * `session` — one connection's conversation.
+//! * `metrics` — lock-free counters, rendered in the Prometheus text format.
+//! * `http` — the opt-in status page (`[status] http_port`): `/`, `/metrics`,
+//!   `/status.json`.
 //! * this module — binding, the accept loop (thread per connection, all joined),
-//!   the registry of live connections (shutdown, superseding) and start-up recovery
-//!   of the draw.
+//!   the registry of live connections (shutdown, superseding), start-up recovery
+//!   of the draw, the progress logger thread and the draw summary.
 //!
 //! No lock is held across socket I/O. [`run`] takes a bound listener and a
-//! [`Shutdown`]; it returns once shutdown was triggered and every connection thread
-//! has been joined.
+//! [`Shutdown`]; it returns once shutdown was triggered and every thread it started
+//! (connections, the progress logger, the status page) has been joined.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -27,17 +30,27 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::ServerConfig;
 use crate::connection::Connection;
-use crate::protocol::{self, ErrorCode, Message};
+use crate::protocol::{self, ErrorCode, Message, StatusSnapshot};
 use crate::shutdown::{Shutdown, lock};
 use crate::storage::{CsvJournalStore, StorageError, Store};
 
 mod draw;
+pub mod http;
 mod ledger;
+pub mod metrics;
 mod session;
 
 use draw::{DrawBarrier, DrawOutcome};
+use http::{HttpError, StatusPage};
 use ledger::Ledger;
+use metrics::{Gauges, Metrics};
 use session::Session;
+
+/// How often the server logs `waiting_agencies` while some agency has finished and
+/// the draw has not run.
+pub const WAITING_LOG_EVERY: Duration = Duration::from_secs(5);
+/// How many missing agencies a log line names.
+const MISSING_SHOWN: usize = 20;
 
 /// Why the server could not run.
 #[derive(Debug)]
@@ -51,6 +64,15 @@ pub enum ServerError {
         /// The cause.
         source: io::Error,
     },
+    /// The status page (`[status] http_port`) could not start.
+    StatusPage(HttpError),
+    /// A thread of the server could not be started.
+    Spawn {
+        /// Which thread.
+        thread: &'static str,
+        /// The cause.
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for ServerError {
@@ -58,6 +80,10 @@ impl fmt::Display for ServerError {
         match self {
             ServerError::Storage(e) => write!(f, "storage: {e}"),
             ServerError::Io { action, source } => write!(f, "cannot {action}: {source}"),
+            ServerError::StatusPage(e) => write!(f, "{e}"),
+            ServerError::Spawn { thread, source } => {
+                write!(f, "cannot start the {thread} thread: {source}")
+            }
         }
     }
 }
@@ -66,7 +92,8 @@ impl std::error::Error for ServerError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ServerError::Storage(e) => Some(e),
-            ServerError::Io { source, .. } => Some(source),
+            ServerError::Io { source, .. } | ServerError::Spawn { source, .. } => Some(source),
+            ServerError::StatusPage(e) => Some(e),
         }
     }
 }
@@ -81,25 +108,46 @@ impl From<StorageError> for ServerError {
 const WAITER_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Binds the listening socket with the configured host, port and listen backlog.
+///
+/// Every error names the address (`cannot bind: 0.0.0.0:12345: Address already in
+/// use …`), and a port in use says what to do about it.
 pub fn bind(config: &ServerConfig) -> Result<TcpListener, ServerError> {
-    let io_err = |action| move |source| ServerError::Io { action, source };
+    let wanted = format!("{}:{}", config.host, config.port);
+    // The io::Error keeps its kind; its message gains the address (and a hint).
+    let at = |action: &'static str, addr: &str| {
+        let addr = addr.to_string();
+        move |source: io::Error| {
+            let hint = if source.kind() == io::ErrorKind::AddrInUse {
+                "; another program listens there: stop it, or choose another server.port (SERVER_PORT)"
+            } else {
+                ""
+            };
+            ServerError::Io {
+                action,
+                source: io::Error::new(source.kind(), format!("{addr}: {source}{hint}")),
+            }
+        }
+    };
     let addr = (config.host.as_str(), config.port)
         .to_socket_addrs()
-        .map_err(io_err("resolve the listen address"))?
+        .map_err(at("resolve the listen address", &wanted))?
         .next()
-        .ok_or_else(|| ServerError::Io {
-            action: "resolve the listen address",
-            source: io::Error::new(io::ErrorKind::NotFound, config.host.clone()),
+        .ok_or_else(|| {
+            at("resolve the listen address", &wanted)(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no address found",
+            ))
         })?;
+    let shown = addr.to_string();
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-        .map_err(io_err("create the listening socket"))?;
+        .map_err(at("create the listening socket", &shown))?;
     socket
         .set_reuse_address(true)
-        .map_err(io_err("set SO_REUSEADDR"))?;
-    socket.bind(&addr.into()).map_err(io_err("bind"))?;
+        .map_err(at("set SO_REUSEADDR", &shown))?;
+    socket.bind(&addr.into()).map_err(at("bind", &shown))?;
     socket
         .listen(config.listen_backlog)
-        .map_err(io_err("listen"))?;
+        .map_err(at("listen", &shown))?;
     Ok(socket.into())
 }
 
@@ -145,8 +193,45 @@ pub fn run_with_store(
         ledger: Ledger::new(store, config.agencies),
         barrier: DrawBarrier::default(),
         connections: Mutex::new(HashMap::new()),
+        metrics: Metrics::default(),
     });
     shared.restore_draw();
+    let page = match config.status_port {
+        Some(port) => {
+            let source: Arc<dyn http::Source> = Arc::clone(&shared) as Arc<dyn http::Source>;
+            let page = StatusPage::start(&config.host, port, source).map_err(|e| {
+                log::error!(
+                    "action: status_page | result: fail | error: {}",
+                    crate::logging::sanitize(&e.to_string())
+                );
+                ServerError::StatusPage(e)
+            })?;
+            log::info!(
+                "action: status_page | result: success | address: {} | pages: /,/metrics,/status.json",
+                page.local_addr()
+            );
+            Some(page)
+        }
+        None => None,
+    };
+    let progress = {
+        let shared = Arc::clone(&shared);
+        thread::Builder::new()
+            .name("progress".into())
+            .spawn(move || shared.progress_logger())
+    };
+    let progress = match progress {
+        Ok(handle) => handle,
+        Err(source) => {
+            if let Some(page) = page {
+                page.stop();
+            }
+            return Err(ServerError::Spawn {
+                thread: "progress logger",
+                source,
+            });
+        }
+    };
     log::info!("action: listen | result: success | address: {local}");
     let hook = {
         let shared = Arc::clone(&shared);
@@ -171,6 +256,17 @@ pub fn run_with_store(
         }
     }
     log::info!("action: join_connections | result: success | threads: {count}");
+    // The hook triggered shutdown's sleepers too: the logger wakes and ends.
+    if progress.join().is_err() {
+        log::error!("action: join_progress | result: fail | error: thread panicked");
+    }
+    if let Some(page) = page {
+        let address = page.local_addr();
+        let threads = page.stop();
+        log::info!(
+            "action: status_page_stop | result: success | address: {address} | threads: {threads}"
+        );
+    }
     drop(hook);
     // Every worker is joined and the hook unregistered, so once a hook call still
     // running on the signal thread (if any) returns, this is the last reference and
@@ -202,6 +298,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) -> Vec<JoinHandle<(
         }
         workers = reap(workers);
         if workers.len() >= shared.config.max_connections {
+            shared.metrics.refused_busy();
             refuse_busy(stream, peer, shared.config.max_connections);
             continue;
         }
@@ -226,7 +323,10 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) -> Vec<JoinHandle<(
                 worker_shared.unregister(id);
             });
         match spawned {
-            Ok(handle) => workers.push(handle),
+            Ok(handle) => {
+                shared.metrics.connection_accepted();
+                workers.push(handle);
+            }
             Err(e) => {
                 log::error!("action: spawn_connection | result: fail | peer: {peer} | error: {e}");
                 shared.unregister(id);
@@ -288,6 +388,21 @@ struct Shared {
     ledger: Ledger,
     barrier: DrawBarrier,
     connections: Mutex<HashMap<u64, Registered>>,
+    metrics: Metrics,
+}
+
+impl http::Source for Shared {
+    fn snapshot(&self) -> StatusSnapshot {
+        self.status_snapshot()
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics_text()
+    }
+
+    fn count_request(&self) {
+        self.metrics.http_request();
+    }
 }
 
 impl Shared {
@@ -349,6 +464,76 @@ impl Shared {
         }
     }
 
+    /// The collection's state in one snapshot. The draw's result is read first: once
+    /// it is published every `FIN` is recorded and no bet can change, so the ledger's
+    /// snapshot taken after it agrees with it.
+    fn status_snapshot(&self) -> StatusSnapshot {
+        let result = self.barrier.result();
+        let draw = result.as_ref().and_then(|outcome| outcome.as_ref().ok());
+        self.ledger.status(draw.map(|d| &**d))
+    }
+
+    /// The metrics page: the counters and the gauges read now.
+    fn metrics_text(&self) -> String {
+        let snap = self.status_snapshot();
+        let connections_open = u64::try_from(lock(&self.connections).len()).unwrap_or(u64::MAX);
+        let connected = snap.entries.iter().filter(|e| e.connected).count();
+        let gauges = Gauges {
+            connections_open,
+            agencies: snap.agencies,
+            agencies_finished: snap.finished,
+            agencies_connected: u32::try_from(connected).unwrap_or(u32::MAX),
+            bets_in_storage: snap.entries.iter().map(|e| e.bets).sum(),
+            draw_done: snap.drawn,
+            winners: snap
+                .entries
+                .iter()
+                .map(|e| u64::from(e.winners.unwrap_or(0)))
+                .sum(),
+        };
+        self.metrics.render(&gauges)
+    }
+
+    /// The progress logger thread: every [`WAITING_LOG_EVERY`], while at least one
+    /// agency has finished and the draw has not run, one `waiting_agencies` line.
+    fn progress_logger(&self) {
+        while !self.shutdown.sleep(WAITING_LOG_EVERY) {
+            if self.barrier.result().is_some() {
+                continue;
+            }
+            let agencies = self.ledger.agencies();
+            let (finished, missing, count) = self.ledger.waiting_for(MISSING_SHOWN);
+            if finished == 0 || count == 0 {
+                continue;
+            }
+            log::info!(
+                "action: waiting_agencies | result: in_progress | finished: {finished} | agencies: {agencies} | missing: {}",
+                missing_label(&missing, count)
+            );
+        }
+    }
+
+    /// Logs the draw's one-line summary (the demo's table is built from it).
+    fn log_draw_summary(&self, draw: &crate::bet::DrawResult, elapsed: Duration) {
+        let snap = self.ledger.status(Some(draw));
+        let pairs = |f: &dyn Fn(&protocol::AgencyStatus) -> u64| {
+            snap.entries
+                .iter()
+                .map(|e| format!("{}:{}", e.agency, f(e)))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let bets: u64 = snap.entries.iter().map(|e| e.bets).sum();
+        log::info!(
+            "action: draw_summary | result: success | agencies: {} | bets: {bets} | winners: {} | duration: {} | bets_per_agency: {} | winners_per_agency: {}",
+            snap.agencies,
+            draw.total(),
+            crate::config::format_duration(elapsed),
+            pairs(&|e| e.bets),
+            pairs(&|e| u64::from(e.winners.unwrap_or(0))),
+        );
+    }
+
     /// Runs the draw through the store and logs it under `action`.
     fn compute_draw(&self, action: &str) -> DrawOutcome {
         let started = Instant::now();
@@ -360,12 +545,14 @@ impl Shared {
                         "action: {action} | result: fail | bets_read: {count} | bets_committed: {committed} | reason: the store read back another number of bets than it committed"
                     );
                 }
+                let elapsed = started.elapsed();
                 log::info!(
                     "action: {action} | result: success | bets: {count} | winning_number: {} | winners: {} | elapsed: {}ms",
                     draw.winning_number(),
                     draw.total(),
-                    started.elapsed().as_millis()
+                    elapsed.as_millis()
                 );
+                self.log_draw_summary(&draw, elapsed);
                 Ok(Arc::new(draw))
             }
             Err(e) => {
@@ -394,6 +581,8 @@ impl Shared {
         let waiters = self.barrier.publish(outcome.clone());
         let mut delivered = Vec::with_capacity(waiters.len());
         for waiter in &waiters {
+            // The waiter may be writing a DRAW_PENDING of its own: let it finish.
+            self.barrier.until_quiet(waiter.conn_id);
             // One deadline for the whole answer, not per write call: a waiter that
             // reads slowly or not at all must not hold the others up.
             let limit = self.config.io_timeout.min(WAITER_WRITE_TIMEOUT);
@@ -404,6 +593,9 @@ impl Shared {
                 limit,
                 self.config.io_timeout,
             );
+            if outcome.is_err() {
+                self.metrics.error_sent(ErrorCode::Internal);
+            }
             delivered.push((waiter.conn_id, sent.is_ok()));
         }
         self.barrier.delivered(&delivered);
@@ -411,16 +603,22 @@ impl Shared {
 
     /// Logs which agencies the draw still waits for.
     fn log_missing(&self) {
-        const SHOWN: usize = 20;
         let agencies = self.ledger.agencies();
-        let (finished, missing, count) = self.ledger.waiting_for(SHOWN);
+        let (finished, missing, count) = self.ledger.waiting_for(MISSING_SHOWN);
         if count > 0 {
-            let shown: Vec<String> = missing.iter().map(|a| a.to_string()).collect();
             log::info!(
-                "action: draw_wait | result: in_progress | finished: {finished} | agencies: {agencies} | missing: {}{}",
-                shown.join(","),
-                if count as usize > SHOWN { ",…" } else { "" }
+                "action: draw_wait | result: in_progress | finished: {finished} | agencies: {agencies} | missing: {}",
+                missing_label(&missing, count)
             );
         }
     }
+}
+
+/// `1,2,3` — or `1,2,…` when more than the shown agencies are missing.
+fn missing_label(shown: &[crate::bet::AgencyId], count: u32) -> String {
+    let mut label: Vec<String> = shown.iter().map(|a| a.to_string()).collect();
+    if usize::try_from(count).unwrap_or(usize::MAX) > shown.len() {
+        label.push("…".into());
+    }
+    label.join(",")
 }

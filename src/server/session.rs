@@ -79,6 +79,15 @@ impl Session<'_> {
 
     /// Serves requests until the connection ends; returns why it ended.
     fn conversation(&mut self) -> String {
+        // A first byte that cannot start a frame but is text: a person with netcat
+        // (docs/PROTOCOL.md, "Plain-text echo"). Peeking leaves it for `read_frame`.
+        match self.conn.peek_byte() {
+            Ok(Some(first)) if crate::connection::starts_plain_text(first) => {
+                return self.plain_text_echo();
+            }
+            Ok(_) => {} // A frame, binary garbage, or the end: the loop deals with it.
+            Err(e) => return self.broken_stream(e),
+        }
         loop {
             // A waiter answered by a draw that raced with shutdown kept its socket
             // open (the hook spares waiting sockets): do not serve it further.
@@ -143,6 +152,9 @@ impl Session<'_> {
     }
 
     fn handle(&mut self, frame: Frame) -> Result<Flow, ConnectionError> {
+        self.shared
+            .metrics
+            .frame_received(crate::protocol::HEADER_LEN + frame.payload.len());
         let needs_hello = matches!(frame.kind, kind::BETS | kind::FIN | kind::WINNERS_QUERY);
         if needs_hello && self.agency.is_none() {
             return self.not_identified();
@@ -158,6 +170,11 @@ impl Session<'_> {
         };
         match message {
             Message::Echo(_) => {
+                log::info!(
+                    "action: receive_message | result: success | peer: {} | msg: {}",
+                    self.peer,
+                    logging::excerpt(&frame.payload)
+                );
                 self.conn.write_frame(&frame)?;
                 Ok(Flow::Continue)
             }
@@ -165,6 +182,7 @@ impl Session<'_> {
             Message::Bets { seq, line, bets } => self.bets(seq, line, bets),
             Message::Fin => self.fin(),
             Message::WinnersQuery => self.winners(),
+            Message::StatusQuery => self.status(),
             other => self.reply_error(
                 ErrorCode::UnknownKind,
                 format!("kind 0x{:02x} is a reply, not a request", other.kind()),
@@ -192,6 +210,7 @@ impl Session<'_> {
     }
 
     fn reply_error(&mut self, code: ErrorCode, reason: String) -> Result<Flow, ConnectionError> {
+        self.shared.metrics.error_sent(code);
         log::warn!(
             "action: request | result: fail | peer: {} | agency: {} | code: {code} | reason: {}",
             self.peer,
@@ -292,6 +311,9 @@ impl Session<'_> {
                 .store(agency, self.id, self.upload, seq, line, &bets)
             {
                 Ok(Stored::New) => {
+                    self.shared
+                        .metrics
+                        .batch_stored(u64::try_from(count).unwrap_or(u64::MAX));
                     log::info!(
                         "action: apuesta_recibida | result: success | cantidad: {count} | agency: {agency} | seq: {seq}"
                     );
@@ -306,6 +328,7 @@ impl Session<'_> {
                     return Ok(Flow::Continue);
                 }
                 Ok(Stored::Replay) => {
+                    self.shared.metrics.batch_replayed();
                     log::warn!(
                         "action: batch_replay | result: success | agency: {agency} | upload: {:016x} | seq: {seq} | cantidad: {count}",
                         self.upload
@@ -426,16 +449,55 @@ impl Session<'_> {
         };
         let stream = self.conn.shared_stream();
         let mut left = || peer_has_left(&stream);
-        match shared.barrier.wait(waiter, &stop, &mut left) {
-            WaitEnd::Known(outcome) => draw::send_winners(
-                self.conn.stream(),
-                &outcome,
-                agency,
+        // DRAW_PENDING, written by this thread while the barrier says it may.
+        let pending_stream = self.conn.shared_stream();
+        let mut pending = || {
+            let (finished, _, _) = shared.ledger.waiting_for(0);
+            let agencies = shared.ledger.agencies();
+            let limit = shared.config.io_timeout.min(super::WAITER_WRITE_TIMEOUT);
+            match draw::send_pending(
+                &pending_stream,
+                finished,
+                agencies,
+                limit,
                 shared.config.io_timeout,
-                shared.config.io_timeout,
-            )
-            .map(|()| Flow::Continue)
-            .map_err(ConnectionError::Write),
+            ) {
+                Ok(()) => {
+                    shared.metrics.draw_pending_sent();
+                    log::debug!(
+                        "action: draw_pending | result: success | agency: {agency} | finished: {finished} | agencies: {agencies}"
+                    );
+                    true
+                }
+                Err(e) => {
+                    log::warn!(
+                        "action: draw_pending | result: fail | agency: {agency} | error: {e}"
+                    );
+                    false
+                }
+            }
+        };
+        match shared.barrier.wait(
+            waiter,
+            &stop,
+            &mut left,
+            crate::protocol::PENDING_INTERVAL,
+            &mut pending,
+        ) {
+            WaitEnd::Known(outcome) => {
+                if outcome.is_err() {
+                    shared.metrics.error_sent(ErrorCode::Internal);
+                }
+                draw::send_winners(
+                    self.conn.stream(),
+                    &outcome,
+                    agency,
+                    shared.config.io_timeout,
+                    shared.config.io_timeout,
+                )
+                .map(|()| Flow::Continue)
+                .map_err(ConnectionError::Write)
+            }
             // A half-written answer leaves the stream unusable: close it.
             WaitEnd::Delivered(true) => Ok(Flow::Continue),
             WaitEnd::Delivered(false) => Ok(Flow::Close),
@@ -452,6 +514,76 @@ impl Session<'_> {
                 Ok(Flow::Close)
             }
         }
+    }
+
+    /// Serves a plain-text connection: echoes each line back as it came and logs it,
+    /// until the peer closes, stays idle, sends an over-long line, or shutdown.
+    fn plain_text_echo(&mut self) -> String {
+        use crate::connection::{MAX_TEXT_LINE, TextLine};
+        log::debug!(
+            "action: plain_text_echo | result: in_progress | peer: {}",
+            self.peer
+        );
+        loop {
+            if self.shared.shutdown.is_triggered() {
+                return "shutdown".into();
+            }
+            let read = self.conn.read_line(MAX_TEXT_LINE);
+            if self.shared.shutdown.is_triggered() {
+                return "shutdown".into();
+            }
+            let problem = match read {
+                Ok(TextLine::Complete(line) | TextLine::Unterminated(line)) => {
+                    let text = line.strip_suffix(b"\n").unwrap_or(&line);
+                    let text = text.strip_suffix(b"\r").unwrap_or(text);
+                    log::info!(
+                        "action: receive_message | result: success | peer: {} | msg: {}",
+                        self.peer,
+                        logging::excerpt(text)
+                    );
+                    match self.conn.write_bytes(&line) {
+                        Ok(()) => continue,
+                        Err(e) => return format!("{e} (plain text)"),
+                    }
+                }
+                Ok(TextLine::End) => return "closed by peer (plain text)".into(),
+                Ok(TextLine::TooLong) => format!("line longer than {MAX_TEXT_LINE} bytes"),
+                Err(e) if e.is_timeout() => format!(
+                    "no complete line for {}",
+                    crate::config::format_duration(self.shared.config.io_timeout)
+                ),
+                Err(e) => return format!("{e} (plain text)"),
+            };
+            log::warn!(
+                "action: receive_message | result: fail | peer: {} | error: {problem}",
+                self.peer
+            );
+            // Best effort: the connection is closed right after either way.
+            let _ = self
+                .conn
+                .write_bytes(format!("ERROR {problem}; closing\n").as_bytes());
+            return format!("{problem} (plain text)");
+        }
+    }
+
+    /// Answers `STATUS_QUERY`: the chunks of one snapshot (needs no `HELLO`, changes
+    /// nothing).
+    fn status(&mut self) -> Result<Flow, ConnectionError> {
+        self.shared.metrics.status_query();
+        let snapshot = self.shared.status_snapshot();
+        let chunks = snapshot.chunks();
+        log::debug!(
+            "action: status_query | result: success | peer: {} | agency: {} | finished: {} | agencies: {} | chunks: {}",
+            self.peer,
+            self.agency_label(),
+            snapshot.finished,
+            snapshot.agencies,
+            chunks.len()
+        );
+        for chunk in chunks {
+            self.conn.write_message(&Message::Status(chunk))?;
+        }
+        Ok(Flow::Continue)
     }
 
     fn not_identified(&mut self) -> Result<Flow, ConnectionError> {

@@ -19,12 +19,12 @@ use loteria::server::{self, ServerError};
 use loteria::shutdown::Shutdown;
 use loteria::storage::{CsvJournalStore, Store};
 
-/// The course dataset (`../shared/datasets/tp0` next to the repository), or the
-/// directory named by `LOTERIA_DATASET`.
+/// The course dataset: the repository's copy in `tests/data/tp0` (see its README), or
+/// the directory named by `LOTERIA_DATASET`.
 pub fn dataset_dir() -> PathBuf {
     match std::env::var_os("LOTERIA_DATASET") {
         Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/tp0"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tp0"),
     }
 }
 
@@ -211,9 +211,45 @@ impl Peer {
         stream.write_all(bytes).expect("send bytes");
     }
 
-    /// The next reply, or `None` if the server closed the connection.
+    /// The next reply, or `None` if the server closed the connection. `DRAW_PENDING`
+    /// frames (the server's keep-alive to an agency waiting for the draw, every
+    /// `PENDING_INTERVAL`) are skipped; [`Peer::recv_any`] returns them too.
     pub fn recv(&mut self) -> Option<Message> {
+        loop {
+            match self.recv_any() {
+                Some(Message::DrawPending { finished, agencies }) => {
+                    assert!(finished <= agencies, "DRAW_PENDING {finished}/{agencies}");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The next frame the server sent, whatever it is; `None` once it closed.
+    pub fn recv_any(&mut self) -> Option<Message> {
         self.conn.read_message().expect("a well-formed reply")
+    }
+
+    /// Sends `STATUS_QUERY` and puts the answer's chunks back together (checking that
+    /// they form one whole answer); also returns how many chunks there were.
+    pub fn status(&mut self) -> (loteria::protocol::StatusSnapshot, usize) {
+        self.send(&Message::StatusQuery);
+        let mut chunks = Vec::new();
+        loop {
+            match self.recv() {
+                Some(Message::Status(chunk)) => {
+                    let last = chunk.last;
+                    chunks.push(chunk);
+                    if last {
+                        break;
+                    }
+                }
+                other => panic!("expected STATUS, got {other:?}"),
+            }
+        }
+        let snapshot = loteria::protocol::StatusSnapshot::from_chunks(&chunks)
+            .unwrap_or_else(|| panic!("the chunks are not one answer: {chunks:?}"));
+        (snapshot, chunks.len())
     }
 
     pub fn request(&mut self, message: &Message) -> Message {
@@ -355,3 +391,65 @@ pub fn mock_agencies(per_agency: &[usize], winner_every: usize) -> Vec<(Vec<Bet>
 }
 pub mod process;
 pub mod wire;
+
+/// A loopback port that was free a moment ago (for `status_port`, which takes a
+/// number, not a listener).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind loopback")
+        .port()
+}
+
+/// An HTTP answer: status code, head (status line and headers) and body.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// `method path` over a plain `TcpStream` to `addr` (HTTP/1.1, `Connection: close`),
+/// read to the end.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> HttpAnswer {
+    use std::io::Read;
+    let mut stream = TcpStream::connect(addr).expect("connect to the status page");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("read answer");
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of head in {raw:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    HttpAnswer {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// `GET path` (see [`http_request`]).
+pub fn http_get(addr: SocketAddr, path: &str) -> HttpAnswer {
+    http_request(addr, "GET", path)
+}
+
+/// The value of the Prometheus sample `series` (name with its labels) in `text`.
+pub fn prom_value(text: &str, series: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

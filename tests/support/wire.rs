@@ -132,6 +132,8 @@ pub fn is_close(e: &io::Error) -> bool {
 /// stream or a reset). A timeout or a garbled reply fails the test.
 pub fn recv_or_close(peer: &mut Peer) -> Option<Message> {
     match peer.conn.read_message() {
+        // The keep-alive of an agency waiting for the draw is not a reply.
+        Ok(Some(Message::DrawPending { .. })) => recv_or_close(peer),
         Ok(message) => message,
         Err(ConnectionError::Frame(FrameError::Io(e))) if is_close(&e) => None,
         Err(e) => panic!("expected a reply or a close, got error: {e}"),
@@ -145,11 +147,22 @@ pub fn expect_closed(peer: &mut Peer) {
     }
 }
 
-/// Nothing arrives on `peer` within `wait`: the read times out (the server neither
-/// answered nor closed). Restores the usual timeout afterwards.
+/// Nothing but `DRAW_PENDING` keep-alives arrives on `peer` within `wait`: the read
+/// times out (the server neither answered nor closed). Restores the usual timeout
+/// afterwards.
 pub fn expect_no_reply_within(peer: &mut Peer, wait: Duration) {
-    peer.conn.set_timeouts(Some(wait)).expect("short timeout");
-    let result = peer.conn.read_message();
+    let deadline = std::time::Instant::now() + wait;
+    let result = loop {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_millis(1));
+        peer.conn.set_timeouts(Some(left)).expect("short timeout");
+        match peer.conn.read_message() {
+            Ok(Some(Message::DrawPending { .. })) => continue,
+            other => break other,
+        }
+    };
     peer.conn
         .set_timeouts(Some(TIMEOUT))
         .expect("restore timeout");
