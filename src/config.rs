@@ -13,6 +13,7 @@ use std::time::Duration;
 use log::LevelFilter;
 
 use crate::bet::{AgencyId, Bet, BetError, MAX_NUMBER};
+use crate::logging::sanitize;
 
 /// One configuration key: its TOML path, environment variable and default.
 #[derive(Debug, Clone, Copy)]
@@ -112,7 +113,7 @@ pub const CLIENT_KEYS: &[Key] = &[
         "mode",
         "CLI_MODE",
         Some("bets"),
-        "\"bets\" (upload the agency file), \"echo\", or \"status\" (print the lottery's progress, every loop.period for loop.amount times; 0: once)",
+        "\"bets\" (upload the agency file, or the single bet of NOMBRE … NUMERO when all five are set), \"echo\", or \"status\" (print the lottery's progress, every loop.period for loop.amount times; 0: once); echo and status ignore the single-bet variables (one WARN line names them)",
     ),
     key(
         "data",
@@ -169,6 +170,10 @@ pub const CLIENT_KEYS: &[Key] = &[
         "bets per batch at most (a batch also stays under 8 KiB)",
     ),
 ];
+
+/// The most agencies a lottery may have (`lottery.agencies`); the client refuses a
+/// `STATUS` answer for more.
+pub const MAX_AGENCIES: u32 = 1_000_000;
 
 /// The environment variables of single-bet mode, in order.
 pub const SINGLE_BET_VARS: [&str; 5] = ["NOMBRE", "APELLIDO", "DOCUMENTO", "NACIMIENTO", "NUMERO"];
@@ -410,7 +415,7 @@ pub struct ClientConfig {
     pub log_level: LogLevel,
     /// Bets per batch at most.
     pub batch_max_amount: u16,
-    /// The bet of single-bet mode (`NOMBRE` … `NUMERO` all set).
+    /// The bet of single-bet mode (`NOMBRE` … `NUMERO` all set, in bets mode only).
     pub single_bet: Option<Bet>,
 }
 
@@ -448,14 +453,29 @@ impl Source<'_> {
     ) -> Result<(), ConfigError> {
         for (name, value) in table {
             let full = format!("{prefix}{name}");
-            if let toml::Value::Table(inner) = value {
-                let section = format!("{full}.");
-                if self.keys.iter().any(|k| k.path.starts_with(&section)) {
+            let section = format!("{full}.");
+            let is_key = self.keys.iter().any(|k| k.path == full);
+            let is_section = self.keys.iter().any(|k| k.path.starts_with(&section));
+            let misplaced = match value {
+                toml::Value::Table(inner) if is_section => {
                     self.reject_unknown_keys(path, inner, &section)?;
                     continue;
                 }
-            } else if self.keys.iter().any(|k| k.path == full) {
-                continue;
+                toml::Value::Table(_) if is_key => {
+                    Some(format!("{full} must be a value, not a table"))
+                }
+                toml::Value::Table(_) => None,
+                _ if is_key => continue,
+                _ if is_section => Some(format!(
+                    "{full} must be a table ([{full}] and its keys), not a value"
+                )),
+                _ => None,
+            };
+            if let Some(reason) = misplaced {
+                return Err(ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    reason,
+                });
             }
             let sections: Vec<&str> = self
                 .keys
@@ -620,7 +640,7 @@ impl ServerConfig {
             io_timeout: src.get("server.io_timeout", positive_duration)?,
             max_connections: src.get("server.max_connections", int(1, 100_000))?,
             log_level: src.get("log.level", log_level)?,
-            agencies: src.get("lottery.agencies", int(1, 1_000_000))?,
+            agencies: src.get("lottery.agencies", int(1, MAX_AGENCIES))?,
             winning_number: src.get("lottery.winning_number", int(0, MAX_NUMBER))?,
             storage_path: src.get("storage.path", |s| non_empty(s).map(PathBuf::from))?,
             status_port: src
@@ -629,19 +649,20 @@ impl ServerConfig {
         })
     }
 
-    /// The `key: value` pairs of the `action: config` log line.
+    /// The `key: value` pairs of the `action: config` log line (text values
+    /// [`sanitize`]d: a path or host from the environment cannot forge a line).
     pub fn summary(&self) -> String {
         format!(
             "host: {} | port: {} | listen_backlog: {} | logging_level: {} | agencies: {} | \
              winning_number: {} | storage: {} | io_timeout: {} | max_connections: {} | \
              status_port: {}",
-            self.host,
+            sanitize(&self.host),
             self.port,
             self.listen_backlog,
-            self.log_level.name,
+            sanitize(&self.log_level.name),
             self.agencies,
             self.winning_number,
-            self.storage_path.display(),
+            sanitize(&self.storage_path.display().to_string()),
             format_duration(self.io_timeout),
             self.max_connections,
             self.status_port
@@ -666,14 +687,15 @@ impl ClientConfig {
         let data = src.get("data", |s| {
             non_empty(s).map(|s| PathBuf::from(s.replace("<id>", &id.to_string())))
         })?;
+        let mode = src.get("mode", |s| match s {
+            "bets" => Ok(Mode::Bets),
+            "echo" => Ok(Mode::Echo),
+            "status" => Ok(Mode::Status),
+            _ => Err("expected \"bets\", \"echo\" or \"status\"".into()),
+        })?;
         Ok(ClientConfig {
             id,
-            mode: src.get("mode", |s| match s {
-                "bets" => Ok(Mode::Bets),
-                "echo" => Ok(Mode::Echo),
-                "status" => Ok(Mode::Status),
-                _ => Err("expected \"bets\", \"echo\" or \"status\"".into()),
-            })?,
+            mode,
             data,
             server_address: src.get("server.address", |s| {
                 match s.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
@@ -688,11 +710,17 @@ impl ClientConfig {
             loop_period: src.get("loop.period", duration)?,
             log_level: src.get("log.level", log_level)?,
             batch_max_amount: src.get("batch.max_amount", int(1, u16::MAX))?,
-            single_bet: single_bet(env)?,
+            // Single-bet mode is a way of uploading: echo and status mode ignore the
+            // variables (see `ignored_single_bet_vars`).
+            single_bet: match mode {
+                Mode::Bets => single_bet(env)?,
+                Mode::Echo | Mode::Status => None,
+            },
         })
     }
 
-    /// The `key: value` pairs of the `action: config` log line.
+    /// The `key: value` pairs of the `action: config` log line (text values
+    /// [`sanitize`]d: a path or host from the environment cannot forge a line).
     pub fn summary(&self) -> String {
         let mode = match self.single_bet {
             Some(_) => "single_bet".to_string(),
@@ -703,17 +731,33 @@ impl ClientConfig {
              log_level: {} | mode: {} | data: {} | batch_max_amount: {} | \
              connect_timeout: {} | retry_deadline: {} | io_timeout: {}",
             self.id,
-            self.server_address,
+            sanitize(&self.server_address),
             self.loop_amount,
             format_duration(self.loop_period),
-            self.log_level.name,
+            sanitize(&self.log_level.name),
             mode,
-            self.data.display(),
+            sanitize(&self.data.display().to_string()),
             self.batch_max_amount,
             format_duration(self.connect_timeout),
             format_duration(self.retry_deadline),
             format_duration(self.io_timeout)
         )
+    }
+}
+
+/// The single-bet variables set in `env` that `mode` ignores (all of them outside
+/// bets mode; none in bets mode, where they make single-bet mode), in
+/// [`SINGLE_BET_VARS`] order. The client logs them in one WARN line.
+pub fn ignored_single_bet_vars(
+    mode: Mode,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<&'static str> {
+    match mode {
+        Mode::Bets => Vec::new(),
+        Mode::Echo | Mode::Status => SINGLE_BET_VARS
+            .into_iter()
+            .filter(|name| env(name).is_some())
+            .collect(),
     }
 }
 
@@ -872,7 +916,7 @@ pub fn help(program: &str, default: &str, keys: &[Key]) -> String {
     }
     if keys.iter().any(|k| k.env.starts_with("CLI_")) {
         text.push_str(&format!(
-            "\nSingle-bet mode: set all of {} (NACIMIENTO as YYYY-MM-DD).\n",
+            "\nSingle-bet mode (mode \"bets\" only): set all of {} (NACIMIENTO as YYYY-MM-DD).\n",
             SINGLE_BET_VARS.join(", ")
         ));
     }
@@ -1192,6 +1236,72 @@ mod tests {
         bad[2] = ("DOCUMENTO", "123456789");
         let err = ClientConfig::load_with_env(&path, &env(&bad)).expect_err("bad document");
         assert!(err.to_string().contains("DOCUMENTO"), "{err}");
+    }
+
+    #[test]
+    fn single_bet_variables_apply_only_in_bets_mode() {
+        let path = write_temp("client-single-modes", CLIENT);
+        let all = [
+            ("NOMBRE", "Ana"),
+            ("APELLIDO", "Paz"),
+            ("DOCUMENTO", "30904465"),
+            ("NACIMIENTO", "1999-03-17"),
+            ("NUMERO", "7574"),
+        ];
+        for (mode, expected) in [("status", Mode::Status), ("echo", Mode::Echo)] {
+            for vars in [&all[..], &all[..2], &all[3..]] {
+                let mut vars = vars.to_vec();
+                vars.push(("CLI_MODE", mode));
+                let config = ClientConfig::load_with_env(&path, &env(&vars))
+                    .unwrap_or_else(|e| panic!("{mode} with {vars:?}: {e}"));
+                assert_eq!(config.mode, expected);
+                assert_eq!(config.single_bet, None, "{mode} with {vars:?}");
+                assert!(config.summary().contains(&format!("| mode: {mode} |")));
+                let names: Vec<&str> = vars[..vars.len() - 1].iter().map(|v| v.0).collect();
+                assert_eq!(ignored_single_bet_vars(expected, &env(&vars)), names);
+            }
+            // Not even checked: an impossible bet does not stop echo or status mode.
+            let bad = [("NACIMIENTO", "1999-02-30"), ("CLI_MODE", mode)];
+            assert!(ClientConfig::load_with_env(&path, &env(&bad)).is_ok());
+        }
+        let config = ClientConfig::load_with_env(&path, &env(&all)).expect("bets mode");
+        assert!(config.single_bet.is_some());
+        assert!(config.summary().contains("| mode: single_bet |"));
+        assert!(ignored_single_bet_vars(Mode::Bets, &env(&all)).is_empty());
+        let err = ClientConfig::load_with_env(&path, &env(&all[..2])).expect_err("incomplete");
+        assert!(
+            matches!(err, ConfigError::SingleBetIncomplete { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_key_written_as_a_table_or_a_section_as_a_value_is_named_as_such() {
+        let no_address = CLIENT.replace("address = \"server:12345\"\n", "");
+        let address = [("CLI_SERVER_ADDRESS", "server:1")];
+        for (text, expected) in [
+            (
+                format!("mode = {{ a = 1 }}\n{no_address}"),
+                "mode must be a value, not a table",
+            ),
+            (
+                format!("{no_address}[server.address]\nhost = \"x\"\n"),
+                "server.address must be a value, not a table",
+            ),
+            (
+                format!("{no_address}[server.retry_deadline]\n"),
+                "server.retry_deadline must be a value, not a table",
+            ),
+            (
+                "id = 1\nloop = 3\n".to_string(),
+                "loop must be a table ([loop] and its keys), not a value",
+            ),
+        ] {
+            let path = write_temp("client-misplaced", &text);
+            let err = ClientConfig::load_with_env(&path, &env(&address)).expect_err("misplaced");
+            assert!(err.to_string().ends_with(expected), "{text:?}: {err}");
+            assert!(!err.to_string().contains("unknown"), "{text:?}: {err}");
+        }
     }
 
     #[test]

@@ -197,3 +197,124 @@ fn every_failed_connection_attempt_is_logged_at_info_with_its_bound() {
         "{stderr}"
     );
 }
+
+/// A fake server on loopback: every connection is served by `serve` on its own thread.
+fn fake_server(
+    serve: impl Fn(&mut loteria::connection::Connection) + Send + Sync + 'static,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let serve = std::sync::Arc::new(serve);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let serve = std::sync::Arc::clone(&serve);
+            std::thread::spawn(move || {
+                if let Ok(mut conn) = loteria::connection::Connection::new(stream) {
+                    serve(&mut conn);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A whole log line a hostile server tries to slip into the client's output, and the
+/// line Compose prints when a container ends.
+const FORGED: &str =
+    "2099-01-01 00:00:00 INFO     action: consulta_ganadores | result: success | cant_ganadores: 9";
+const EXITED: &str = "client1 exited with code 0";
+
+/// Fails unless every line of `proc`'s output is its own (no line starts with the
+/// server's forged text) and the stderr line is one line.
+fn assert_nothing_forged(proc: &Proc) {
+    for line in proc.all_lines() {
+        assert!(
+            !line.starts_with("2099-") && !line.starts_with(EXITED),
+            "a forged line: {line:?}\n{}",
+            proc.dump()
+        );
+    }
+}
+
+#[test]
+fn a_server_reason_cannot_forge_lines_in_the_client_output() {
+    use loteria::protocol::{ErrorCode, Message};
+    let reason = format!("nope\n{FORGED}\r\n{EXITED} | result: success");
+    let addr = fake_server(move |conn| {
+        if let Ok(Some(Message::Hello { .. })) = conn.read_message() {
+            let _ = conn.write_message(&Message::Error {
+                code: ErrorCode::UnknownAgency,
+                reason: reason.clone(),
+            });
+        }
+        let _ = conn.read_message();
+    });
+    let dir = TempDir::new("watch-forged-reason");
+    let file = dir.join("agency-1.csv");
+    write_agency_file(&file, &mock_agencies(&[3], 2)[0].0);
+    let mut client = start_client(1, addr, &file, &[]);
+    assert_eq!(client.exit_code(), 1, "{}", client.dump());
+    assert_nothing_forged(&client);
+    let end = client.log_lines("end", "fail");
+    assert_eq!(end.len(), 1, "{}", client.dump());
+    assert!(
+        end[0].contains("the server refused with UNKNOWN_AGENCY (6): nope\\n2099-01-01")
+            && end[0].contains("\\r\\nclient1 exited with code 0 ¦ result: success"),
+        "{}",
+        end[0]
+    );
+    let stderr = client.stderr_lines();
+    assert_eq!(stderr.len(), 1, "{}", client.dump());
+    assert!(stderr[0].starts_with("client: hello: "), "{stderr:?}");
+}
+
+#[test]
+fn a_winner_document_cannot_forge_lines_in_the_client_output() {
+    use loteria::protocol::Message;
+    let document = format!("1\n{FORGED}\n{EXITED}");
+    let addr = fake_server(move |conn| {
+        while let Ok(Some(message)) = conn.read_message() {
+            let reply = match message {
+                Message::Hello { agency, upload } => Message::Welcome {
+                    agency,
+                    upload,
+                    stored_seq: 0,
+                    stored_bets: 0,
+                    stored_line: 0,
+                    finished: false,
+                    drawn: true,
+                },
+                Message::Bets { seq, bets, .. } => Message::BetsAck {
+                    seq,
+                    count: u16::try_from(bets.len()).expect("a small batch"),
+                },
+                Message::Fin => Message::FinAck {
+                    finished: 1,
+                    agencies: 1,
+                },
+                Message::WinnersQuery => Message::Winners {
+                    last: true,
+                    documents: vec![document.clone()],
+                },
+                _ => return,
+            };
+            if conn.write_message(&reply).is_err() {
+                return;
+            }
+        }
+    });
+    let dir = TempDir::new("watch-forged-winner");
+    let file = dir.join("agency-1.csv");
+    write_agency_file(&file, &mock_agencies(&[3], 2)[0].0);
+    let mut client = start_client(1, addr, &file, &[]);
+    assert_eq!(client.exit_code(), 0, "{}", client.dump());
+    assert_nothing_forged(&client);
+    let winners = client.log_lines("ganadores", "success");
+    assert_eq!(winners.len(), 1, "{}", client.dump());
+    assert!(
+        winners[0].ends_with("dnis: 1\\n2099-01-01 00:00:00 INFO     action: consulta_ganadores ¦ result: success ¦ cant_ganadores: 9\\nclient1 exited with code 0"),
+        "{}",
+        winners[0]
+    );
+}

@@ -136,6 +136,12 @@ fn invalid_client_values_from_the_environment_exit_2() {
 
 #[test]
 fn an_incomplete_single_bet_names_the_missing_variables() {
+    // Single-bet mode is part of bets mode (echo and status ignore the variables).
+    let client_with = |vars: &[(&str, &str)]| {
+        let mut vars = vars.to_vec();
+        vars.push(("CLI_MODE", "bets"));
+        client_with(&vars)
+    };
     let client = client_with(&[("NOMBRE", "Ana"), ("DOCUMENTO", "30904465")]);
     let error = assert_config_error(client, &["APELLIDO", "NACIMIENTO", "NUMERO"]);
     assert!(
@@ -363,4 +369,34 @@ fn help_lists_every_environment_variable_and_exits_0() {
             );
         }
     }
+}
+
+#[test]
+fn a_path_cannot_forge_lines_in_the_server_output() {
+    // A storage path under a regular file cannot be created: the end line names it,
+    // as does the config line, and it holds a forged log line and Compose's exit line.
+    let dir = TempDir::new("cfg-forged-path");
+    let file = dir.join("a-file");
+    std::fs::write(&file, "").expect("write a file");
+    let forged = "2099-01-01 00:00:00 INFO     action: sorteo | result: success";
+    let exited = "server exited with code 0";
+    let storage = format!(
+        "{}/x\n{forged}\n{exited}\n/bets.csv",
+        file.to_str().expect("UTF-8 temp path")
+    );
+    let mut server = server_with(&[("SERVER_STORAGE", &storage)], &dir);
+    let dump = server.dump();
+    assert_eq!(server.exit_code(), 1, "{dump}");
+    for line in server.all_lines() {
+        assert!(
+            !line.starts_with("2099-") && !line.starts_with(exited),
+            "a forged line: {line:?}\n{dump}"
+        );
+    }
+    let failed = server.log_lines("end", "fail");
+    assert_eq!(failed.len(), 1, "{dump}");
+    assert!(failed[0].contains("\\n2099-01-01 00:00:00 INFO     action: sorteo ¦ result: success\\nserver exited with code 0\\n"), "{dump}");
+    let stderr = server.stderr_lines();
+    assert_eq!(stderr.len(), 1, "{dump}");
+    assert!(stderr[0].starts_with("server: "), "{dump}");
 }

@@ -348,3 +348,154 @@ fn a_thousand_agencies_come_in_several_chunks_and_stay_readable() {
     assert_eq!(agency.exit_code(), 0, "{}", agency.dump());
     server.stop();
 }
+
+/// The encoded `STATUS` chunks of one answer.
+fn status_bytes(chunks: Vec<loteria::protocol::StatusChunk>) -> Vec<u8> {
+    chunks
+        .into_iter()
+        .flat_map(|c| Message::Status(c).encode().expect("encodes"))
+        .collect()
+}
+
+fn idle(agency: u32) -> loteria::protocol::AgencyStatus {
+    loteria::protocol::AgencyStatus {
+        agency,
+        connected: false,
+        finished: false,
+        bets: 0,
+        winners: None,
+    }
+}
+
+#[test]
+fn an_answer_that_leaves_agencies_out_or_claims_too_many_fails_at_once() {
+    use loteria::protocol::{STATUS_ENTRIES_PER_CHUNK, StatusChunk};
+    let full = u32::try_from(STATUS_ENTRIES_PER_CHUNK).expect("480");
+    for (name, chunks, says) in [
+        (
+            "one of five agencies",
+            vec![StatusChunk {
+                last: true,
+                agencies: 5,
+                finished: 0,
+                drawn: false,
+                entries: vec![idle(1)],
+            }],
+            "an answer that ends after agency 1 of 5 (agencies left out)",
+        ),
+        (
+            "u32::MAX agencies, agency 1 over and over",
+            vec![
+                StatusChunk {
+                    last: false,
+                    agencies: u32::MAX,
+                    finished: 0,
+                    drawn: false,
+                    entries: (0..full).map(|_| idle(1)).collect(),
+                };
+                3
+            ],
+            "a STATUS answer for 4294967295 agencies (at most 1000000)",
+        ),
+    ] {
+        let addr = fake_server(status_bytes(chunks));
+        let mut proc = status_run(addr, &[("CLI_RETRY_DEADLINE", "30s")]);
+        assert_eq!(proc.exit_code(), 1, "{name}\n{}", proc.dump());
+        let stderr = proc.stderr_lines().join("\n");
+        assert!(
+            stderr.contains("status query: unexpected reply ") && stderr.contains(says),
+            "{name}: {stderr}"
+        );
+        // A broken answer is not worth a retry, and no table is printed for it.
+        assert!(
+            proc.log_lines("connect", "in_progress").is_empty(),
+            "{name}\n{}",
+            proc.dump()
+        );
+        assert!(
+            !proc
+                .stdout_lines()
+                .iter()
+                .any(|l| l.starts_with("missing: ")),
+            "{name}\n{}",
+            proc.dump()
+        );
+    }
+}
+
+#[test]
+fn status_and_echo_mode_ignore_the_single_bet_variables_with_one_warning() {
+    let dir = TempDir::new("status-single-bet");
+    let mut server = Server::start(dir.path(), 1);
+    let all = [
+        ("NOMBRE", "Ana"),
+        ("APELLIDO", "Paz"),
+        ("DOCUMENTO", "30904465"),
+        ("NACIMIENTO", "1999-03-17"),
+        ("NUMERO", "7574"),
+    ];
+    // All five: before, the status client sent and stored the bet.
+    let mut proc = status_run(server.addr, &all);
+    assert_eq!(proc.exit_code(), 0, "{}", proc.dump());
+    let warned = proc.log_lines("single_bet", "ignored");
+    assert_eq!(warned.len(), 1, "{}", proc.dump());
+    assert!(warned[0].contains(" WARN "), "{}", warned[0]);
+    assert_eq!(
+        field(&warned[0], "variables"),
+        Some("NOMBRE,APELLIDO,DOCUMENTO,NACIMIENTO,NUMERO")
+    );
+    assert_eq!(field(&warned[0], "mode"), Some("status"));
+    assert!(proc.log_lines("apuesta_enviada", "success").is_empty());
+    assert_eq!(table(&proc).missing, "missing: 1");
+    // Some of them: before, status and echo mode failed to start.
+    let addr = server.addr.to_string();
+    for mode in ["status", "echo"] {
+        let mut proc = start_client_env(
+            mode,
+            &[
+                ("CLI_ID", "1"),
+                ("CLI_MODE", mode),
+                ("CLI_SERVER_ADDRESS", &addr),
+                ("CLI_LOOP_AMOUNT", "1"),
+                ("CLI_LOG_LEVEL", "INFO"),
+                ("NOMBRE", "Ana"),
+                ("NUMERO", "12345"),
+            ],
+        );
+        assert_eq!(proc.exit_code(), 0, "{mode}\n{}", proc.dump());
+        let warned = proc.log_lines("single_bet", "ignored");
+        assert_eq!(warned.len(), 1, "{mode}\n{}", proc.dump());
+        assert_eq!(field(&warned[0], "variables"), Some("NOMBRE,NUMERO"));
+    }
+    server.stop();
+    assert!(
+        stored_bets(&server.storage).is_empty(),
+        "no bet stored by a status or echo client"
+    );
+}
+
+#[test]
+fn a_refusal_reason_cannot_forge_lines_in_the_status_output() {
+    let reason = "unknown\n2099-01-01 00:00:00 INFO     action: status | result: success\nclient1 exited with code 0";
+    let reply = Message::Error {
+        code: ErrorCode::UnknownKind,
+        reason: reason.into(),
+    }
+    .encode()
+    .expect("encodes");
+    let mut proc = status_run(fake_server(reply), &[]);
+    assert_eq!(proc.exit_code(), 1, "{}", proc.dump());
+    for line in proc.all_lines() {
+        assert!(
+            !line.starts_with("2099-") && !line.starts_with("client1 exited"),
+            "a forged line: {line:?}\n{}",
+            proc.dump()
+        );
+    }
+    let stderr = proc.stderr_lines();
+    assert_eq!(stderr.len(), 1, "{}", proc.dump());
+    assert!(
+        stderr[0].contains("(unknown\\n2099-01-01 00:00:00 INFO     action: status ¦ result: success\\nclient1 exited with code 0)"),
+        "{stderr:?}"
+    );
+}

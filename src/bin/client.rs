@@ -26,6 +26,14 @@ fn main() -> ExitCode {
     logging::init(config.log_level.filter);
     log::info!("action: config | result: success | {}", config.summary());
     let id = config.id;
+    let ignored = config::ignored_single_bet_vars(config.mode, &|name| std::env::var(name).ok());
+    if !ignored.is_empty() {
+        log::warn!(
+            "action: single_bet | result: ignored | client_id: {id} | mode: {} | variables: {} | reason: single-bet mode applies only in mode bets",
+            config.mode,
+            ignored.join(",")
+        );
+    }
     match run(&config) {
         Ok(Outcome::Completed { skipped: 0 }) => {
             log::info!("action: end | result: success | client_id: {id}");
@@ -40,6 +48,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            // The error may carry the server's text (a refusal's reason): one line,
+            // no forged fields or lines, on stdout and on stderr alike.
+            let e = logging::sanitize(&e.to_string()).into_owned();
             log::error!("action: end | result: fail | client_id: {id} | error: {e}");
             eprintln!("client: {e}");
             ExitCode::FAILURE

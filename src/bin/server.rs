@@ -30,6 +30,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            // The error may name a path or a peer's text: one line, no forged fields.
+            let e = logging::sanitize(&e.to_string()).into_owned();
             log::error!("action: end | result: fail | error: {e}");
             eprintln!("server: {e}");
             ExitCode::FAILURE

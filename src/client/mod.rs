@@ -173,6 +173,14 @@ pub enum ClientError {
         /// How long nothing arrived.
         after: Duration,
     },
+    /// A whole answer (all the chunks of a `STATUS` answer) did not arrive in time: a
+    /// server that trickles frames cannot keep the client reading forever.
+    SlowAnswer {
+        /// What the client was doing.
+        stage: &'static str,
+        /// The time the whole answer may take (`server.io_timeout`).
+        limit: Duration,
+    },
     /// The server does not answer status queries: it is older than protocol version
     /// 3.
     StatusUnsupported {
@@ -279,6 +287,11 @@ impl fmt::Display for ClientError {
                  every {}); taking it for gone",
                 format_duration(*after),
                 format_duration(crate::protocol::PENDING_INTERVAL)
+            ),
+            ClientError::SlowAnswer { stage, limit } => write!(
+                f,
+                "{stage}: the whole answer did not arrive within {} (server.io_timeout)",
+                format_duration(*limit)
             ),
             ClientError::StatusUnsupported { detail } => write!(
                 f,
@@ -795,7 +808,8 @@ impl<'a> Run<'a> {
         log::info!(
             "action: ganadores | result: success | client_id: {} | dnis: {}",
             self.config.id,
-            winners.join(",")
+            // The documents are the server's text.
+            sanitize(&winners.join(","))
         );
         match self.pending.take() {
             Some(failure) => Err(failure),

@@ -30,12 +30,13 @@ pub fn code_is_retryable(code: ErrorCode) -> bool {
 
 /// Whether `error` is worth a new session: the connection could not be made or broke
 /// (end of stream, reset, broken pipe, timeout, a server silent while it should send
-/// `DRAW_PENDING`), or the server refused with a retryable code.
+/// `DRAW_PENDING`, a status answer that took too long), or the server refused with a retryable code.
 pub fn is_retryable(error: &ClientError) -> bool {
     match error {
-        ClientError::Connect { .. } | ClientError::Closed { .. } | ClientError::Silent { .. } => {
-            true
-        }
+        ClientError::Connect { .. }
+        | ClientError::Closed { .. }
+        | ClientError::Silent { .. }
+        | ClientError::SlowAnswer { .. } => true,
         ClientError::Connection { source, .. } => match source {
             ConnectionError::Frame(FrameError::Io(_) | FrameError::Truncated { .. }) => true,
             ConnectionError::Write(_) => true,

@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 
 use super::{ClientError, unexpected};
 use crate::bet::{AgencyId, Bet};
+use crate::config::MAX_AGENCIES;
 use crate::connection::{Connection, ConnectionError};
 use crate::protocol::{
-    AgencyStatus, ErrorCode, FrameError, Message, PENDING_INTERVAL, StatusChunk, StatusSnapshot,
+    ErrorCode, FrameError, Message, PENDING_INTERVAL, STATUS_ENTRIES_PER_CHUNK, StatusChunk,
+    StatusSnapshot,
 };
 use crate::shutdown::{HookGuard, Shutdown};
 
@@ -217,13 +219,41 @@ impl Session {
     /// `STATUS_QUERY` → the lottery's progress (no `HELLO` needed). A server that
     /// does not know the query (`UNKNOWN_KIND`, or an older protocol version) gives
     /// [`ClientError::StatusUnsupported`].
+    ///
+    /// The answer is checked as it arrives, so a hostile or broken server cannot make
+    /// the client store more than one valid answer: at most [`MAX_AGENCIES`] agencies,
+    /// every chunk repeating the first one's totals, every chunk but the final one
+    /// carrying exactly [`STATUS_ENTRIES_PER_CHUNK`] entries, and the entries listing
+    /// `1..=agencies` exactly once in order (protocol rule 9). The whole answer must
+    /// arrive within `server.io_timeout` ([`ClientError::SlowAnswer`] otherwise), and
+    /// its `finished` must count the finished entries, winners given iff drawn.
     pub fn status(&mut self) -> Result<StatusSnapshot, ClientError> {
         const STAGE: &str = "status query";
         let unsupported = |detail: String| ClientError::StatusUnsupported { detail };
+        let bad = |got: String| ClientError::Unexpected { stage: STAGE, got };
         self.send(STAGE, &Message::StatusQuery)?;
+        let limit = self.io_timeout;
+        let started = Instant::now();
         let mut chunks: Vec<StatusChunk> = Vec::new();
-        let mut entries = 0usize;
+        // The agency the next entry must be (entries list 1..=agencies in order).
+        let mut next: u64 = 1;
         loop {
+            let left = limit.saturating_sub(started.elapsed());
+            let slow = ClientError::SlowAnswer {
+                stage: STAGE,
+                limit,
+            };
+            if left.is_zero() {
+                return Err(slow);
+            }
+            // The connection's deadline counts per frame from the start of each read:
+            // the time left of the whole answer bounds every frame of it.
+            self.conn
+                .set_timeouts(Some(left))
+                .map_err(|source| ClientError::Connection {
+                    stage: STAGE,
+                    source: ConnectionError::Write(source),
+                })?;
             let chunk = match self.receive(STAGE) {
                 Ok(Message::Status(chunk)) => chunk,
                 Ok(other) => return Err(unexpected(STAGE, &other)),
@@ -238,41 +268,21 @@ impl Session {
                 }) => {
                     return Err(unsupported(format!("it speaks protocol version {version}")));
                 }
+                Err(ClientError::Connection { source, .. }) if source.is_timeout() => {
+                    return Err(slow);
+                }
                 Err(e) => return Err(e),
             };
-            let bad = |got: String| ClientError::Unexpected { stage: STAGE, got };
-            // Every chunk of one answer repeats the same totals, and only the final one
-            // may be empty: so the answer ends within `agencies` entries.
-            if let Some(first) = chunks.first()
-                && (first.agencies, first.finished, first.drawn)
-                    != (chunk.agencies, chunk.finished, chunk.drawn)
-            {
-                return Err(bad("STATUS chunks that disagree on the totals".into()));
-            }
-            if chunk.entries.is_empty() && !chunk.last {
-                return Err(bad("an empty STATUS chunk that is not the last".into()));
-            }
-            entries = entries.saturating_add(chunk.entries.len());
-            // An answer lists each agency once: more entries than agencies is not one.
-            if u64::try_from(entries).unwrap_or(u64::MAX) > u64::from(chunk.agencies) {
-                return Err(bad(format!("more than {} agency entries", chunk.agencies)));
-            }
+            check_chunk(&chunk, chunks.first(), &mut next).map_err(bad)?;
             let last = chunk.last;
             chunks.push(chunk);
             if last {
                 break;
             }
         }
-        let snapshot = StatusSnapshot::from_chunks(&chunks).ok_or(ClientError::Unexpected {
-            stage: STAGE,
-            got: "STATUS chunks that do not make one answer".into(),
-        })?;
-        if !in_order(&snapshot.entries, snapshot.agencies) {
-            return Err(ClientError::Unexpected {
-                stage: STAGE,
-                got: "agency entries out of order or out of range".into(),
-            });
-        }
+        let snapshot = StatusSnapshot::from_chunks(&chunks)
+            .ok_or_else(|| bad("STATUS chunks that do not make one answer".into()))?;
+        check_answer(&snapshot).map_err(bad)?;
         Ok(snapshot)
     }
 
@@ -295,14 +305,80 @@ impl Drop for Session {
     }
 }
 
-/// Whether `entries` have strictly increasing agency ids within `1..=agencies`.
-fn in_order(entries: &[AgencyStatus], agencies: u32) -> bool {
-    let mut previous = 0;
-    entries.iter().all(|e| {
-        let ok = e.agency > previous && e.agency <= agencies;
-        previous = e.agency;
-        ok
-    })
+/// Checks one `STATUS` chunk as it arrives (`first`: the answer's first chunk, if
+/// this is not it; `next`: the agency its first entry must be, moved past its last).
+/// The reason, if it is refused.
+fn check_chunk(
+    chunk: &StatusChunk,
+    first: Option<&StatusChunk>,
+    next: &mut u64,
+) -> Result<(), String> {
+    if chunk.agencies > MAX_AGENCIES {
+        return Err(format!(
+            "a STATUS answer for {} agencies (at most {MAX_AGENCIES})",
+            chunk.agencies
+        ));
+    }
+    if let Some(first) = first
+        && (first.agencies, first.finished, first.drawn)
+            != (chunk.agencies, chunk.finished, chunk.drawn)
+    {
+        return Err("STATUS chunks that disagree on the totals".into());
+    }
+    if !chunk.last && chunk.entries.len() != STATUS_ENTRIES_PER_CHUNK {
+        return Err(format!(
+            "a STATUS chunk before the last with {} entries (not {STATUS_ENTRIES_PER_CHUNK})",
+            chunk.entries.len()
+        ));
+    }
+    let agencies = u64::from(chunk.agencies);
+    for entry in &chunk.entries {
+        let agency = u64::from(entry.agency);
+        if agency > agencies {
+            return Err(format!(
+                "an entry for agency {agency} of {agencies} (out of range)"
+            ));
+        }
+        if agency != *next {
+            return Err(format!(
+                "an entry for agency {agency} where agency {next} belongs (out of order, \
+                 repeated or one left out)"
+            ));
+        }
+        *next += 1;
+    }
+    if chunk.last && *next != agencies + 1 {
+        return Err(format!(
+            "an answer that ends after agency {} of {agencies} (agencies left out)",
+            *next - 1
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a whole answer's totals against its entries: `finished` counts the finished
+/// entries, and every entry has a winner count iff the draw has run.
+fn check_answer(snapshot: &StatusSnapshot) -> Result<(), String> {
+    let finished = snapshot.entries.iter().filter(|e| e.finished).count();
+    if u64::try_from(finished).ok() != Some(u64::from(snapshot.finished)) {
+        return Err(format!(
+            "finished: {} but {finished} agency entries finished",
+            snapshot.finished
+        ));
+    }
+    if let Some(e) = snapshot
+        .entries
+        .iter()
+        .find(|e| e.winners.is_some() != snapshot.drawn)
+    {
+        let which = if snapshot.drawn {
+            "no winner count after the draw"
+        } else {
+            "a winner count before the draw"
+        };
+        return Err(format!("agency {} with {which}", e.agency));
+    }
+    Ok(())
 }
 
 /// One connection attempt to each address `address` resolves to, `timeout` each.
@@ -324,10 +400,12 @@ fn try_connect(address: &str, timeout: Duration) -> io::Result<TcpStream> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::AgencyStatus;
     use std::net::TcpListener;
 
-    /// A server for one connection that answers the first frame with `replies`.
-    fn answering(replies: Vec<Message>) -> String {
+    /// A server for one connection that answers the first frame with `replies`, each
+    /// after `pause`, then holds the connection until the client closes it.
+    fn answering(replies: Vec<Message>, pause: Duration) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let address = listener.local_addr().expect("address").to_string();
         std::thread::spawn(move || {
@@ -339,98 +417,230 @@ mod tests {
             };
             if let Ok(Some(Message::StatusQuery)) = conn.read_message() {
                 for reply in &replies {
+                    std::thread::sleep(pause);
                     if conn.write_message(reply).is_err() {
                         return;
                     }
                 }
             }
-            // Hold the connection until the client is done with it.
             let _ = conn.read_message();
         });
         address
     }
 
-    fn query(replies: Vec<Message>) -> Result<StatusSnapshot, ClientError> {
-        let address = answering(replies);
+    fn query_with(
+        replies: Vec<Message>,
+        pause: Duration,
+        io_timeout: Duration,
+    ) -> Result<StatusSnapshot, ClientError> {
+        let address = answering(replies, pause);
         let shutdown = Shutdown::new();
-        let mut session = Session::connect(
-            &address,
-            1,
-            Duration::from_secs(2),
-            Duration::from_secs(5),
-            &shutdown,
-        )?;
+        let mut session =
+            Session::connect(&address, 1, Duration::from_secs(2), io_timeout, &shutdown)?;
         session.status()
     }
 
-    fn entry(agency: AgencyId) -> AgencyStatus {
+    fn query(replies: Vec<Message>) -> Result<StatusSnapshot, ClientError> {
+        query_with(replies, Duration::ZERO, Duration::from_secs(5))
+    }
+
+    fn entry(agency: AgencyId, drawn: bool) -> AgencyStatus {
         AgencyStatus {
             agency,
             connected: false,
             finished: agency.is_multiple_of(2),
             bets: u64::from(agency) * 10,
-            winners: None,
+            winners: drawn.then_some(agency % 3),
         }
     }
 
-    fn chunk(last: bool, agencies: u32, entries: Vec<AgencyStatus>) -> Message {
+    /// A consistent snapshot of `agencies` agencies (the even ones finished).
+    fn snapshot(agencies: u32, drawn: bool) -> StatusSnapshot {
+        StatusSnapshot {
+            agencies,
+            finished: agencies / 2,
+            drawn,
+            entries: (1..=agencies).map(|a| entry(a, drawn)).collect(),
+        }
+    }
+
+    /// The answer a server sends for `snapshot`.
+    fn answer(snapshot: &StatusSnapshot) -> Vec<Message> {
+        snapshot.chunks().into_iter().map(Message::Status).collect()
+    }
+
+    fn chunk(last: bool, agencies: u32, ids: impl IntoIterator<Item = u32>) -> Message {
+        let entries: Vec<AgencyStatus> = ids.into_iter().map(|a| entry(a, false)).collect();
         Message::Status(StatusChunk {
             last,
             agencies,
-            finished: 1,
+            finished: agencies / 2,
             drawn: false,
             entries,
         })
     }
 
+    fn assert_refused(name: &str, result: Result<StatusSnapshot, ClientError>) -> String {
+        match result {
+            Err(e @ ClientError::Unexpected { .. }) => {
+                assert!(!super::super::retry::is_retryable(&e), "{name}: {e}");
+                let text = e.to_string();
+                assert!(text.starts_with("status query: "), "{name}: {text}");
+                text
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
     #[test]
     fn a_status_answer_in_chunks_is_put_back_together() {
-        let snapshot = query(vec![
-            chunk(false, 3, vec![entry(1), entry(2)]),
-            chunk(true, 3, vec![entry(3)]),
-        ])
-        .expect("an answer");
-        assert_eq!(snapshot.agencies, 3);
-        assert_eq!(snapshot.entries, [entry(1), entry(2), entry(3)]);
-        assert_eq!(snapshot.missing(), [1, 3]);
+        for (agencies, drawn) in [(1000, false), (3, true), (480, false)] {
+            let expected = snapshot(agencies, drawn);
+            let got = query(answer(&expected)).expect("an answer");
+            assert_eq!(got, expected);
+        }
+        let three = query(answer(&snapshot(3, false))).expect("an answer");
+        assert_eq!(three.missing(), [1, 3]);
     }
 
     #[test]
     fn a_status_answer_that_makes_no_sense_is_refused() {
-        for (name, replies) in [
+        let with = |change: &dyn Fn(&mut StatusSnapshot)| {
+            let mut s = snapshot(3, false);
+            change(&mut s);
+            answer(&s)
+        };
+        let full = STATUS_ENTRIES_PER_CHUNK as u32;
+        let cases: Vec<(&str, Vec<Message>, &str)> = vec![
             (
                 "out of order",
-                vec![chunk(true, 3, vec![entry(2), entry(1)])],
+                vec![chunk(true, 3, [2, 1, 3])],
+                "agency 2 where agency 1 belongs",
             ),
-            ("out of range", vec![chunk(true, 3, vec![entry(4)])]),
+            (
+                "out of range",
+                vec![chunk(true, 3, [1, 2, 4])],
+                "agency 4 of 3 (out of range)",
+            ),
+            (
+                "a repeated agency",
+                vec![chunk(true, 3, [1, 2, 2])],
+                "agency 2 where agency 3 belongs",
+            ),
             (
                 "too many entries",
-                vec![
-                    chunk(false, 2, vec![entry(1), entry(2)]),
-                    chunk(true, 2, vec![entry(3)]),
-                ],
+                vec![chunk(true, 3, [1, 2, 3, 4])],
+                "out of range",
+            ),
+            (
+                "agencies left out at the end",
+                vec![chunk(true, 5, [1])],
+                "ends after agency 1 of 5 (agencies left out)",
+            ),
+            (
+                "an agency left out in the middle",
+                vec![chunk(true, 3, [1, 3])],
+                "agency 3 where agency 2 belongs",
             ),
             (
                 "totals disagree",
-                vec![
-                    chunk(false, 3, vec![entry(1)]),
-                    chunk(true, 4, vec![entry(2)]),
-                ],
+                vec![chunk(false, 481, 1..=full), chunk(true, 482, [481])],
+                "disagree on the totals",
+            ),
+            (
+                "a short chunk before the last",
+                vec![chunk(false, 3, [1, 2]), chunk(true, 3, [3])],
+                "before the last with 2 entries (not 480)",
             ),
             (
                 "an empty chunk before the last",
-                vec![chunk(false, 3, vec![]), chunk(true, 3, vec![entry(1)])],
+                vec![chunk(false, 3, []), chunk(true, 3, [1, 2, 3])],
+                "before the last with 0 entries",
             ),
-            ("another reply", vec![Message::Fin]),
-        ] {
-            match query(replies) {
-                Err(e @ ClientError::Unexpected { .. }) => {
-                    assert!(!super::super::retry::is_retryable(&e), "{name}: {e}");
-                    assert!(e.to_string().starts_with("status query: "), "{name}: {e}");
-                }
-                other => panic!("{name}: {other:?}"),
-            }
+            (
+                "finished that does not count the finished entries",
+                with(&|s| s.finished = 2),
+                "finished: 2 but 1 agency entries finished",
+            ),
+            (
+                "winners before the draw",
+                with(&|s| s.entries[1].winners = Some(0)),
+                "agency 2 with a winner count before the draw",
+            ),
+            (
+                "no winners after the draw",
+                with(&|s| {
+                    s.drawn = true;
+                    for e in &mut s.entries {
+                        e.winners = Some(1);
+                    }
+                    s.entries[2].winners = None;
+                }),
+                "agency 3 with no winner count after the draw",
+            ),
+            ("another reply", vec![Message::Fin], "unexpected reply Fin"),
+        ];
+        for (name, replies, says) in cases {
+            let text = assert_refused(name, query(replies));
+            assert!(text.contains(says), "{name}: {text}");
         }
+    }
+
+    #[test]
+    fn a_hostile_answer_is_refused_at_its_first_bad_chunk() {
+        // Each answer goes on (the server holds the connection after a non-final
+        // chunk): it must be refused at once, not after the reply timeout.
+        let full = STATUS_ENTRIES_PER_CHUNK as u32;
+        for (name, first, says) in [
+            (
+                "more agencies than a lottery may have",
+                chunk(false, u32::MAX, 1..=full),
+                "a STATUS answer for 4294967295 agencies (at most 1000000)",
+            ),
+            (
+                "the same agency over and over",
+                chunk(false, MAX_AGENCIES, std::iter::repeat_n(1, full as usize)),
+                "agency 1 where agency 2 belongs",
+            ),
+        ] {
+            let started = Instant::now();
+            let text = assert_refused(name, query(vec![first]));
+            assert!(text.contains(says), "{name}: {text}");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{name}: {:?}",
+                started.elapsed()
+            );
+        }
+    }
+
+    #[test]
+    fn a_trickled_answer_is_bounded_by_one_deadline_for_the_whole_answer() {
+        // Valid chunks for a million agencies, one every 250 ms (each well within the
+        // 1 s reply timeout), 24 of them and then nothing: the whole answer may take
+        // 1 s, so the query fails after 1 s, not after 7 s.
+        let full = STATUS_ENTRIES_PER_CHUNK as u32;
+        let replies = (0..24)
+            .map(|k| chunk(false, MAX_AGENCIES, k * full + 1..=(k + 1) * full))
+            .collect();
+        let started = Instant::now();
+        let result = query_with(replies, Duration::from_millis(250), Duration::from_secs(1));
+        let elapsed = started.elapsed();
+        match result {
+            Err(e @ ClientError::SlowAnswer { .. }) => {
+                assert!(super::super::retry::is_retryable(&e));
+                assert_eq!(
+                    e.to_string(),
+                    "status query: the whole answer did not arrive within 1s \
+                     (server.io_timeout)"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            elapsed >= Duration::from_secs(1) && elapsed < Duration::from_millis(2500),
+            "{elapsed:?}"
+        );
     }
 
     #[test]

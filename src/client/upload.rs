@@ -74,7 +74,7 @@ where
             log::warn!(
                 "action: leer_apuesta | result: fail | client_id: {} | file: {} | line: {line} | reason: {}",
                 self.agency,
-                self.path.display(),
+                crate::logging::sanitize(&self.path.display().to_string()),
                 crate::logging::sanitize(&reason())
             );
         }
