@@ -1,7 +1,7 @@
 # Entry points; README.md explains each.
-.PHONY: demo demo-local test test-rust test-docker check lint bench agencies \
+.PHONY: demo demo-local test test-rust test-web test-docker check lint bench agencies \
         docker-prepare docker-image docker-compose-up docker-compose-down \
-        docker-compose-logs
+        docker-compose-logs status
 
 # Compose v2 (`docker compose`) where installed, else the v1 `docker-compose`.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
@@ -14,14 +14,20 @@ demo: docker-image
 demo-local:
 	scripts/run_local.sh agencies
 
-# Every test: unit, loopback integration, end-to-end with the real binaries, and the
-# Docker tests (real images, real compose, real engine).
-test: test-rust test-docker
+# Every test: the status page in a headless browser, unit, loopback integration,
+# end-to-end with the real binaries, and the Docker tests (real images, compose, engine).
+# The browser test goes first: it takes seconds and fails at once if Chromium is missing.
+test: test-web test-rust test-docker
 
 # --show-output: the fault and crash tests print their figures (kills survived, bets
 # lost, duplicates, faults injected); a passing test's output is shown after its binary.
 test-rust:
 	cargo test --locked -- --show-output
+
+# The status page of a real server in headless Chromium (CHROMIUM=path, or chromium on
+# PATH; .ci/run installs it).
+test-web:
+	python3 tests/web/test_status_page.py
 
 test-docker: docker-image
 	python3 tests/docker/test_compose.py
@@ -32,6 +38,7 @@ lint:
 	cargo clippy --all-targets --locked -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
 	shellcheck nc_test.sh scripts/*.sh .ci/run
+	shellcheck --shell=sh nc_test.sh
 
 check: lint test
 
@@ -49,12 +56,15 @@ docker-prepare:
 	scripts/prepare-offline-images.sh
 
 # Both images; the second build reuses the first one's builder stage from the cache.
+# Each is a plain `docker build`; scripts/build_image.sh shows one line for an image
+# that is up to date and the output of the steps that ran otherwise (VERBOSE=1: all).
 docker-image: docker-prepare
-	docker build --force-rm -f Dockerfile.server -t loteria-server:latest .
-	docker build --force-rm -f Dockerfile.client -t loteria-client:latest .
+	scripts/build_image.sh Dockerfile.server loteria-server:latest
+	scripts/build_image.sh Dockerfile.client loteria-client:latest
 
 docker-compose-up: docker-image
 	$(COMPOSE) -f docker-compose.yaml up --detach --no-build
+	@echo "status page: http://127.0.0.1:$${LOTERIA_STATUS_PORT:-8080}/ (make status: the same as a table)"
 
 # Stops (SIGTERM, as `docker compose stop`) and removes containers, network and the
 # bets volume: the next `up` is a new lottery.
@@ -64,3 +74,16 @@ docker-compose-down:
 
 docker-compose-logs:
 	$(COMPOSE) -f docker-compose.yaml logs --follow
+
+# The lottery's progress as a table (the client in status mode, a throw-away container
+# of client1's service on the lottery's network): once, or LOOP=N times, one every
+# loop.period (PERIOD=2s sets it).
+LOOP ?= 0
+status:
+	@if [ "$$(docker inspect --type container -f '{{.State.Running}}' server 2>/dev/null)" != true ]; then \
+	    echo "make status: no running container named 'server' (start the lottery: make docker-compose-up)" >&2; \
+	    exit 1; \
+	fi
+	@$(COMPOSE) -f docker-compose.yaml run --rm --no-deps -T -e CLI_MODE=status \
+	    -e CLI_LOOP_AMOUNT=$(LOOP) $(if $(PERIOD),-e CLI_LOOP_PERIOD=$(PERIOD)) \
+	    -e CLI_RETRY_DEADLINE=10s client1

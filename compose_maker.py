@@ -4,9 +4,17 @@
     python3 compose_maker.py [n] [-o FILE|-] [--data-dir DIR] [--config-dir DIR]
 
 n (default 1) is the number of agencies. The file (default `docker-compose.yaml`)
-holds one `server` container and containers `client1` … `clientN` on a private
-bridge network (internal: nothing outside it is reachable, no port is published). The server is told to wait for n agencies (`SERVER_AGENCIES`) and keeps its
-bets file on the named volume `bets-data`, so stored bets outlive the container. Every
+holds one `server` container and containers `client1` … `clientN` on the private
+bridge network `lottery` (internal: nothing outside it is reachable, no port is
+published on it). The server is told to wait for n agencies (`SERVER_AGENCIES`) and
+keeps its bets file on the named volume `bets-data`, so stored bets outlive the
+container. n = 0 writes the server alone (what the echo check `nc_test.sh` needs): it
+then gets no `SERVER_AGENCIES`, so `lottery.agencies` of the configuration applies
+(the server needs at least one agency to wait for), and agencies can be run against
+it by hand. The server also serves its status page (`SERVER_STATUS_PORT=8080`: `/`
+live page, `/metrics` Prometheus text), published on the host's loopback only, at
+127.0.0.1:${LOTERIA_STATUS_PORT:-8080}; an internal network cannot publish a port, so
+for that the server alone is also on a second, ordinary bridge network `status`. Every
 container bind-mounts the configuration directory (`config/`) read-only, so an edited
 `server.toml` / `client.toml` takes effect on the next container start without
 rebuilding an image; `clientK` also gets `DATA_DIR/agency-K.csv`, read-only (a
@@ -17,7 +25,7 @@ relative to the compose file (Compose resolves them from the file's directory).
 DATA_DIR defaults to `agencies/` and the configuration to `config/`, both next to
 this script. The committed `docker-compose.yaml` is this script's output for n = 5.
 
-Exit codes: 0 written, 2 bad arguments (n not a positive integer, …), 1 the file
+Exit codes: 0 written, 2 bad arguments (n not an integer in 0..=1000, …), 1 the file
 could not be written. Standard library only.
 """
 
@@ -38,14 +46,18 @@ DEFAULT_CONFIG_DIR = str(ROOT / "config")
 # Every container joins one bridge network, and a Linux bridge holds at most 1024
 # interfaces: more agencies than this cannot run from one compose file anyway.
 MAX_AGENCIES = 1000
+# The server's status page: its port in the container, and the variable that picks the
+# port on the host's loopback when Compose runs the file.
+STATUS_PORT = 8080
+STATUS_HOST_PORT = "${LOTERIA_STATUS_PORT:-8080}"
 
 
-def positive_int(text: str) -> int:
-    """argparse type for n: a decimal integer in 1..=MAX_AGENCIES, nothing else."""
+def agency_count(text: str) -> int:
+    """argparse type for n: a decimal integer in 0..=MAX_AGENCIES, nothing else."""
     value = text.strip()
-    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+    if not (value.isascii() and value.isdigit()):
         raise argparse.ArgumentTypeError(
-            f"n must be a positive integer (1, 2, 3, …), got {text!r}")
+            f"n must be a non-negative integer (0, 1, 2, …), got {text!r}")
     if len(value) > 6 or int(value) > MAX_AGENCIES:
         raise argparse.ArgumentTypeError(
             f"n must be at most {MAX_AGENCIES} (one Docker bridge network holds "
@@ -85,9 +97,10 @@ Mount = tuple[str, str, str, bool]
 
 def service_lines(name: str, image: str, dockerfile: str, context: str,
                   environment: list[str], mounts: list[Mount],
-                  depends_on: list[str]) -> list[str]:
+                  depends_on: list[str], networks: list[str],
+                  ports: list[str]) -> list[str]:
     """One service: fixed container name, its image (and how to build it), its
-    environment, mounts and network."""
+    environment, mounts, networks and published ports."""
     lines = [
         f"  {name}:",
         f"    container_name: {name}",
@@ -95,9 +108,10 @@ def service_lines(name: str, image: str, dockerfile: str, context: str,
         "    build:",
         f"      context: {literal_path(context)}",
         f"      dockerfile: {dockerfile}",
-        "    environment:",
     ]
-    lines += [f"      - {quote(item)}" for item in environment]
+    if environment:
+        lines.append("    environment:")
+        lines += [f"      - {quote(item)}" for item in environment]
     lines.append("    volumes:")
     for kind, source, target, read_only in mounts:
         lines += [f"      - type: {kind}",
@@ -105,7 +119,11 @@ def service_lines(name: str, image: str, dockerfile: str, context: str,
                   f"        target: {target}"]
         if read_only:
             lines.append("        read_only: true")
-    lines += ["    networks:", "      - lottery"]
+    lines.append("    networks:")
+    lines += [f"      - {item}" for item in networks]
+    if ports:
+        lines.append("    ports:")
+        lines += [f"      - {quote(item)}" for item in ports]
     if depends_on:
         lines.append("    depends_on:")
         lines += [f"      - {item}" for item in depends_on]
@@ -121,13 +139,19 @@ def render(n: int, compose_dir: Path, data_dir: Path, config_dir: Path,
     lines = [
         f"# The lottery with {n} agenc{'y' if n == 1 else 'ies'}, written by "
         f"`python3 compose_maker.py {n}{options}`: regenerate it, do not edit it.",
-        "services:",
     ]
+    if n == 0:
+        lines.append("# No agencies: the server waits for config/server.toml's "
+                     "lottery.agencies.")
+    lines.append("services:")
+    # n = 0: no SERVER_AGENCIES, the configuration's lottery.agencies applies.
+    agencies = [f"SERVER_AGENCIES={n}"] if n > 0 else []
     lines += service_lines(
         "server", SERVER_IMAGE, "Dockerfile.server", context,
-        environment=[f"SERVER_AGENCIES={n}"],
+        environment=agencies + [f"SERVER_STATUS_PORT={STATUS_PORT}"],
         mounts=[config, ("volume", "bets-data", f"{APP}/data", False)],
-        depends_on=[])
+        depends_on=[], networks=["lottery", "status"],
+        ports=[f"127.0.0.1:{STATUS_HOST_PORT}:{STATUS_PORT}"])
     for k in range(1, n + 1):
         data = mount_source(data_dir / f"agency-{k}.csv", compose_dir)
         lines.append("")
@@ -135,13 +159,16 @@ def render(n: int, compose_dir: Path, data_dir: Path, config_dir: Path,
             f"client{k}", CLIENT_IMAGE, "Dockerfile.client", context,
             environment=[f"CLI_ID={k}"],
             mounts=[config, ("bind", data, f"{APP}/agencies/agency-{k}.csv", True)],
-            depends_on=["server"])
+            depends_on=["server"], networks=["lottery"], ports=[])
     lines += [
         "",
         "networks:",
         "  lottery:",
         "    driver: bridge",
         "    internal: true  # the lottery talks to nothing outside it",
+        "  status:",
+        "    driver: bridge  # the server's alone: publishes its status page on the "
+        "host's loopback",
         "",
         "volumes:",
         "  bets-data:",
@@ -154,8 +181,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="compose_maker.py",
         description="Write the Docker Compose file for a lottery with n agencies.")
-    parser.add_argument("n", nargs="?", type=positive_int, default=1,
-                        help="number of agencies (default 1)")
+    parser.add_argument("n", nargs="?", type=agency_count, default=1,
+                        help="number of agencies (default 1; 0: the server alone)")
     parser.add_argument("-o", "--output", default="docker-compose.yaml",
                         help="file to write (default docker-compose.yaml; - for "
                              "standard output, paths relative to the current directory)")
@@ -194,7 +221,11 @@ def main(argv: list[str]) -> int:
     except OSError as e:
         print(f"compose_maker.py: cannot write {args.output}: {e.strerror}", file=sys.stderr)
         return 1
-    print(f"{args.output}: server + {args.n} client(s)")
+    if args.n == 0:
+        print(f"{args.output}: the server alone (it waits for the configuration's "
+              f"lottery.agencies)")
+    else:
+        print(f"{args.output}: server + {args.n} client(s)")
     return 0
 
 

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The whole lottery in containers (what `make demo` runs once the images are built):
-# starts the compose file's server and agencies on an empty bets volume, waits for every agency, stops the
-# server with `docker compose stop` (SIGTERM), prints the winners per agency, and
-# removes the containers, the network and the bets volume.
+# starts the compose file's server and agencies on an empty bets volume, waits for every
+# agency, stops the server with `docker compose stop` (SIGTERM), prints the draw per
+# agency (bets, winners, their documents, the draw's duration), and removes the
+# containers, the networks and the bets volume. Ctrl-C stops it at once (and cleans up).
 # Exit code 0 only if every agency got its winners and the server exited 0.
 #
 #   scripts/docker_demo.sh [COMPOSE_FILE]        (default docker-compose.yaml)
 #
-# It refuses to start while a container named `server` exists (a lottery started with
-# `make docker-compose-up`, say): stop that one first with `make docker-compose-down`.
+# It refuses to start while a container with one of the file's container names
+# (`server`, `client1` …) exists, and says which Compose project it belongs to.
 # Environment: KEEP=1 keeps the stopped containers and the volume for inspection;
-# DEMO_TIMEOUT (seconds, default 300) bounds the wait for all the agencies.
+# DEMO_TIMEOUT (seconds, default 300) bounds the wait for all the agencies;
+# LOTERIA_STATUS_PORT (default 8080; another free one if 8080 is taken) is where the
+# status page is published on 127.0.0.1 while the demo runs.
 set -euo pipefail
 
 file=$(realpath "${1:-docker-compose.yaml}")
@@ -20,38 +23,124 @@ if docker compose version >/dev/null 2>&1; then
 else
     compose=(docker-compose -f "$file")
 fi
-if docker inspect --type container server >/dev/null 2>&1; then
-    echo "a container named 'server' exists already: remove that lottery first" \
-        "(make docker-compose-down)" >&2
+say() { echo "demo: $*"; }
+problem() { echo "demo: $*" >&2; }
+
+# Compose names the project after the compose file's directory (lower case, only
+# letters, digits, - and _), unless COMPOSE_PROJECT_NAME says otherwise.
+project=${COMPOSE_PROJECT_NAME:-$(basename "$(dirname "$file")" | LC_ALL=C tr '[:upper:]' '[:lower:]' | LC_ALL=C tr -cd 'a-z0-9_-')}
+mapfile -t services < <("${compose[@]}" config --services)
+mapfile -t clients < <(printf '%s\n' "${services[@]}" | grep -x 'client[0-9]*' | sort -V)
+n=${#clients[@]}
+
+# Containers in the way: the names are fixed (container_name), so a lottery started
+# by hand, by another checkout or by the tests blocks this one. One line per owner.
+declare -A owned=() where=() # project -> container names, its compose files
+for name in server "${clients[@]}"; do
+    labels=$(docker inspect --type container -f \
+        '{{index .Config.Labels "com.docker.compose.project"}}|{{index .Config.Labels "com.docker.compose.project.config_files"}}' \
+        "$name" 2>/dev/null) || continue
+    owner=${labels%%|*}
+    owner=${owner:--} # "-": made outside Compose
+    owned[$owner]+=" $name"
+    where[$owner]=${labels#*|}
+done
+if [ ${#owned[@]} -gt 0 ]; then
+    if [ "${compose[0]}" = docker-compose ]; then down=docker-compose; else down="docker compose"; fi
+    for owner in "${!owned[@]}"; do
+        names=${owned[$owner]# }
+        if [ "$names" = "${names// /}" ]; then
+            these="the container '$names' exists"
+        else
+            these="the containers ${names// /, } exist"
+        fi
+        if [ "$owner" = - ]; then
+            problem "$these, made outside Compose; remove with:" \
+                "docker rm -f ${owned[$owner]# }"
+        elif [ "$owner" = "$project" ]; then
+            problem "$these: a lottery of this compose file" \
+                "(Compose project '$owner') is there already; remove it with:" \
+                "make docker-compose-down"
+        else
+            files=${where[$owner]}
+            problem "$these, of the Compose project" \
+                "'$owner'${files:+ (started from ${files//,/ and })}; remove that" \
+                "lottery with: $down -p $owner ${files:+-f ${files//,/ -f }} down --volumes"
+        fi
+    done
     exit 1
 fi
-mapfile -t clients < <("${compose[@]}" config --services | grep -x 'client[0-9]*' | sort -V)
-n=${#clients[@]}
-work=$(mktemp -d)
 
+# The status page goes on 127.0.0.1:8080 unless that port is taken.
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+if [ -z "${LOTERIA_STATUS_PORT:-}" ]; then
+    LOTERIA_STATUS_PORT=8080
+    if port_busy 8080; then
+        LOTERIA_STATUS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        say "127.0.0.1:8080 is taken: the status page goes on port $LOTERIA_STATUS_PORT"
+    fi
+fi
+export LOTERIA_STATUS_PORT
+
+work=$(mktemp -d)
+waits=()
 cleanup() {
+    trap - INT TERM
+    [ ${#waits[@]} -eq 0 ] || kill "${waits[@]}" 2>/dev/null || true
     if [ "${KEEP:-0}" != 1 ]; then
-        "${compose[@]}" down --volumes --remove-orphans 2>/dev/null || true
+        "${compose[@]}" down --volumes --remove-orphans --timeout 5 >"$work/down.log" 2>&1 ||
+            problem "could not remove the containers (docker compose down):" \
+                "$(tail -n 3 "$work/down.log")"
     fi
 }
+interrupted() {
+    problem "interrupted: stopping and removing the lottery's containers"
+    exit 130 # the EXIT trap cleans up
+}
 trap cleanup EXIT
-# No server container exists, so this only drops a bets volume left by a lottery
-# whose containers were removed without `down --volumes`: the draw counts this run only.
-"${compose[@]}" down --volumes --remove-orphans 2>/dev/null
-"${compose[@]}" up --detach --no-build
+trap interrupted INT TERM
 
-failed=0
+# No container of this file exists, so this only drops a bets volume left by a lottery
+# whose containers were removed without `down --volumes`: the draw counts this run only.
+"${compose[@]}" down --volumes --remove-orphans >"$work/down.log" 2>&1 || true
+if ! "${compose[@]}" up --detach --no-build >"$work/up.log" 2>&1; then
+    problem "the lottery did not start (docker compose up):"
+    sed 's/^/    /' "$work/up.log" >&2
+    exit 1
+fi
+say "server + $n agencies started; status page: http://127.0.0.1:$LOTERIA_STATUS_PORT/" \
+    "(or: make status)"
+
+# Each wait runs in the background and the script waits for it with the `wait`
+# builtin, which a signal interrupts: Ctrl-C takes effect at once.
 deadline=$((SECONDS + ${DEMO_TIMEOUT:-300}))
 for k in $(seq "$n"); do
-    left=$((deadline - SECONDS))
-    code=$(timeout "$((left > 0 ? left : 1))" docker wait "client$k") || code="none (timed out)"
-    docker logs "client$k" >"$work/client-$k.log" 2>&1
-    if [ "$code" != 0 ]; then
-        echo "client$k: exit code $code" >&2
+    timeout "$((deadline - SECONDS > 0 ? deadline - SECONDS : 1))" \
+        docker wait "client$k" >"$work/client-$k.code" 2>/dev/null &
+    waits+=($!)
+done
+failed=0
+for k in $(seq "$n"); do
+    waited=0
+    wait "${waits[$((k - 1))]}" || waited=$?
+    code=$(cat "$work/client-$k.code")
+    docker logs "client$k" >"$work/client-$k.log" 2>&1 || true
+    if [ "$waited" = 124 ]; then
+        problem "agency $k (client$k) did not finish within DEMO_TIMEOUT=${DEMO_TIMEOUT:-300} s;" \
+            "its last log line: $(tail -n 1 "$work/client-$k.log")"
+        failed=1
+    elif [ -z "$code" ]; then
+        problem "agency $k: no container client$k to wait for (docker wait failed)"
+        failed=1
+    elif [ "$code" != 0 ]; then
+        problem "agency $k (client$k) failed with exit code $code; its last log line:" \
+            "$(tail -n 1 "$work/client-$k.log")"
         failed=1
     fi
 done
-"${compose[@]}" stop server
+waits=()
+"${compose[@]}" stop server >"$work/stop.log" 2>&1 ||
+    problem "docker compose stop server failed: $(tail -n 1 "$work/stop.log")"
 server_rc=$(docker inspect -f '{{.State.ExitCode}}' server)
 docker logs server >"$work/server.log" 2>&1
 stored=$({ docker cp server:/app/data/bets.csv - | tar -xO | wc -l; } 2>/dev/null) ||
@@ -61,7 +150,11 @@ scripts/winners_table.sh "$work" "$n"
 echo
 echo "bets stored: $stored   logs: $work"
 grep -h "result: fail" "$work"/*.log || true
+if [ "$server_rc" != 0 ]; then
+    problem "the server exited with code $server_rc; its last log line:" \
+        "$(tail -n 1 "$work/server.log")"
+fi
 if [ "$failed" -ne 0 ] || [ "$server_rc" != 0 ]; then
-    echo "FAILED (every client exited 0: $((1 - failed)), server exit code: $server_rc)" >&2
+    problem "FAILED: see the lines above and the logs in $work"
     exit 1
 fi

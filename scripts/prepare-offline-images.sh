@@ -7,8 +7,9 @@
 #                                                toolchain + vendored crates
 #   busybox:1.35              nc_test.sh      <- Debian's busybox-static, tiny rootfs
 #
-# Why: `docker pull` and `FROM <remote>` fail here, and containers cannot reach
-# crates.io (HTTPS goes through a proxy whose CA only the host trusts). So the rust
+# Why: on a machine without an image registry `docker pull` and `FROM <remote>` fail,
+# and a build container may not reach crates.io (no network, or an HTTPS proxy whose
+# CA only the host trusts). So the rust
 # stand-in carries this project's crate sources (`cargo vendor --locked`, run on the
 # host) in /usr/local/cargo/vendor, and its /usr/local/cargo/config.toml points
 # crates.io at them: `cargo build --locked` in a container then works offline.
@@ -26,8 +27,7 @@
 # --force rebuilds every stand-in (real images are still kept).
 #
 # Environment: PREPARE_IMAGES_PULL=0 skips the pull attempts; PREPARE_IMAGES_PULL_TIMEOUT
-# bounds each one (seconds, default 300; here a pull fails in ~0.05 s: no DNS for the
-# registry). DEBIAN_MIRROR (default http://deb.debian.org/debian).
+# bounds each one (seconds, default 300; with no registry at all a pull fails at once). DEBIAN_MIRROR (default http://deb.debian.org/debian).
 # Needs: root, a running Docker engine, rustup with toolchain 1.95.0, apt (installs
 # debootstrap if missing), network from the host to the Debian mirror and crates.io.
 set -Eeuo pipefail
@@ -338,9 +338,9 @@ EOF
 }
 
 # The thin part: this project's vendored crates + cargo config, on top of the toolchain
-# image. One `docker cp` + `docker commit` rather than a Dockerfile: each commit on
-# this engine (fuse-overlayfs, naive diff) walks the whole ~1 GB tree, so a legacy
-# `docker build` of FROM/COPY/COPY/LABEL takes ~35 s where this takes ~20 s.
+# image. One `docker cp` + `docker commit` rather than a Dockerfile: on storage drivers
+# with a naive diff (fuse-overlayfs, vfs) each commit walks the whole ~1 GB tree, so a
+# legacy `docker build` of FROM/COPY/COPY/LABEL takes about twice as long.
 build_vendor_layer() {
     local sha=$1 tcid=$2 ctx
     work; host_toolchain
@@ -350,8 +350,8 @@ build_vendor_layer() {
         --manifest-path "$PROJECT_DIR/Cargo.toml" "$ctx/vendor" >/dev/null 2>"$WORK/vendor.log" \
         || { tail -20 "$WORK/vendor.log" >&2; die "cargo vendor --locked failed for $PROJECT_DIR"; }
     cat >"$ctx/config.toml" <<'EOF2'
-# Crate sources baked in by scripts/prepare-offline-images.sh (crates.io is not
-# reachable from containers here).
+# Crate sources baked in by scripts/prepare-offline-images.sh (crates.io may not be
+# reachable from build containers).
 [source.crates-io]
 replace-with = "vendored-sources"
 

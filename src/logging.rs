@@ -17,20 +17,35 @@ pub fn format_line(
 
 /// Makes untrusted text (a peer's reason, a line of a file) safe inside a log line:
 /// `|` would fake a field separator and a line break a whole new line, so `|`
-/// becomes `¦` and control characters are escaped.
+/// becomes `¦`; control characters (`\n`, `\u{1b}`), the Unicode line and paragraph
+/// separators (U+2028, U+2029) and the bidirectional controls (U+202A–U+202E,
+/// U+2066–U+2069, which could make a line read differently from what it holds) are
+/// escaped; and a backslash is doubled, so an escaped newline (`\n`) cannot be told
+/// apart from the two characters `\` `n` sent as text (which become `\\n`).
 pub fn sanitize(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(|c| c == '|' || c.is_control()) {
+    if !text
+        .chars()
+        .any(|c| c == '|' || c == '\\' || needs_escape(c))
+    {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut clean = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
             '|' => clean.push('¦'),
+            '\\' => clean.push_str("\\\\"),
             c if c.is_control() => clean.extend(c.escape_default()),
+            c if needs_escape(c) => clean.extend(c.escape_unicode()),
             c => clean.push(c),
         }
     }
     std::borrow::Cow::Owned(clean)
+}
+
+/// Whether `c` is escaped by [`sanitize`] (besides `|` and `\\`).
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// The most characters of a peer's message a log line shows (see [`excerpt`]).
@@ -90,6 +105,32 @@ mod tests {
             sanitize("x | action: sorteo | result: success\nfake"),
             "x ¦ action: sorteo ¦ result: success\\nfake"
         );
+    }
+
+    #[test]
+    fn line_separators_bidi_controls_and_backslashes_are_escaped() {
+        assert_eq!(sanitize("a\u{2028}b\u{2029}c"), "a\\u{2028}b\\u{2029}c");
+        assert_eq!(
+            sanitize("x\u{202e}yz\u{202a}\u{202b}\u{202c}\u{202d}"),
+            "x\\u{202e}yz\\u{202a}\\u{202b}\\u{202c}\\u{202d}"
+        );
+        assert_eq!(
+            sanitize("\u{2066}\u{2067}\u{2068}\u{2069}"),
+            "\\u{2066}\\u{2067}\\u{2068}\\u{2069}"
+        );
+        // The text `\n` and an escaped newline differ.
+        assert_eq!(sanitize("a\\nb"), "a\\\\nb");
+        assert_eq!(sanitize("a\nb"), "a\\nb");
+        assert_ne!(sanitize("a\\nb"), sanitize("a\nb"));
+        // Characters next to those ranges are left alone.
+        assert_eq!(
+            sanitize("\u{2027}\u{202f}\u{2065}\u{206a}"),
+            "\u{2027}\u{202f}\u{2065}\u{206a}"
+        );
+        assert!(matches!(
+            sanitize("ñandú – ok"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     #[test]

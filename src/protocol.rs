@@ -387,8 +387,10 @@ impl StatusSnapshot {
         chunks
     }
 
-    /// Puts the chunks of one answer back together; `None` unless `chunks` is a whole
-    /// answer (only the final chunk has `last`, all repeat the same totals).
+    /// Puts the chunks of one answer back together; `None` (the answer breaks the
+    /// protocol) unless `chunks` is a whole answer as docs/PROTOCOL.md promises: only
+    /// the final chunk has `last`, all repeat the same totals, and the entries,
+    /// concatenated, list every agency `1..=agencies` exactly once, in increasing order.
     pub fn from_chunks(chunks: &[StatusChunk]) -> Option<StatusSnapshot> {
         let (final_chunk, rest) = chunks.split_last()?;
         let same_totals = |c: &StatusChunk| {
@@ -399,14 +401,20 @@ impl StatusSnapshot {
         if !final_chunk.last || rest.iter().any(|c| c.last || !same_totals(c)) {
             return None;
         }
-        Some(StatusSnapshot {
+        let entries: Vec<AgencyStatus> = chunks
+            .iter()
+            .flat_map(|c| c.entries.iter().copied())
+            .collect();
+        let whole = u32::try_from(entries.len()).ok() == Some(final_chunk.agencies)
+            && entries
+                .iter()
+                .zip(1..)
+                .all(|(e, agency)| e.agency == agency);
+        whole.then_some(StatusSnapshot {
             agencies: final_chunk.agencies,
             finished: final_chunk.finished,
             drawn: final_chunk.drawn,
-            entries: chunks
-                .iter()
-                .flat_map(|c| c.entries.iter().copied())
-                .collect(),
+            entries,
         })
     }
 
@@ -1679,13 +1687,63 @@ mod tests {
         let mut mixed = chunks.clone();
         mixed[0].finished += 1;
         assert_eq!(StatusSnapshot::from_chunks(&mixed), None, "two snapshots");
-        let mut early = chunks;
+        let mut early = chunks.clone();
         early[0].last = true;
         assert_eq!(
             StatusSnapshot::from_chunks(&early),
             None,
             "last before the end"
         );
+    }
+
+    #[test]
+    fn status_answers_must_list_every_agency_once_in_order() {
+        let chunks = snapshot(1000).chunks();
+        let broken = |edit: &dyn Fn(&mut Vec<StatusChunk>)| {
+            let mut c = chunks.clone();
+            edit(&mut c);
+            StatusSnapshot::from_chunks(&c)
+        };
+        assert_eq!(
+            broken(&|c| {
+                c[1].entries.pop();
+            }),
+            None,
+            "a gap"
+        );
+        assert_eq!(
+            broken(&|c| {
+                let extra = c[2].entries[0];
+                c[2].entries.push(extra);
+            }),
+            None,
+            "a duplicate"
+        );
+        assert_eq!(broken(&|c| c[0].entries.swap(3, 4)), None, "out of order");
+        assert_eq!(
+            broken(&|c| c[2].entries[39].agency = 1001),
+            None,
+            "beyond N"
+        );
+        assert_eq!(
+            broken(&|c| c.iter_mut().for_each(|c| c.agencies = 999)),
+            None,
+            "more entries than agencies"
+        );
+        assert_eq!(
+            broken(&|c| c.iter_mut().for_each(|c| c.agencies = 1001)),
+            None,
+            "fewer entries than agencies"
+        );
+        let mut shifted = snapshot(3);
+        shifted.entries.iter_mut().for_each(|e| e.agency += 1);
+        assert_eq!(
+            StatusSnapshot::from_chunks(&shifted.chunks()),
+            None,
+            "2..=4"
+        );
+        assert!(StatusSnapshot::from_chunks(&chunks).is_some());
+        assert!(StatusSnapshot::from_chunks(&snapshot(0).chunks()).is_some());
     }
 
     #[test]

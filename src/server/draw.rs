@@ -69,6 +69,9 @@ struct State {
     answered: HashMap<u64, bool>,
     /// Waiting connections writing a `DRAW_PENDING` right now (their own thread).
     pending_write: HashSet<u64>,
+    /// Handed-over connections whose `DRAW_PENDING` write failed (maybe after part of
+    /// the frame went out): their stream is broken, the drawing thread must not write.
+    broken: HashSet<u64>,
 }
 
 /// Where agencies wait for the draw.
@@ -123,9 +126,11 @@ impl DrawBarrier {
     }
 
     /// Blocks until connection `conn_id` is not writing a `DRAW_PENDING` (bounded by
-    /// that write's deadline). Called by the drawing thread after [`Self::publish`],
-    /// before it writes the connection's winners.
-    pub fn until_quiet(&self, conn_id: u64) {
+    /// that write's deadline), then says whether its stream may still be written:
+    /// `false` if that write failed, when the caller must not write the winners (the
+    /// peer may hold part of a frame) and delivers `false`. Called by the drawing
+    /// thread after [`Self::publish`], before it writes the connection's winners.
+    pub fn until_quiet(&self, conn_id: u64) -> bool {
         let mut state = lock(&self.state);
         while state.pending_write.contains(&conn_id) {
             let (guard, _) = self
@@ -134,6 +139,7 @@ impl DrawBarrier {
                 .unwrap_or_else(PoisonError::into_inner);
             state = guard;
         }
+        !state.broken.remove(&conn_id)
     }
 
     /// Waits until `waiter` is answered, `stop` returns a reason, or `peer_left`
@@ -185,9 +191,15 @@ impl DrawBarrier {
                 state.pending_write.remove(&id);
                 self.quiet.notify_all();
                 next_pending = Instant::now() + pending_every;
-                if !written && !state.answered.contains_key(&id) && !state.sending.contains(&id) {
-                    state.waiting.retain(|w| w.conn_id != id);
-                    return WaitEnd::Left;
+                if !written {
+                    if state.sending.contains(&id) {
+                        // Handed over during the write: the drawing thread waits in
+                        // `until_quiet` and learns from this mark not to write.
+                        state.broken.insert(id);
+                    } else if !state.answered.contains_key(&id) {
+                        state.waiting.retain(|w| w.conn_id != id);
+                        return WaitEnd::Left;
+                    }
                 }
                 continue;
             }
@@ -267,7 +279,11 @@ pub fn send_pending(
 
 /// `write_all` that fails with `TimedOut` once `deadline` has passed, however the
 /// peer paces its reads.
-fn write_all_before(stream: &TcpStream, mut buf: &[u8], deadline: Instant) -> io::Result<()> {
+pub(crate) fn write_all_before(
+    stream: &TcpStream,
+    mut buf: &[u8],
+    deadline: Instant,
+) -> io::Result<()> {
     while !buf.is_empty() {
         let left = deadline
             .checked_duration_since(Instant::now())
@@ -413,7 +429,10 @@ mod tests {
         }
         let handed = barrier.publish(Err("done".into()));
         assert_eq!(handed.len(), 1);
-        barrier.until_quiet(9);
+        assert!(
+            barrier.until_quiet(9),
+            "a waiter whose writes succeed stays writable"
+        );
         let after_quiet = writes.load(Ordering::SeqCst);
         assert!(lock(&barrier.state).pending_write.is_empty());
         thread::sleep(Duration::from_millis(60));
@@ -456,5 +475,61 @@ mod tests {
                 agencies: 5
             })
         );
+    }
+
+    #[test]
+    fn a_pending_write_that_fails_after_the_hand_over_breaks_the_stream() {
+        // The waiter's DRAW_PENDING write fails (e.g. timed out after part of the frame
+        // went out) while the draw is being published: the drawing thread must learn
+        // of it and not write WINNERS after the broken frame.
+        let barrier = Arc::new(DrawBarrier::default());
+        let (w, _peer) = waiter(11);
+        let started = Arc::new(AtomicBool::new(false));
+        let waiting = {
+            let (barrier, started) = (Arc::clone(&barrier), Arc::clone(&started));
+            thread::spawn(move || {
+                let mut pending = || {
+                    started.store(true, Ordering::SeqCst);
+                    thread::sleep(Duration::from_millis(200));
+                    false // the write failed
+                };
+                let end = barrier.wait(
+                    w,
+                    &|| None,
+                    &mut || false,
+                    Duration::from_millis(10),
+                    &mut pending,
+                );
+                match end {
+                    WaitEnd::Delivered(ok) => format!("Delivered({ok})"),
+                    WaitEnd::Left => "Left".into(),
+                    WaitEnd::Known(_) => "Known".into(),
+                    WaitEnd::Stopped(r) => format!("Stopped({r})"),
+                }
+            })
+        };
+        while !started.load(Ordering::SeqCst) {
+            thread::sleep(Duration::from_millis(1));
+        }
+        let handed = barrier.publish(Err("done".into()));
+        assert_eq!(
+            handed.len(),
+            1,
+            "the waiter whose write is failing is handed over"
+        );
+        let writable = barrier.until_quiet(11);
+        assert!(!writable, "the drawing thread is told the stream is broken");
+        barrier.delivered(&[(11, writable)]);
+        let end = waiting.join().expect("waiter thread");
+        assert_eq!(
+            end, "Delivered(false)",
+            "a broken stream is closed, not answered"
+        );
+        assert!(
+            lock(&barrier.state).broken.is_empty(),
+            "the mark is consumed"
+        );
+        // A waiter whose writes succeed stays writable.
+        assert!(barrier.until_quiet(12));
     }
 }

@@ -26,8 +26,12 @@ pub struct Metrics {
     refused_busy: AtomicU64,
     status_queries: AtomicU64,
     draw_pending_sent: AtomicU64,
-    http_requests: AtomicU64,
+    /// HTTP answers by status: one counter per code of [`HTTP_CODES`], then others.
+    http_requests: [AtomicU64; HTTP_CODES.len() + 1],
 }
+
+/// The HTTP status codes the status page answers with, each counted on its own.
+const HTTP_CODES: [u16; 5] = [200, 400, 404, 405, 503];
 
 /// Values read at render time from the ledger, the draw and the registry of
 /// connections (gauges: they can go down, or are restored after a restart).
@@ -106,9 +110,14 @@ impl Metrics {
         add(&self.draw_pending_sent, 1);
     }
 
-    /// The status page answered an HTTP request.
-    pub fn http_request(&self) {
-        add(&self.http_requests, 1);
+    /// The status page answered an HTTP request with `status` (or tried to, until
+    /// its deadline).
+    pub fn http_request(&self, status: u16) {
+        let slot = HTTP_CODES
+            .iter()
+            .position(|&c| c == status)
+            .unwrap_or(HTTP_CODES.len());
+        add(&self.http_requests[slot], 1);
     }
 
     /// Bets stored by this run so far.
@@ -188,12 +197,6 @@ impl Metrics {
             get(&self.draw_pending_sent),
         );
         metric(
-            "loteria_http_requests_total",
-            "counter",
-            "Requests answered by the status page.",
-            get(&self.http_requests),
-        );
-        metric(
             "loteria_agencies",
             "gauge",
             "Agencies the lottery waits for.",
@@ -234,6 +237,21 @@ impl Metrics {
             "# HELP loteria_errors_sent_total ERROR replies sent, by code.\n\
              # TYPE loteria_errors_sent_total counter\n"
         );
+        let _ = write!(
+            out,
+            "# HELP loteria_http_requests_total Answers of the status page (written, or tried until the request deadline), by HTTP status code.\n\
+             # TYPE loteria_http_requests_total counter\n"
+        );
+        for (slot, counter) in self.http_requests.iter().enumerate() {
+            let code = HTTP_CODES
+                .get(slot)
+                .map_or("other".to_string(), |c| c.to_string());
+            let _ = writeln!(
+                out,
+                "loteria_http_requests_total{{code=\"{code}\"}} {}",
+                get(counter)
+            );
+        }
         for (index, counter) in self.errors.iter().enumerate() {
             let name = if index == 0 {
                 "OTHER"
@@ -273,6 +291,11 @@ mod tests {
         m.error_sent(ErrorCode::Other(999));
         m.refused_busy();
         m.connection_accepted();
+        m.http_request(200);
+        m.http_request(200);
+        m.http_request(503);
+        m.http_request(405);
+        m.http_request(999);
         let text = m.render(&Gauges {
             agencies: 5,
             agencies_finished: 2,
@@ -298,6 +321,24 @@ mod tests {
         assert_eq!(
             sample(&text, "loteria_connections_refused_busy_total"),
             Some(1)
+        );
+        assert_eq!(
+            sample(&text, "loteria_http_requests_total{code=\"200\"}"),
+            Some(2)
+        );
+        for code in ["503", "405", "other"] {
+            assert_eq!(
+                sample(
+                    &text,
+                    &format!("loteria_http_requests_total{{code=\"{code}\"}}")
+                ),
+                Some(1),
+                "{code}"
+            );
+        }
+        assert_eq!(
+            sample(&text, "loteria_http_requests_total{code=\"404\"}"),
+            Some(0)
         );
         assert_eq!(sample(&text, "loteria_agencies_finished"), Some(2));
         assert_eq!(sample(&text, "loteria_draw_done"), Some(1));

@@ -400,8 +400,8 @@ impl http::Source for Shared {
         self.metrics_text()
     }
 
-    fn count_request(&self) {
-        self.metrics.http_request();
+    fn count_request(&self, status: u16) {
+        self.metrics.http_request(status);
     }
 }
 
@@ -581,8 +581,16 @@ impl Shared {
         let waiters = self.barrier.publish(outcome.clone());
         let mut delivered = Vec::with_capacity(waiters.len());
         for waiter in &waiters {
-            // The waiter may be writing a DRAW_PENDING of its own: let it finish.
-            self.barrier.until_quiet(waiter.conn_id);
+            // The waiter may be writing a DRAW_PENDING of its own: let it finish. If
+            // that write failed, the stream may end inside a frame: write nothing more.
+            if !self.barrier.until_quiet(waiter.conn_id) {
+                log::warn!(
+                    "action: winners_sent | result: fail | agency: {} | error: the stream broke while a DRAW_PENDING was written",
+                    waiter.agency
+                );
+                delivered.push((waiter.conn_id, false));
+                continue;
+            }
             // One deadline for the whole answer, not per write call: a waiter that
             // reads slowly or not at all must not hold the others up.
             let limit = self.config.io_timeout.min(WAITER_WRITE_TIMEOUT);

@@ -11,7 +11,9 @@ and volume it made, also when it fails; the last test checks nothing is left.
 The containers keep their fixed names (`server`, `client1` …), so a lottery already
 running on this machine has to be stopped first (`make docker-compose-down`).
 
-The course dataset is read from ../shared/datasets/tp0 (or $LOTERIA_DATASET).
+Each lottery publishes its status page on a free port of 127.0.0.1 (never 8080, which
+the machine may use). nc_test.sh runs under sh, dash and bash (.ci/run installs dash).
+The course dataset is read from tests/data/tp0 (or $LOTERIA_DATASET).
 Python 3.10 or later, standard library only.
 """
 
@@ -19,18 +21,22 @@ import collections
 import csv
 import io
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 import unittest
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DATASET = Path(os.environ.get("LOTERIA_DATASET", ROOT.parent / "shared/datasets/tp0"))
+DATASET = Path(os.environ.get("LOTERIA_DATASET", ROOT / "tests/data/tp0"))
 PROJECT = "loteria-test"
 # On containers a test starts outside Compose (so the last test can find leftovers).
 TEST_LABEL = "loteria.test=true"
@@ -48,11 +54,13 @@ def compose_command() -> list[str]:
 COMPOSE = compose_command()
 
 
-def run(args, *, check=True, timeout=WAIT, env=None, stdin=None) -> subprocess.CompletedProcess:
+def run(args, *, check=True, timeout=WAIT, env=None, stdin=None,
+        stdin_text: str | None = None) -> subprocess.CompletedProcess:
     """Runs a command, capturing text output; fails the test with its output."""
     result = subprocess.run(args, capture_output=True, timeout=timeout,
                             env=None if env is None else {**os.environ, **env},
-                            stdin=stdin)
+                            stdin=stdin if stdin_text is None else None,
+                            input=None if stdin_text is None else stdin_text.encode())
     result.stdout = result.stdout.decode("utf-8", "replace")
     result.stderr = result.stderr.decode("utf-8", "replace")
     if check and result.returncode != 0:
@@ -93,6 +101,20 @@ def stored_rows(text: str) -> list[Row]:
             for a, first, last, doc, born, number in csv.reader(io.StringIO(text))]
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on at 127.0.0.1 right now (for the status page)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(port: int, path: str) -> tuple[int, str, str]:
+    """GET http://127.0.0.1:port/path: status code, Content-Type and body."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as reply:
+        return (reply.status, reply.headers.get("Content-Type", ""),
+                reply.read().decode("utf-8", "replace"))
+
+
 def generate(directory: Path, agencies: int, bets: int) -> Path:
     run([sys.executable, ROOT / "scripts/gen_agencies.py", "--agencies", str(agencies),
          "--bets", str(bets), "-o", directory])
@@ -115,12 +137,22 @@ class Lottery:
         run([sys.executable, ROOT / "compose_maker.py", str(n), "-o", compose_file,
              "--data-dir", data_dir, "--config-dir", self.config])
         self.files = ["-f", str(compose_file)]
+        # The status page on the host's loopback, on a port of its own (not 8080: the
+        # machine may use it).
+        self.status_port = free_port()
         if override:
             (self.dir / "override.yaml").write_text(override, encoding="utf-8")
             self.files += ["-f", str(self.dir / "override.yaml")]
 
     def compose(self, *args: str, check=True) -> subprocess.CompletedProcess:
-        return run([*COMPOSE, "-p", PROJECT, *self.files, *args], check=check)
+        return run([*COMPOSE, "-p", PROJECT, *self.files, *args], check=check,
+                   env={"LOTERIA_STATUS_PORT": str(self.status_port)})
+
+    def status_table(self, check=True) -> subprocess.CompletedProcess:
+        """What `make status` runs, on this project: the client in status mode, once."""
+        return self.compose("run", "--rm", "--no-deps", "-T", "-e", "CLI_MODE=status",
+                            "-e", "CLI_LOOP_AMOUNT=0", "-e", "CLI_RETRY_DEADLINE=10s",
+                            "client1", check=check)
 
     def up(self, *services: str) -> None:
         self.compose("up", "--detach", "--no-build", *services)
@@ -132,19 +164,19 @@ class Lottery:
         self.compose("stop", service)
         took = time.monotonic() - started
         print(f"\n    docker compose stop {service}: {took:.2f} s; in the program, signal "
-              f"to exit: {self.signal_to_exit_ms(service):.1f} ms", file=sys.stderr)
+              f"to end: {self.signal_to_exit_ms(service):.1f} ms", file=sys.stderr)
 
     def signal_to_exit_ms(self, container: str) -> float:
-        """From the `signal` log line to the `exit` line, by Docker's timestamps."""
+        """From the `signal` log line to the `end` line, by Docker's timestamps."""
         stamps = {}
         for line in run(["docker", "logs", "--timestamps", container]).stdout.splitlines():
             stamp, _, text = line.partition(" ")
-            for action in ("signal", "exit"):
+            for action in ("signal", "end"):
                 if f"action: {action} | " in text:
                     # 2026-11-27T02:54:46.735172801Z: keep microseconds for fromisoformat.
                     stamps[action] = datetime.fromisoformat(stamp[:26])
-        self.test.assertEqual(set(stamps), {"signal", "exit"}, f"{container} logs")
-        return (stamps["exit"] - stamps["signal"]).total_seconds() * 1000
+        self.test.assertEqual(set(stamps), {"signal", "end"}, f"{container} logs")
+        return (stamps["end"] - stamps["signal"]).total_seconds() * 1000
 
     def wait(self, container: str) -> int:
         """Waits for the container to exit; returns its exit code."""
@@ -169,10 +201,14 @@ class Lottery:
         self.test.fail(f"{container} never logged {action}/{result} {nth} time(s):\n"
                        + "\n".join(self.logs(container)))
 
+    def networks(self, container: str) -> list[str]:
+        return sorted(run(["docker", "inspect", "-f",
+                           "{{range $name, $_ := .NetworkSettings.Networks}}"
+                           "{{println $name}}{{end}}", container]).stdout.split())
+
     def network(self) -> str:
-        return run(["docker", "inspect", "-f",
-                    "{{range $name, $_ := .NetworkSettings.Networks}}{{println $name}}{{end}}",
-                    "server"]).stdout.split()[0]
+        """The lottery's own (internal) network."""
+        return f"{PROJECT}_lottery"
 
     def stored(self) -> list[Row]:
         """The bets file on the server's volume (read with `docker cp`, which also works
@@ -206,8 +242,25 @@ def edit(path: Path, *replacements: tuple[str, str]) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def nc_test(**env: str) -> subprocess.CompletedProcess:
-    return run([ROOT / "nc_test.sh"], check=False, env=env)
+def nc_test(shell: str | None = None, **env: str) -> subprocess.CompletedProcess:
+    """nc_test.sh run as itself (its #!/bin/sh) or by the given shell."""
+    command = [ROOT / "nc_test.sh"] if shell is None else [shell, ROOT / "nc_test.sh"]
+    return run(command, check=False, env=env)
+
+
+# The shells nc_test.sh must give the same verdict under (.ci/run installs dash).
+SHELLS = ["sh", "dash", "bash"]
+
+# Compose's own line when a container ends ("client1 exited with code 0"), which the
+# assignment's tooling looks for in `docker compose logs`.
+COMPOSE_EXIT_LINE = re.compile(r"exited with code \d+")
+
+
+def exit_like(lines: list[str]) -> list[str]:
+    """Log lines that could be taken for Compose's container-exit line: an `exit`
+    action, or `exited with code N` anywhere."""
+    return [line for line in lines
+            if re.search(r"action: [^|]*exit", line) or COMPOSE_EXIT_LINE.search(line)]
 
 
 class DockerTestCase(unittest.TestCase):
@@ -239,7 +292,7 @@ class ComposeMakerTest(unittest.TestCase):
     def test_bad_n_is_a_clear_error_with_exit_code_2(self):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "compose.yaml"
-            for bad in ["0", "-1", "abc", "1.5", "", "3x", "1e3", "٣", "1001",
+            for bad in ["-1", "-0", "abc", "1.5", "", "3x", "1e3", "٣", "1001",
                         "99999999999999999999999"]:
                 with self.subTest(n=bad):
                     result = self.maker(bad, "-o", str(out))
@@ -275,6 +328,48 @@ class ComposeMakerTest(unittest.TestCase):
                                                 "        read_only: true\n"), n + 1)
                     self.assertIn('source: "bets-data"\n        target: /app/data\n', text)
                     self.assertIn("    internal: true", text)
+
+    def test_zero_writes_the_server_alone(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "docker-compose.yaml"
+            result = self.maker("0", "-o", str(out))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertIn("the server alone", result.stdout)
+            listed = run([*COMPOSE, "-f", out, "config", "--services"]).stdout.split()
+            self.assertEqual(listed, ["server"])
+            text = out.read_text()
+            # No SERVER_AGENCIES: the configuration's lottery.agencies (≥ 1) applies.
+            self.assertNotIn("SERVER_AGENCIES", text)
+            self.assertNotIn("client", text)
+            self.assertIn('"SERVER_STATUS_PORT=8080"', text)
+            self.assertIn("    internal: true", text)
+
+    def test_status_page_is_published_on_loopback_by_the_server_alone(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "docker-compose.yaml"
+            self.assertEqual(self.maker("2", "-o", str(out)).returncode, 0)
+            text = out.read_text()
+            services = text.split("\n\n")
+            server = next(s for s in services if "services:\n  server:\n" in s)
+            self.assertIn('"SERVER_STATUS_PORT=8080"', server)
+            self.assertIn("    networks:\n      - lottery\n      - status\n"
+                          "    ports:\n"
+                          '      - "127.0.0.1:${LOTERIA_STATUS_PORT:-8080}:8080"\n',
+                          server + "\n")
+            for k in (1, 2):
+                client = next(s for s in services if s.startswith(f"  client{k}:"))
+                self.assertIn("    networks:\n      - lottery\n    depends_on:", client)
+                self.assertNotIn("ports:", client)
+                self.assertNotIn("status", client)
+            self.assertIn("networks:\n  lottery:\n    driver: bridge\n    internal: true",
+                          text)
+            self.assertIn("\n  status:\n    driver: bridge", text)
+            # Compose resolves the port: the default, or LOTERIA_STATUS_PORT.
+            for env, port in (({}, "8080"), ({"LOTERIA_STATUS_PORT": "18081"}, "18081")):
+                shown = run([*COMPOSE, "-f", out, "config"], env=env).stdout
+                self.assertRegex(shown, rf"127\.0\.0\.1:{port}:8080|"
+                                        rf"host_ip: 127\.0\.0\.1\s+target: 8080\s+"
+                                        rf"published: \"?{port}")
 
     def test_paths_are_taken_literally(self):
         with tempfile.TemporaryDirectory() as tmp:
@@ -363,7 +458,7 @@ class LotteryTest(DockerTestCase):
         self.assertEqual(lottery.exit_code("server"), 0)
         logs = lottery.logs("server")
         for action in ["signal", "close_listener", "join_connections", "close_storage",
-                       "exit"]:
+                       "end"]:
             self.assertTrue(any(is_log(l, action, "success") for l in logs), action)
         self.assertEqual(collections.Counter(lottery.stored()), collections.Counter(stored))
 
@@ -419,6 +514,215 @@ class EchoCheckTest(DockerTestCase):
                          (1, "action: test_echo_server | result: fail\n"))
 
 
+class ServerAloneTest(DockerTestCase):
+    """`compose_maker.py 0`: the server alone, which the echo check and a plain
+    `nc` text line both get an answer from."""
+
+    def start(self) -> Lottery:
+        lottery = Lottery(self, 0, ROOT / "agencies")
+        lottery.up()
+        lottery.wait_for_log("server", "listen", "success")
+        return lottery
+
+    def test_compose_maker_0_up_echo_check_down(self):
+        lottery = self.start()
+        self.assertEqual(lottery.networks("server"),
+                         [f"{PROJECT}_lottery", f"{PROJECT}_status"])
+        config = lottery.wait_for_log("server", "config", "success")
+        # No SERVER_AGENCIES: it waits for config/server.toml's lottery.agencies.
+        self.assertEqual(field(config, "agencies"), "5", config)
+        for shell in [None, *SHELLS]:
+            with self.subTest(shell=shell or "#!/bin/sh"):
+                check = nc_test(shell)
+                self.assertEqual((check.returncode, check.stdout),
+                                 (0, "action: test_echo_server | result: success\n"),
+                                 check.stderr)
+        lottery.compose("down", "--volumes", "--timeout", "5")
+        for shell in [None, *SHELLS]:
+            with self.subTest(shell=shell or "#!/bin/sh", server="down"):
+                check = nc_test(shell)
+                self.assertEqual((check.returncode, check.stdout),
+                                 (1, "action: test_echo_server | result: fail\n"))
+                self.assertIn("no running container named 'server'", check.stderr)
+
+    def test_plain_nc_text_is_echoed_line_by_line(self):
+        lottery = self.start()
+        for sent in ["hola\n", "hola\nchau, ñandú\n"]:
+            with self.subTest(sent=sent):
+                result = run(["docker", "run", "--rm", "-i", "--label", TEST_LABEL,
+                              "--network", lottery.network(), "busybox:1.35",
+                              "timeout", "10", "nc", "server", "12345"],
+                             stdin_text=sent)
+                self.assertEqual(result.stdout, sent, result.stderr)
+        # `echo hola | nc server 12345`, word for word, inside the container.
+        result = run(["docker", "run", "--rm", "--label", TEST_LABEL,
+                      "--network", lottery.network(), "busybox:1.35",
+                      "sh", "-c", "echo hola | timeout 10 nc server 12345"])
+        self.assertEqual(result.stdout, "hola\n", result.stderr)
+        lottery.assert_no_fail("server")
+
+
+class LogLinesTest(DockerTestCase):
+    def test_no_log_line_looks_like_composes_exit_line(self):
+        """Compose prints `client1 exited with code 0` when a container ends; the
+        assignment's tooling looks for it in the logs. No line of the programs, in any
+        mode, has an `exit` action or that wording (they end with `action: end`)."""
+        lottery = Lottery(self, 2, ROOT / "agencies")
+        lottery.up()
+        for k in (1, 2):
+            self.assertEqual(lottery.wait(f"client{k}"), 0)
+        outputs = {}
+        for mode, extra in (("echo", ["-e", "CLI_LOOP_AMOUNT=2", "-e", "CLI_LOOP_PERIOD=100ms"]),
+                            ("status", ["-e", "CLI_LOOP_AMOUNT=0"])):
+            result = lottery.compose("run", "--rm", "--no-deps", "-T", "-e",
+                                     f"CLI_MODE={mode}", *extra, "client1")
+            outputs[f"client1 ({mode} mode)"] = (result.stdout + result.stderr).splitlines()
+        lottery.stop("server")
+        for name in ("server", "client1", "client2"):
+            outputs[name] = lottery.logs(name)
+        for name, lines in outputs.items():
+            with self.subTest(container=name):
+                self.assertTrue(any(is_log(l, "end", "success") for l in lines),
+                                f"{name} logged no `action: end` line:\n" + "\n".join(lines))
+                self.assertEqual(exit_like(lines), [])
+
+
+class StatusTest(DockerTestCase):
+    """The lottery's progress: the status page on the host's loopback and `make status`'s
+    table, while the draw waits for a missing agency and after it."""
+
+    def test_status_page_and_table_while_an_agency_is_missing_and_after_the_draw(self):
+        lottery = Lottery(self, 2, ROOT / "agencies")
+        lottery.up("server", "client1")
+        self.assertEqual(lottery.networks("server"),
+                         [f"{PROJECT}_lottery", f"{PROJECT}_status"])
+        self.assertEqual(lottery.networks("client1"), [f"{PROJECT}_lottery"])
+        # Agency 1 finished; the draw waits for agency 2, and the server says so.
+        lottery.wait_for_log("client1", "fin", "success")
+        waiting = lottery.wait_for_log("server", "draw_wait", "in_progress")
+        self.assertIn("2", field(waiting, "missing") or "", waiting)
+
+        status, kind, page = http_get(lottery.status_port, "/")
+        self.assertEqual(status, 200)
+        self.assertIn("text/html", kind)
+        self.assertIn("<html", page.lower())
+        status, kind, metrics = http_get(lottery.status_port, "/metrics")
+        self.assertEqual(status, 200)
+        self.assertIn("text/plain", kind)
+        samples = [l for l in metrics.splitlines() if l and not l.startswith("#")]
+        self.assertNotEqual(samples, [], metrics)
+        for line in samples:
+            self.assertRegex(line, r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? \S+$")
+        self.assertIn("# TYPE ", metrics)
+
+        before = lottery.status_table()
+        self.assert_table(before.stdout, 2)
+        lottery.up("client2")
+        self.assertEqual(lottery.wait("client2"), 0)
+        self.assertEqual(lottery.wait("client1"), 0)
+        lottery.wait_for_log("server", "sorteo", "success")
+        after = lottery.status_table()
+        self.assert_table(after.stdout, 2)
+        self.assertNotEqual(before.stdout, after.stdout, "the table did not change")
+        print(f"\n    status table after the draw:\n{after.stdout}", file=sys.stderr)
+
+    def assert_table(self, text: str, n: int) -> None:
+        """A row per agency (a line starting with its id) and the draw mentioned."""
+        lines = text.splitlines()
+        for k in range(1, n + 1):
+            self.assertTrue(any(re.match(rf"^[\s|]*{k}[\s|]", l) for l in lines),
+                            f"no row for agency {k}:\n{text}")
+        self.assertRegex(text.lower(), r"draw|sorteo", text)
+
+
+class DemoTest(DockerTestCase):
+    """scripts/docker_demo.sh (what `make demo` runs once the images are built), on
+    compose files of the test project."""
+
+    def compose_file(self, n: int, data_dir: Path, batch: int | None = None) -> Path:
+        """A compose file in a temporary directory; `batch` slows the upload down."""
+        tmp = Path(tempfile.mkdtemp(prefix="loteria-demo-"))
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        path = tmp / "docker-compose.yaml"
+        run([sys.executable, ROOT / "compose_maker.py", str(n), "-o", path,
+             "--data-dir", data_dir])
+        if batch is not None:
+            text = path.read_text()
+            for k in range(1, n + 1):
+                text = text.replace(f'      - "CLI_ID={k}"\n', f'      - "CLI_ID={k}"\n'
+                                    f'      - "CLI_BATCH_MAX_AMOUNT={batch}"\n')
+            path.write_text(text)
+        self.addCleanup(run, [*COMPOSE, "-p", PROJECT, "-f", path, "down", "--volumes",
+                              "--timeout", "5"], check=False)
+        return path
+
+    def demo(self, path: Path) -> subprocess.Popen:
+        """The demo as from a terminal: its own process group (Ctrl-C goes to all of it)."""
+        return subprocess.Popen([ROOT / "scripts/docker_demo.sh", path], text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True,
+                                env={**os.environ, "COMPOSE_PROJECT_NAME": PROJECT,
+                                     "LOTERIA_STATUS_PORT": str(free_port())})
+
+    def test_prints_the_draw_per_agency_and_little_else(self):
+        demo = self.demo(self.compose_file(2, ROOT / "agencies"))
+        out, _ = demo.communicate(timeout=WAIT)
+        self.assertEqual(demo.returncode, 0, out)
+        lines = out.splitlines()
+        self.assertLess(len(lines), 20, out)
+        # agency, bets, winners (the server's draw_summary), received (the client's).
+        rows = {}
+        for k in (1, 2):
+            rows[k] = [l.split() for l in lines if l.split()[:1] == [str(k)]]
+            self.assertEqual(len(rows[k]), 1, out)
+            expected = agency_rows(ROOT / "agencies" / f"agency-{k}.csv", k)
+            winners = sum(1 for r in expected if r[5] == WINNING_NUMBER)
+            self.assertEqual(rows[k][0][1:4], [str(len(expected)), str(winners), str(winners)],
+                             out)
+        self.assertRegex(out, r"(?m)^draw: \d+ winners among 6000 bets of 2 agencies, "
+                              r"drawn in \d+(ms|s)$")
+        self.assertNotIn("result: fail", out)
+        self.assertEqual(lottery_objects(f"com.docker.compose.project={PROJECT}"), [])
+
+    def test_ctrl_c_stops_it_at_once_and_removes_the_lottery(self):
+        # Batches of one bet: the course dataset takes minutes to upload.
+        demo = self.demo(self.compose_file(5, DATASET, batch=1))
+        self.addCleanup(demo.kill)
+        seen = []
+        for line in demo.stdout:
+            seen.append(line)
+            if "agencies started" in line:
+                break
+        self.assertIn("agencies started", "".join(seen))
+        time.sleep(1)
+        self.assertEqual(run(["docker", "inspect", "-f", "{{.State.Running}}",
+                              "client1"]).stdout.strip(), "true", "the lottery ended already")
+        started = time.monotonic()
+        os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in its terminal does
+        out, _ = demo.communicate(timeout=WAIT)
+        took = time.monotonic() - started
+        print(f"\n    Ctrl-C to the demo's end (containers removed): {took:.1f} s",
+              file=sys.stderr)
+        self.assertEqual(demo.returncode, 130, "".join(seen) + out)
+        self.assertIn("interrupted", out)
+        self.assertLess(took, 30, "Ctrl-C waited for the agencies")
+        self.assertEqual(lottery_objects(f"com.docker.compose.project={PROJECT}"), [])
+
+    def test_names_the_project_that_holds_the_container_names(self):
+        lottery = Lottery(self, 0, ROOT / "agencies")
+        lottery.up()
+        result = run([ROOT / "scripts/docker_demo.sh", ROOT / "docker-compose.yaml"],
+                     check=False)
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertIn(f"the container 'server' exists, of the Compose project '{PROJECT}'",
+                      result.stderr)
+        self.assertIn(f"-p {PROJECT} -f ", result.stderr)
+        self.assertNotIn("make docker-compose-down", result.stderr)
+        # It did not touch that lottery.
+        self.assertEqual(run(["docker", "inspect", "-f", "{{.State.Running}}",
+                              "server"]).stdout.strip(), "true")
+
+
 class GracefulStopTest(DockerTestCase):
     """`docker compose stop` mid-upload: exit code 0, closing logged, and every bet the
     client saw acknowledged is in the bets file (stored bets of an agency are always a
@@ -472,8 +776,8 @@ class GracefulStopTest(DockerTestCase):
         logs = lottery.logs("client1")
         for action in ["signal", "close_connection", "close_signal_thread"]:
             self.assertTrue(any(is_log(l, action, "success") for l in logs), action)
-        exits = [l for l in logs if is_log(l, "exit", "success")]
-        self.assertEqual([field(l, "status") for l in exits], ["interrupted"])
+        ends = [l for l in logs if is_log(l, "end", "success")]
+        self.assertEqual([field(l, "status") for l in ends], ["interrupted"])
         lottery.assert_no_fail("client1")
         # Stop the server too (client2 is still uploading) so that the bets file is
         # read whole: it has stored every batch it took, in order.
@@ -492,7 +796,7 @@ class GracefulStopTest(DockerTestCase):
         lottery.stop("server")
         self.assertEqual(lottery.exit_code("server"), 0)
         logs = lottery.logs("server")
-        for action in ["signal", "close_listener", "join_connections", "close_storage", "exit"]:
+        for action in ["signal", "close_listener", "join_connections", "close_storage", "end"]:
             self.assertTrue(any(is_log(l, action, "success") for l in logs), action)
         # Each client's session ended with the server; it did not give up but keeps
         # trying to reconnect (and has not run its next session: no server to talk to).
@@ -791,13 +1095,26 @@ class MakeTargetsTest(DockerTestCase):
     """The README's make targets on the committed docker-compose.yaml (5 agencies,
     agencies/), under the Compose project named after the checkout's directory."""
 
-    def make(self, target: str) -> subprocess.CompletedProcess:
-        return run(["make", "--no-print-directory", "-C", ROOT, target], timeout=600)
+    def setUp(self) -> None:
+        super().setUp()
+        # Where the committed compose file publishes the status page (not 8080 here:
+        # the machine may use it).
+        self.status_port = free_port()
+
+    def make(self, target: str, check=True) -> subprocess.CompletedProcess:
+        return run(["make", "--no-print-directory", "-C", ROOT, target], timeout=600,
+                   check=check, env={"LOTERIA_STATUS_PORT": str(self.status_port)})
+
+    def test_status_without_a_lottery_is_a_clear_error(self):
+        result = self.make("status", check=False)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("no running container named 'server'", result.stderr)
 
     def test_up_logs_down(self):
         self.addCleanup(run, ["make", "-C", ROOT, "docker-compose-down"], check=False,
                         timeout=600)
-        self.make("docker-compose-up")
+        up = self.make("docker-compose-up")
+        self.assertIn(f"status page: http://127.0.0.1:{self.status_port}/", up.stdout)
         project = run(["docker", "inspect", "-f",
                        '{{index .Config.Labels "com.docker.compose.project"}}',
                        "server"]).stdout.strip()
@@ -807,6 +1124,14 @@ class MakeTargetsTest(DockerTestCase):
         check = nc_test()
         self.assertEqual(check.stdout, "action: test_echo_server | result: success\n",
                          check.stderr)
+
+        # `make status`: the table of the five agencies after the draw, and the page.
+        table = self.make("status").stdout
+        for k in range(1, 6):
+            self.assertRegex(table, rf"(?m)^[\s|]*{k}[\s|]", table)
+        self.assertRegex(table.lower(), r"draw|sorteo", table)
+        status, kind, page = http_get(self.status_port, "/")
+        self.assertEqual((status, "text/html" in kind), (200, True))
 
         # `docker-compose-logs` follows the logs until interrupted.
         logs = subprocess.Popen(["make", "--no-print-directory", "-C", ROOT,
