@@ -25,15 +25,19 @@ test-rust:
 	cargo test --locked -- --show-output
 
 # The status page of a real server in headless Chromium (CHROMIUM=path, or chromium on
-# PATH; .ci/run installs it).
+# PATH; installed with apt-get when missing).
 test-web:
+	@[ -n "$${CHROMIUM:-}" ] || scripts/ensure-tools.sh chromium
 	python3 tests/web/test_status_page.py
 
+# nc_test.sh is also checked under dash (installed with apt-get when missing).
 test-docker: docker-image
+	@scripts/ensure-tools.sh dash
 	python3 tests/docker/test_compose.py
 
 # What CI checks besides the tests.
 lint:
+	@scripts/ensure-tools.sh shellcheck
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --locked -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
