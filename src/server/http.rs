@@ -36,9 +36,7 @@
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::io::{self, Read};
-use std::net::{
-    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs,
-};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -207,25 +205,12 @@ impl StatusPage {
         for stream in streams {
             let _ = stream.shutdown(Shutdown::Both);
         }
-        wake(self.addr);
+        super::wake_acceptor(self.addr);
         self.acceptor.join().unwrap_or_else(|_| {
             log::error!("action: status_page_stop | result: fail | error: thread panicked");
             0
         })
     }
-}
-
-/// Unblocks the acceptor's `accept` with a connection of our own.
-fn wake(local: SocketAddr) {
-    let mut target = local;
-    if target.ip().is_unspecified() {
-        target.set_ip(match target.ip() {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        });
-    }
-    // If this fails the listener is gone already, which is what we want.
-    let _ = TcpStream::connect_timeout(&target, Duration::from_secs(1));
 }
 
 /// What the acceptor does with a new connection.

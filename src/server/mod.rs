@@ -363,7 +363,7 @@ fn refuse_busy(stream: TcpStream, peer: SocketAddr, max: usize) {
 
 /// Unblocks `accept` by connecting to the listener (on loopback if it listens on any
 /// address).
-fn wake_acceptor(local: SocketAddr) {
+pub(super) fn wake_acceptor(local: SocketAddr) {
     let mut target = local;
     if target.ip().is_unspecified() {
         target.set_ip(match target.ip() {
