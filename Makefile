@@ -1,5 +1,5 @@
 # Entry points; README.md explains each.
-.PHONY: demo demo-local test test-rust test-web test-docker check lint bench agencies \
+.PHONY: demo demo-local test test-rust test-web test-scripts test-docker check lint bench agencies \
         docker-prepare docker-image docker-compose-up docker-compose-down \
         docker-compose-logs status
 
@@ -15,20 +15,29 @@ demo-local:
 	scripts/run_local.sh agencies
 
 # Every test: the status page in a headless browser, unit, loopback integration,
-# end-to-end with the real binaries, and the Docker tests (real images, compose, engine).
-# The browser test goes first: it takes seconds and fails at once if Chromium is missing.
-test: test-web test-rust test-docker
+# end-to-end with the real binaries, the scripts against a fake `docker`, and the Docker
+# tests (real images, compose, engine). The browser test goes first: it takes seconds
+# and fails at once if Chromium is missing.
+test: test-web test-rust test-scripts test-docker
 
 # --show-output: the fault and crash tests print their figures (kills survived, bets
 # lost, duplicates, faults injected); a passing test's output is shown after its binary.
 test-rust:
 	cargo test --locked -- --show-output
 
-# The status page of a real server in headless Chromium (CHROMIUM=path, or chromium on
-# PATH; installed with apt-get when missing).
+# The status page of a real server in headless Chromium (CHROMIUM=path, or chromium,
+# chromium-browser, google-chrome or google-chrome-stable on PATH; when none is there,
+# Debian's chromium is installed with apt-get).
 test-web:
-	@[ -n "$${CHROMIUM:-}" ] || scripts/ensure-tools.sh chromium
+	@[ -n "$${CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1 || \
+	    command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1 || \
+	    command -v google-chrome-stable >/dev/null 2>&1 || scripts/ensure-tools.sh chromium
 	python3 tests/web/test_status_page.py
+
+# scripts/build_image.sh, docker_demo.sh and `make status` fed canned Docker output by a
+# fake `docker` on PATH (no Docker engine needed; seconds).
+test-scripts:
+	python3 tests/scripts/test_scripts.py
 
 # nc_test.sh is also checked under dash (installed with apt-get when missing).
 test-docker: docker-image
@@ -81,11 +90,27 @@ docker-compose-logs:
 
 # The lottery's progress as a table (the client in status mode, a throw-away container
 # of client1's service on the lottery's network): once, or LOOP=N times, one every
-# loop.period (PERIOD=2s sets it).
+# loop.period (PERIOD=2s sets it). Only for this checkout's lottery: the running
+# `server` must be the one Compose lists for docker-compose.yaml here (another
+# project's is named, with the command that asks it instead).
 LOOP ?= 0
 status:
-	@if [ "$$(docker inspect --type container -f '{{.State.Running}}' server 2>/dev/null)" != true ]; then \
+	@id=$$(docker inspect --type container -f '{{if .State.Running}}{{.Id}}{{end}}' server 2>/dev/null); \
+	if [ -z "$$id" ]; then \
 	    echo "make status: no running container named 'server' (start the lottery: make docker-compose-up)" >&2; \
+	    exit 1; \
+	fi; \
+	if ! $(COMPOSE) -f docker-compose.yaml ps -q server 2>/dev/null | \
+	        awk -v id="$$id" 'length($$0) >= 12 && index(id, $$0) == 1 { found = 1 } END { exit !found }'; then \
+	    owner=$$(docker inspect -f '{{index .Config.Labels "com.docker.compose.project"}}' server); \
+	    files=$$(docker inspect -f '{{index .Config.Labels "com.docker.compose.project.config_files"}}' server); \
+	    flags=$$(printf '%s' "$$files" | sed 's/^/ -f /; s/,/ -f /g'); \
+	    here=$${COMPOSE_PROJECT_NAME:-$$(basename "$(CURDIR)" | LC_ALL=C tr '[:upper:]' '[:lower:]' | LC_ALL=C tr -cd 'a-z0-9_-')}; \
+	    if [ -z "$$owner" ]; then \
+	        echo "make status: the running container 'server' was made outside Compose, not by this checkout's lottery (Compose project '$$here')" >&2; \
+	    else \
+	        echo "make status: the running container 'server' belongs to the Compose project '$$owner'$${files:+ (started from $$files)}, not to this checkout's ('$$here'); ask it with: $(COMPOSE) -p $$owner$$flags run --rm --no-deps -T -e CLI_MODE=status client1" >&2; \
+	    fi; \
 	    exit 1; \
 	fi
 	@$(COMPOSE) -f docker-compose.yaml run --rm --no-deps -T -e CLI_MODE=status \

@@ -165,10 +165,11 @@ def render(n: int, compose_dir: Path, data_dir: Path, config_dir: Path,
         "networks:",
         "  lottery:",
         "    driver: bridge",
-        "    internal: true  # the lottery talks to nothing outside it",
+        "    internal: true  # no route out of it: the agencies are on it alone; the "
+        "server is also on status",
         "  status:",
-        "    driver: bridge  # the server's alone: publishes its status page on the "
-        "host's loopback",
+        "    driver: bridge  # the server's alone (it is on both): an ordinary bridge, "
+        "to publish its status page on the host's loopback",
         "",
         "volumes:",
         "  bets-data:",

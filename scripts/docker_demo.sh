@@ -58,9 +58,16 @@ if [ ${#owned[@]} -gt 0 ]; then
             problem "$these, made outside Compose; remove with:" \
                 "docker rm -f ${owned[$owner]# }"
         elif [ "$owner" = "$project" ]; then
+            # `make docker-compose-down` acts on the repository's own compose file under
+            # its default project name only: for anything else, the command itself.
+            files=${where[$owner]:-$file}
+            if [ "$file" = "$(realpath docker-compose.yaml)" ] && [ -z "${COMPOSE_PROJECT_NAME:-}" ]; then
+                how="make docker-compose-down"
+            else
+                how="$down -p $owner -f ${files//,/ -f } down --volumes"
+            fi
             problem "$these: a lottery of this compose file" \
-                "(Compose project '$owner') is there already; remove it with:" \
-                "make docker-compose-down"
+                "(Compose project '$owner') is there already; remove it with: $how"
         else
             files=${where[$owner]}
             problem "$these, of the Compose project" \

@@ -83,6 +83,31 @@ def field(line: str, key: str) -> str | None:
     return None
 
 
+def parse_status_table(text: str) -> tuple[str, str, dict[int, tuple], tuple]:
+    """`make status`'s table (src/client/status.rs `render`), printed once, in one
+    piece, among the client's log lines: the header line, the `missing:` line,
+    {agency: (connected, finished, bets, winners)} (a row `3-5` stands for each of its
+    agencies) and the total row's (bets, winners)."""
+    all_lines = text.splitlines()
+    starts = [i for i, l in enumerate(all_lines) if l.startswith("lottery status: ")]
+    assert len(starts) == 1, text
+    lines = all_lines[starts[0]:]
+    assert len(lines) >= 4, text
+    rows = {}
+    total = None
+    assert re.fullmatch(r"agency\s+connected\s+finished\s+bets\s+winners", lines[2]), text
+    for line in lines[3:]:
+        if m := re.fullmatch(r"total\s+(\d+)\s+(\S+)", line):
+            total = (int(m[1]), m[2])
+            break
+        m = re.fullmatch(r"(\d+)(?:-(\d+))?\s+(yes|no)\s+(yes|no)\s+(\d+)\s+(\S+)", line)
+        assert m, f"not a table row: {line!r}\n{text}"
+        for agency in range(int(m[1]), int(m[2] or m[1]) + 1):
+            rows[agency] = (m[3], m[4], int(m[5]), m[6])
+    assert total is not None, text
+    return lines[0], lines[1], rows, total
+
+
 # ----- data -----
 
 Row = tuple[int, str, str, str, str, int]
@@ -200,6 +225,33 @@ class Lottery:
             time.sleep(0.1)
         self.test.fail(f"{container} never logged {action}/{result} {nth} time(s):\n"
                        + "\n".join(self.logs(container)))
+
+    def wait_for_line(self, container: str, what: str, matches) -> str:
+        """Waits until one of the container's log lines satisfies `matches`; returns
+        the first that does. `what` names it in the failure message."""
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            lines = [l for l in self.logs(container) if matches(l)]
+            if lines:
+                return lines[0]
+            time.sleep(0.1)
+        self.test.fail(f"{container} never logged {what}:\n" + "\n".join(self.logs(container)))
+
+    def received(self, container: str = "server") -> list[str]:
+        """The `msg` of each `receive_message | result: success` line so far."""
+        return [field(l, "msg") for l in self.logs(container)
+                if is_log(l, "receive_message", "success")]
+
+    def received_since(self, seen: int, count: int, container: str = "server") -> list[str]:
+        """The `msg`s after the first `seen` ones, once there are at least `count` (a
+        line logged just before the answer went out may reach `docker logs` a moment
+        after it), or after a few seconds whatever there is."""
+        deadline = time.monotonic() + 10
+        while len(messages := self.received(container)) < seen + count:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        return messages[seen:]
 
     def networks(self, container: str) -> list[str]:
         return sorted(run(["docker", "inspect", "-f",
@@ -533,10 +585,19 @@ class ServerAloneTest(DockerTestCase):
         self.assertEqual(field(config, "agencies"), "5", config)
         for shell in [None, *SHELLS]:
             with self.subTest(shell=shell or "#!/bin/sh"):
+                seen = len(lottery.received())
+                sent_after = int(time.time())
                 check = nc_test(shell)
                 self.assertEqual((check.returncode, check.stdout),
                                  (0, "action: test_echo_server | result: success\n"),
                                  check.stderr)
+                # The server logged the one message nc_test.sh sent: `nc_test PID
+                # SECONDS NONCE`, stamped while it ran.
+                new = lottery.received_since(seen, 1)
+                self.assertEqual(len(new), 1, new)
+                sent = re.fullmatch(r"nc_test \d+ (\d+) \d+", new[0] or "")
+                self.assertTrue(sent, new)
+                self.assertTrue(sent_after <= int(sent[1]) <= time.time(), new)
         lottery.compose("down", "--volumes", "--timeout", "5")
         for shell in [None, *SHELLS]:
             with self.subTest(shell=shell or "#!/bin/sh", server="down"):
@@ -549,16 +610,24 @@ class ServerAloneTest(DockerTestCase):
         lottery = self.start()
         for sent in ["hola\n", "hola\nchau, ñandú\n"]:
             with self.subTest(sent=sent):
+                seen = len(lottery.received())
                 result = run(["docker", "run", "--rm", "-i", "--label", TEST_LABEL,
                               "--network", lottery.network(), "busybox:1.35",
                               "timeout", "10", "nc", "server", "12345"],
                              stdin_text=sent)
                 self.assertEqual(result.stdout, sent, result.stderr)
+                # One `receive_message` line per line sent, with its text.
+                self.assertEqual(lottery.received_since(seen, len(sent.splitlines())),
+                                 sent.splitlines())
         # `echo hola | nc server 12345`, word for word, inside the container.
+        seen = len(lottery.received())
         result = run(["docker", "run", "--rm", "--label", TEST_LABEL,
                       "--network", lottery.network(), "busybox:1.35",
                       "sh", "-c", "echo hola | timeout 10 nc server 12345"])
         self.assertEqual(result.stdout, "hola\n", result.stderr)
+        self.assertEqual(lottery.received_since(seen, 1), ["hola"])
+        line = [l for l in lottery.logs("server") if is_log(l, "receive_message", "success")][-1]
+        self.assertRegex(line, r"\| peer: [0-9.]+:\d+ \| msg: hola$")
         lottery.assert_no_fail("server")
 
 
@@ -597,10 +666,14 @@ class StatusTest(DockerTestCase):
         self.assertEqual(lottery.networks("server"),
                          [f"{PROJECT}_lottery", f"{PROJECT}_status"])
         self.assertEqual(lottery.networks("client1"), [f"{PROJECT}_lottery"])
-        # Agency 1 finished; the draw waits for agency 2, and the server says so.
+        # Agency 1 finished; the draw waits for agency 2, and the server says so (its
+        # first draw_wait line, at start-up, still misses both).
         lottery.wait_for_log("client1", "fin", "success")
-        waiting = lottery.wait_for_log("server", "draw_wait", "in_progress")
-        self.assertIn("2", field(waiting, "missing") or "", waiting)
+        waiting = lottery.wait_for_line(
+            "server", "draw_wait with finished: 1",
+            lambda l: is_log(l, "draw_wait", "in_progress") and field(l, "finished") == "1")
+        self.assertEqual((field(waiting, "agencies"), field(waiting, "missing")), ("2", "2"),
+                         waiting)
 
         status, kind, page = http_get(lottery.status_port, "/")
         self.assertEqual(status, 200)
@@ -615,24 +688,33 @@ class StatusTest(DockerTestCase):
             self.assertRegex(line, r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? \S+$")
         self.assertIn("# TYPE ", metrics)
 
-        before = lottery.status_table()
-        self.assert_table(before.stdout, 2)
+        bets = {k: len(agency_rows(ROOT / "agencies" / f"agency-{k}.csv", k)) for k in (1, 2)}
+        before = lottery.status_table().stdout
+        header, missing, rows, total = parse_status_table(before)
+        self.assertEqual(header, "lottery status: finished: 1 of 2 agencies | draw: not yet",
+                         before)
+        self.assertEqual(missing, "missing: 2", before)
+        # Agency 1 waits for the draw on its connection; agency 2 has not started.
+        self.assertEqual(rows, {1: ("yes", "yes", bets[1], "-"), 2: ("no", "no", 0, "-")},
+                         before)
+        self.assertEqual(total, (bets[1], "-"), before)
+
         lottery.up("client2")
         self.assertEqual(lottery.wait("client2"), 0)
         self.assertEqual(lottery.wait("client1"), 0)
         lottery.wait_for_log("server", "sorteo", "success")
-        after = lottery.status_table()
-        self.assert_table(after.stdout, 2)
-        self.assertNotEqual(before.stdout, after.stdout, "the table did not change")
-        print(f"\n    status table after the draw:\n{after.stdout}", file=sys.stderr)
-
-    def assert_table(self, text: str, n: int) -> None:
-        """A row per agency (a line starting with its id) and the draw mentioned."""
-        lines = text.splitlines()
-        for k in range(1, n + 1):
-            self.assertTrue(any(re.match(rf"^[\s|]*{k}[\s|]", l) for l in lines),
-                            f"no row for agency {k}:\n{text}")
-        self.assertRegex(text.lower(), r"draw|sorteo", text)
+        winners = {k: int(field(lottery.wait_for_log(f"client{k}", "consulta_ganadores",
+                                                     "success"), "cant_ganadores"))
+                   for k in (1, 2)}
+        after = lottery.status_table().stdout
+        header, missing, rows, total = parse_status_table(after)
+        self.assertEqual(header, "lottery status: finished: 2 of 2 agencies | "
+                                 f"draw: done, {sum(winners.values())} winners", after)
+        self.assertEqual(missing, "missing: none", after)
+        self.assertEqual(rows, {k: ("no", "yes", bets[k], str(winners[k])) for k in (1, 2)},
+                         after)
+        self.assertEqual(total, (sum(bets.values()), str(sum(winners.values()))), after)
+        print(f"\n    status table after the draw:\n{after}", file=sys.stderr)
 
 
 class DemoTest(DockerTestCase):
@@ -721,6 +803,24 @@ class DemoTest(DockerTestCase):
         # It did not touch that lottery.
         self.assertEqual(run(["docker", "inspect", "-f", "{{.State.Running}}",
                               "server"]).stdout.strip(), "true")
+
+    def test_same_project_on_another_file_gets_the_exact_down_command(self):
+        # The demo's own project and compose file, but not the repository's: `make
+        # docker-compose-down` would not remove it; the command it prints does.
+        lottery = Lottery(self, 0, ROOT / "agencies")
+        lottery.up()
+        compose_file = lottery.files[1]
+        result = run([ROOT / "scripts/docker_demo.sh", compose_file], check=False,
+                     env={"COMPOSE_PROJECT_NAME": PROJECT})
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertIn(f"a lottery of this compose file (Compose project '{PROJECT}') is "
+                      "there already; remove it with: ", result.stderr)
+        self.assertNotIn("make docker-compose-down", result.stderr)
+        command = result.stderr.split("remove it with: ", 1)[1].splitlines()[0]
+        self.assertEqual(command, " ".join([*COMPOSE, "-p", PROJECT, "-f", compose_file,
+                                            "down", "--volumes"]))
+        run(command.split())
+        self.assertEqual(lottery_objects(f"com.docker.compose.project={PROJECT}"), [])
 
 
 class GracefulStopTest(DockerTestCase):
@@ -1110,6 +1210,27 @@ class MakeTargetsTest(DockerTestCase):
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("no running container named 'server'", result.stderr)
 
+    def test_status_of_another_projects_lottery_is_refused(self):
+        # A lottery of the test project holds the name `server`: `make status` names
+        # its project instead of running the status client on this checkout's project
+        # (which would make that project's network and fail to find `server` on it).
+        lottery = Lottery(self, 0, ROOT / "agencies")
+        lottery.up()
+        here = re.sub(r"[^a-z0-9_-]", "", ROOT.name.lower())
+        self.assertEqual(lottery_objects(f"com.docker.compose.project={here}"), [],
+                         "this checkout's lottery is running: stop it first")
+        started = time.monotonic()
+        result = self.make("status", check=False)
+        took = time.monotonic() - started
+        self.assertNotEqual(result.returncode, 0, result.stdout)
+        self.assertIn("make status: the running container 'server' belongs to the Compose "
+                      f"project '{PROJECT}' (started from ", result.stderr)
+        self.assertIn(f"not to this checkout's ('{here}'); ask it with: ", result.stderr)
+        self.assertEqual(result.stdout, "")
+        self.assertLess(took, 8, "it tried the status client")
+        self.assertEqual(lottery_objects(f"com.docker.compose.project={here}"), [],
+                         "it made objects of this checkout's project")
+
     def test_up_logs_down(self):
         self.addCleanup(run, ["make", "-C", ROOT, "docker-compose-down"], check=False,
                         timeout=600)
@@ -1125,11 +1246,25 @@ class MakeTargetsTest(DockerTestCase):
         self.assertEqual(check.stdout, "action: test_echo_server | result: success\n",
                          check.stderr)
 
-        # `make status`: the table of the five agencies after the draw, and the page.
-        table = self.make("status").stdout
+        # `make status`: the table of the five agencies after the draw (each with the
+        # winners its client was told of), and the page.
+        winners = {}
         for k in range(1, 6):
-            self.assertRegex(table, rf"(?m)^[\s|]*{k}[\s|]", table)
-        self.assertRegex(table.lower(), r"draw|sorteo", table)
+            counts = [field(l, "cant_ganadores") for l in run(["docker", "logs", f"client{k}"])
+                      .stdout.splitlines() if is_log(l, "consulta_ganadores", "success")]
+            self.assertEqual(len(counts), 1, f"client{k}")
+            winners[k] = counts[0]
+        bets = {k: len(agency_rows(ROOT / "agencies" / f"agency-{k}.csv", k))
+                for k in range(1, 6)}
+        table = self.make("status").stdout
+        header, missing, rows, total = parse_status_table(table)
+        drawn = sum(map(int, winners.values()))
+        self.assertEqual(header, "lottery status: finished: 5 of 5 agencies | "
+                                 f"draw: done, {drawn} winners", table)
+        self.assertEqual(missing, "missing: none", table)
+        self.assertEqual(rows, {k: ("no", "yes", bets[k], winners[k]) for k in range(1, 6)},
+                         table)
+        self.assertEqual(total, (sum(bets.values()), str(drawn)), table)
         status, kind, page = http_get(self.status_port, "/")
         self.assertEqual((status, "text/html" in kind), (200, True))
 
