@@ -102,7 +102,7 @@ pub const SERVER_KEYS: &[Key] = &[
         "status.http_port",
         "SERVER_STATUS_PORT",
         Some("0"),
-        "HTTP port of the live status page (/) and Prometheus metrics (/metrics) on server.host; 0: off",
+        "HTTP port on server.host of the live status page (/), Prometheus metrics (/metrics) and /status.json; 0: off",
     ),
 ];
 

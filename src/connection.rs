@@ -26,12 +26,13 @@ use crate::protocol::{self, DecodeError, EncodeError, Frame, FrameError, Message
 pub const MAX_TEXT_LINE: usize = 1024;
 
 /// Whether a connection whose first byte is `first` speaks plain text rather than
-/// frames: printable ASCII (`0x20..=0x7E`) or a tab, CR or LF. Every frame starts with
-/// [`protocol::VERSION`] (a control byte), and a TLS ClientHello with `0x16`: neither
-/// is text, so this never takes a frame (or a handshake) for text.
+/// frames: printable ASCII (`0x20..=0x7E`), a tab, CR or LF, or the first byte of a
+/// multi-byte UTF-8 character (`0xC2..=0xF4`: `echo "¡hola!"`, `ñandú`). Every frame
+/// starts with [`protocol::VERSION`] (a control byte), and a TLS ClientHello with
+/// `0x16`: neither is text, so this never takes a frame (or a handshake) for text.
 pub fn starts_plain_text(first: u8) -> bool {
     first != protocol::VERSION
-        && (matches!(first, 0x20..=0x7e) || matches!(first, b'\t' | b'\r' | b'\n'))
+        && (matches!(first, 0x20..=0x7e | 0xc2..=0xf4) || matches!(first, b'\t' | b'\r' | b'\n'))
 }
 
 /// One line of plain text, as [`Connection::read_line`] read it.
@@ -349,10 +350,19 @@ mod tests {
 
     #[test]
     fn text_is_told_from_frames_and_tls() {
-        for text in b"hola HOLA 0~\t\r\n".iter().copied().chain(0x20..=0x7e) {
+        for text in b"hola HOLA 0~\t\r\n"
+            .iter()
+            .copied()
+            .chain(0x20..=0x7e)
+            .chain(0xc2..=0xf4)
+        {
             assert!(starts_plain_text(text), "0x{text:02x}");
         }
-        // Our version byte, TLS' handshake byte, other control bytes, non-ASCII.
+        // "ñandú" and "¡hola!" start with UTF-8 lead bytes.
+        assert!(starts_plain_text("ñandú".as_bytes()[0]));
+        assert!(starts_plain_text("¡hola!".as_bytes()[0]));
+        // Our version byte, TLS' handshake byte, other control bytes, bytes that cannot
+        // start a UTF-8 character.
         for binary in [
             protocol::VERSION,
             0x16,
@@ -361,7 +371,10 @@ mod tests {
             0x1b,
             0x7f,
             0x80,
-            0xc3,
+            0xbf,
+            0xc0,
+            0xc1,
+            0xf5,
             0xff,
         ] {
             assert!(!starts_plain_text(binary), "0x{binary:02x}");

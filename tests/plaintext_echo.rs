@@ -76,6 +76,20 @@ fn several_lines_come_back_in_order_however_they_are_split() {
 }
 
 #[test]
+fn a_line_that_starts_with_a_non_ascii_letter_is_echoed() {
+    // Regression: `printf 'ñandú\n' | nc server 12345` got a binary error frame
+    // because only an ASCII first byte counted as text.
+    let dir = TempDir::new("text-utf8-first");
+    let server = TestServer::start(server_config(dir.path(), 1));
+    for line in ["ñandú\n", "¡hola!\n", "€ 5\n", "😀\n"] {
+        let mut stream = TcpStream::connect(server.addr).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        round_trip(&mut stream, line.as_bytes());
+    }
+    stop_bounded(server);
+}
+
+#[test]
 fn a_last_line_without_newline_is_echoed_as_is_at_the_end() {
     let dir = TempDir::new("text-unterminated");
     let server = TestServer::start(server_config(dir.path(), 1));
@@ -128,8 +142,9 @@ fn an_http_request_is_text_and_comes_back_line_by_line() {
 fn binary_garbage_still_gets_unsupported_version() {
     let dir = TempDir::new("text-garbage");
     let server = TestServer::start(server_config(dir.path(), 1));
-    // Control bytes, a TLS ClientHello's first byte, DEL, non-ASCII: not text.
-    for first in [0x00u8, 0x01, 0x16, 0x1b, 0x7f, 0xc3, 0xff] {
+    // Control bytes, a TLS ClientHello's first byte, DEL, bytes that cannot start a
+    // UTF-8 character: not text.
+    for first in [0x00u8, 0x01, 0x16, 0x1b, 0x7f, 0x80, 0xc0, 0xf5, 0xff] {
         if first == VERSION {
             continue;
         }

@@ -41,7 +41,7 @@ use crate::bet::{self, AgencyId, Bet};
 use crate::config::{ClientConfig, Mode, format_duration};
 use crate::connection::ConnectionError;
 use crate::logging::sanitize;
-use crate::protocol::{ErrorCode, Message};
+use crate::protocol::{ErrorCode, FrameError, Message};
 use crate::shutdown::Shutdown;
 
 use progress::Progress;
@@ -205,7 +205,29 @@ impl fmt::Display for ClientError {
             ClientError::Connect { address, source } => {
                 write!(f, "cannot connect to server {address}: {source}")
             }
+            ClientError::Connection {
+                stage,
+                source: source @ ConnectionError::Frame(FrameError::UnsupportedVersion(first)),
+            } => {
+                // The first byte of the reply: `H` of `HTTP/1.1 400`, say.
+                let seen = if first.is_ascii_graphic() {
+                    format!(" ({:?}…)", char::from(*first))
+                } else {
+                    String::new()
+                };
+                write!(
+                    f,
+                    "{stage}: {source}: the peer at server.address does not speak this \
+                     protocol (its reply starts with byte {first}{seen}); is it the \
+                     lottery server's port, and is the server as new as this client?"
+                )
+            }
             ClientError::Connection { stage, source } => write!(f, "{stage}: {source}"),
+            ClientError::Closed { stage: "hello" } => write!(
+                f,
+                "hello: the server closed the connection without answering \
+                 (is server.address the lottery server's port?)"
+            ),
             ClientError::Closed { stage } => {
                 write!(f, "{stage}: the server closed the connection")
             }
@@ -941,6 +963,28 @@ mod tests {
     use std::net::TcpListener;
     use std::path::PathBuf;
     use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn a_peer_that_is_not_a_lottery_server_is_named_as_such() {
+        // Regression: an HTTP server at server.address gave only "unsupported protocol
+        // version 72 (expected 3)", and a silent close "the server closed the connection".
+        let http = ClientError::Connection {
+            stage: "hello",
+            source: ConnectionError::Frame(FrameError::UnsupportedVersion(b'H')),
+        }
+        .to_string();
+        assert!(http.contains("unsupported protocol version 72"), "{http}");
+        assert!(http.contains("does not speak this protocol"), "{http}");
+        assert!(http.contains("('H'…)"), "{http}");
+        assert!(http.contains("server.address"), "{http}");
+        let closed = ClientError::Closed { stage: "hello" }.to_string();
+        assert!(closed.contains("without answering"), "{closed}");
+        assert!(closed.contains("server.address"), "{closed}");
+        assert_eq!(
+            ClientError::Closed { stage: "fin" }.to_string(),
+            "fin: the server closed the connection"
+        );
+    }
 
     /// An agency file of `text` in the temp directory.
     fn agency_file(name: &str, text: &str) -> PathBuf {

@@ -169,7 +169,7 @@ impl Metrics {
         metric(
             "loteria_connections_accepted_total",
             "counter",
-            "Agency connections accepted and served.",
+            "Connections accepted and served on the lottery port (agencies, status queries, echo checks).",
             get(&self.connections_accepted),
         );
         metric(
@@ -232,11 +232,25 @@ impl Metrics {
             "Winning bets of the draw (0 before it).",
             gauges.winners,
         );
+        // Each metric's HELP, TYPE and samples stay one group, as the text format wants.
         let _ = write!(
             out,
             "# HELP loteria_errors_sent_total ERROR replies sent, by code.\n\
              # TYPE loteria_errors_sent_total counter\n"
         );
+        for (index, counter) in self.errors.iter().enumerate() {
+            let name = if index == 0 {
+                "OTHER"
+            } else {
+                // index is in 1..=LAST_CODE, far below u16::MAX.
+                ErrorCode::from_u16(index as u16).name()
+            };
+            let _ = writeln!(
+                out,
+                "loteria_errors_sent_total{{code=\"{name}\"}} {}",
+                get(counter)
+            );
+        }
         let _ = write!(
             out,
             "# HELP loteria_http_requests_total Answers of the status page (written, or tried until the request deadline), by HTTP status code.\n\
@@ -249,19 +263,6 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "loteria_http_requests_total{{code=\"{code}\"}} {}",
-                get(counter)
-            );
-        }
-        for (index, counter) in self.errors.iter().enumerate() {
-            let name = if index == 0 {
-                "OTHER"
-            } else {
-                // index is in 1..=LAST_CODE, far below u16::MAX.
-                ErrorCode::from_u16(index as u16).name()
-            };
-            let _ = writeln!(
-                out,
-                "loteria_errors_sent_total{{code=\"{name}\"}} {}",
                 get(counter)
             );
         }
@@ -353,5 +354,55 @@ mod tests {
             assert!(text.contains(&format!("# HELP {family} ")));
         }
         assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn each_metric_is_one_group_with_help_and_type_first() {
+        // Regression: the errors' HELP/TYPE came before the HTTP family and their
+        // samples after it, which the text format does not allow.
+        let m = Metrics::default();
+        m.error_sent(ErrorCode::InvalidBet);
+        m.http_request(200);
+        let text = m.render(&Gauges::default());
+        let family = |line: &str| -> String {
+            match line.strip_prefix("# ") {
+                Some(rest) => rest.split(' ').nth(1).unwrap_or_default().to_string(),
+                None => line
+                    .split(['{', ' '])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            }
+        };
+        let mut seen: Vec<String> = Vec::new();
+        let mut lines = text.lines().peekable();
+        while let Some(line) = lines.next() {
+            let name = family(line);
+            assert!(
+                !seen.contains(&name),
+                "{name} appears in two groups:\n{text}"
+            );
+            assert!(
+                line.starts_with("# HELP "),
+                "{name}: the group starts with HELP"
+            );
+            let type_line = lines.next().unwrap_or_default();
+            assert!(
+                type_line.starts_with(&format!("# TYPE {name} ")),
+                "{name}: then TYPE"
+            );
+            let mut samples = 0;
+            while lines.peek().is_some_and(|l| !l.starts_with('#')) {
+                let sample = lines.next().unwrap_or_default();
+                assert_eq!(
+                    family(sample),
+                    name,
+                    "a sample of another family inside {name}"
+                );
+                samples += 1;
+            }
+            assert!(samples > 0, "{name} has samples");
+            seen.push(name);
+        }
     }
 }
