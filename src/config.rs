@@ -441,16 +441,25 @@ impl Source<'_> {
             reason: toml_error(&text, &e),
         })?;
         let source = Source { file, env, keys };
-        source.reject_unknown_keys(path, &source.file, "")?;
+        source.reject_unknown_keys(path)?;
         Ok(source)
     }
 
-    fn reject_unknown_keys(
-        &self,
-        path: &Path,
-        table: &toml::Table,
-        prefix: &str,
-    ) -> Result<(), ConfigError> {
+    /// Every unknown or misplaced key of the file, all in one error (a user with two
+    /// typos fixes both at once).
+    fn reject_unknown_keys(&self, path: &Path) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        self.collect_unknown_keys(&self.file, "", &mut problems);
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError::Parse {
+            path: path.to_path_buf(),
+            reason: problems.join("; and "),
+        })
+    }
+
+    fn collect_unknown_keys(&self, table: &toml::Table, prefix: &str, problems: &mut Vec<String>) {
         for (name, value) in table {
             let full = format!("{prefix}{name}");
             let section = format!("{full}.");
@@ -458,7 +467,7 @@ impl Source<'_> {
             let is_section = self.keys.iter().any(|k| k.path.starts_with(&section));
             let misplaced = match value {
                 toml::Value::Table(inner) if is_section => {
-                    self.reject_unknown_keys(path, inner, &section)?;
+                    self.collect_unknown_keys(inner, &section, problems);
                     continue;
                 }
                 toml::Value::Table(_) if is_key => {
@@ -472,17 +481,15 @@ impl Source<'_> {
                 _ => None,
             };
             if let Some(reason) = misplaced {
-                return Err(ConfigError::Parse {
-                    path: path.to_path_buf(),
-                    reason,
-                });
+                problems.push(reason);
+                continue;
             }
             let sections: Vec<&str> = self
                 .keys
                 .iter()
                 .filter_map(|k| k.path.rsplit_once('.').map(|(section, _)| section))
                 .collect();
-            let reason = if value.is_table() {
+            problems.push(if value.is_table() {
                 match nearest(&full, sections) {
                     Some(known) => format!("unknown section [{full}]; did you mean [{known}]?"),
                     None => format!("unknown section [{full}]"),
@@ -492,13 +499,8 @@ impl Source<'_> {
                     Some(known) => format!("unknown key {full}; did you mean {known}?"),
                     None => format!("unknown key {full}"),
                 }
-            };
-            return Err(ConfigError::Parse {
-                path: path.to_path_buf(),
-                reason,
             });
         }
-        Ok(())
     }
 
     fn spec(&self, path: &str) -> Key {
@@ -1097,6 +1099,24 @@ mod tests {
                 .contains("unknown key mdoe; did you mean mode?"),
             "{err}"
         );
+        // Every problem of the file at once, not one per run.
+        let path = write_temp(
+            "client-typos",
+            &CLIENT
+                .replacen("[server]", "[server]\nadress = \"x:1\"", 1)
+                .replacen("[batch]", "[batch]\nmax_amout = 3", 1),
+        );
+        let err = ClientConfig::load_with_env(&path, &env(&[])).expect_err("typos");
+        let text = err.to_string();
+        assert!(
+            text.contains("unknown key server.adress; did you mean server.address?"),
+            "{text}"
+        );
+        assert!(
+            text.contains("unknown key batch.max_amout; did you mean batch.max_amount?"),
+            "{text}"
+        );
+        assert_eq!(text.matches("; and ").count(), 1, "{text}");
         assert_eq!(edit_distance("prot", "port"), 1);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("", "abc"), 3);
