@@ -1,5 +1,5 @@
 # Entry points; README.md explains each.
-.PHONY: demo demo-local test test-rust test-web test-scripts test-docker check lint bench agencies \
+.PHONY: demo demo-watch demo-local test test-rust test-web test-scripts test-docker check lint bench agencies \
         docker-prepare docker-image docker-compose-up docker-compose-down \
         docker-compose-logs status
 
@@ -9,6 +9,22 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 # The whole lottery in containers: server + 5 agencies (agencies/), winners table.
 demo: docker-image
 	scripts/docker_demo.sh docker-compose.yaml
+
+# A lottery big enough to watch: 5 agencies of WATCH_BETS generated bets each (in
+# WATCH_DIR, with its compose file; Compose project named after it), run as the demo
+# with HOLD=1: the status page and `make status` show the upload, and after the draw
+# the server stays up until Ctrl-C; then the table, and everything is removed.
+WATCH_DIR ?= /tmp/loteria-watch
+WATCH_BETS ?= 1000000
+demo-watch: docker-image $(WATCH_DIR)/.bets-$(WATCH_BETS)
+	python3 compose_maker.py 5 --data-dir $(WATCH_DIR) -o $(WATCH_DIR)/docker-compose.yaml
+	HOLD=1 scripts/docker_demo.sh $(WATCH_DIR)/docker-compose.yaml
+
+# The generated data, made again only for another WATCH_BETS (it is deterministic).
+$(WATCH_DIR)/.bets-%:
+	rm -f $(WATCH_DIR)/.bets-*
+	python3 scripts/gen_agencies.py --bets $* -o $(WATCH_DIR) >/dev/null
+	touch $@
 
 # The same on this host, without Docker.
 demo-local:
@@ -34,7 +50,7 @@ test-web:
 	    command -v google-chrome-stable >/dev/null 2>&1 || scripts/ensure-tools.sh chromium
 	python3 tests/web/test_status_page.py
 
-# scripts/build_image.sh, docker_demo.sh and `make status` fed canned Docker output by a
+# scripts/build_image.sh, docker_demo.sh, check_names.sh and `make status` fed canned Docker output by a
 # fake `docker` on PATH (no Docker engine needed; seconds).
 test-scripts:
 	python3 tests/scripts/test_scripts.py
@@ -75,7 +91,10 @@ docker-image: docker-prepare
 	scripts/build_image.sh Dockerfile.server loteria-server:latest
 	scripts/build_image.sh Dockerfile.client loteria-client:latest
 
+# Refuses (creating nothing) while another lottery holds the container names, naming
+# its Compose project and the command that removes it (scripts/check_names.sh).
 docker-compose-up: docker-image
+	@CHECK_NAMES_AS="make docker-compose-up" scripts/check_names.sh --allow-own docker-compose.yaml
 	$(COMPOSE) -f docker-compose.yaml up --detach --no-build
 	@echo "status page: http://127.0.0.1:$${LOTERIA_STATUS_PORT:-8080}/ (make status: the same as a table)"
 
@@ -88,11 +107,11 @@ docker-compose-down:
 docker-compose-logs:
 	$(COMPOSE) -f docker-compose.yaml logs --follow
 
-# The lottery's progress as a table (the client in status mode, a throw-away container
-# of client1's service on the lottery's network): once, or LOOP=N times, one every
-# loop.period (PERIOD=2s sets it). Only for this checkout's lottery: the running
-# `server` must be the one Compose lists for docker-compose.yaml here (another
-# project's is named, with the command that asks it instead).
+# The lottery's progress as a table: the client image in status mode, in a throw-away
+# container (`docker run --rm`) on the running `server` container's network (the one
+# whose name ends in _lottery, as nc_test.sh picks it), with this checkout's config/;
+# once, or LOOP=N times, one every loop.period (PERIOD=2s sets it). Any lottery whose
+# server container is named `server` (the line on stderr says whose).
 LOOP ?= 0
 status:
 	@id=$$(docker inspect --type container -f '{{if .State.Running}}{{.Id}}{{end}}' server 2>/dev/null); \
@@ -100,19 +119,14 @@ status:
 	    echo "make status: no running container named 'server' (start the lottery: make docker-compose-up)" >&2; \
 	    exit 1; \
 	fi; \
-	if ! $(COMPOSE) -f docker-compose.yaml ps -q server 2>/dev/null | \
-	        awk -v id="$$id" 'length($$0) >= 12 && index(id, $$0) == 1 { found = 1 } END { exit !found }'; then \
-	    owner=$$(docker inspect -f '{{index .Config.Labels "com.docker.compose.project"}}' server); \
-	    files=$$(docker inspect -f '{{index .Config.Labels "com.docker.compose.project.config_files"}}' server); \
-	    flags=$$(printf '%s' "$$files" | sed 's/^/ -f /; s/,/ -f /g'); \
-	    here=$${COMPOSE_PROJECT_NAME:-$$(basename "$(CURDIR)" | LC_ALL=C tr '[:upper:]' '[:lower:]' | LC_ALL=C tr -cd 'a-z0-9_-')}; \
-	    if [ -z "$$owner" ]; then \
-	        echo "make status: the running container 'server' was made outside Compose, not by this checkout's lottery (Compose project '$$here')" >&2; \
-	    else \
-	        echo "make status: the running container 'server' belongs to the Compose project '$$owner'$${files:+ (started from $$files)}, not to this checkout's ('$$here'); ask it with: $(COMPOSE) -p $$owner$$flags run --rm --no-deps -T -e CLI_MODE=status client1" >&2; \
-	    fi; \
-	    exit 1; \
-	fi
-	@$(COMPOSE) -f docker-compose.yaml run --rm --no-deps -T -e CLI_MODE=status \
+	networks=$$(docker inspect --type container -f '{{range $$name, $$_ := .NetworkSettings.Networks}}{{println $$name}}{{end}}' server); \
+	net=$$(printf '%s\n' "$$networks" | grep '_lottery$$' | sed -n 1p); \
+	[ -n "$$net" ] || net=$$(printf '%s\n' "$$networks" | sed -n 1p); \
+	if [ -z "$$net" ]; then echo "make status: the container 'server' is on no network" >&2; exit 1; fi; \
+	owner=$$(docker inspect --type container -f '{{index .Config.Labels "com.docker.compose.project"}}' server); \
+	if [ -n "$$owner" ]; then whose="the Compose project '$$owner'"; else whose="a server made outside Compose"; fi; \
+	echo "make status: the lottery of $$whose (network $$net)" >&2; \
+	exec docker run --rm --pull never --network "$$net" -v "$(CURDIR)/config:/app/config:ro" \
+	    -e CLI_MODE=status -e CLI_ID=1 -e CLI_SERVER_ADDRESS=server:12345 \
 	    -e CLI_LOOP_AMOUNT=$(LOOP) $(if $(PERIOD),-e CLI_LOOP_PERIOD=$(PERIOD)) \
-	    -e CLI_RETRY_DEADLINE=10s client1
+	    -e CLI_RETRY_DEADLINE=10s loteria-client:latest

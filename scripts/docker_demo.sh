@@ -10,7 +10,12 @@
 #
 # It refuses to start while a container with one of the file's container names
 # (`server`, `client1` …) exists, and says which Compose project it belongs to.
-# Environment: KEEP=1 keeps the stopped containers and the volume for inspection;
+# The containers' logs go to a directory of their own ($TMPDIR/loteria-demo.XXXXXX),
+# removed at the end of a run that succeeded or was interrupted; a failed run keeps it
+# and prints its path.
+# Environment: KEEP=1 keeps the stopped containers, the volume and the logs for
+# inspection; HOLD=1 (`make demo-watch`) leaves the server and its status page up
+# once every agency is done, until Ctrl-C, then prints the table and cleans up;
 # DEMO_TIMEOUT (seconds, default 300) bounds the wait for all the agencies;
 # LOTERIA_STATUS_PORT (default 8080; another free one if 8080 is taken) is where the
 # status page is published on 127.0.0.1 while the demo runs.
@@ -26,57 +31,13 @@ fi
 say() { echo "demo: $*"; }
 problem() { echo "demo: $*" >&2; }
 
-# Compose names the project after the compose file's directory (lower case, only
-# letters, digits, - and _), unless COMPOSE_PROJECT_NAME says otherwise.
-project=${COMPOSE_PROJECT_NAME:-$(basename "$(dirname "$file")" | LC_ALL=C tr '[:upper:]' '[:lower:]' | LC_ALL=C tr -cd 'a-z0-9_-')}
 mapfile -t services < <("${compose[@]}" config --services)
 mapfile -t clients < <(printf '%s\n' "${services[@]}" | grep -x 'client[0-9]*' | sort -V)
 n=${#clients[@]}
 
-# Containers in the way: the names are fixed (container_name), so a lottery started
-# by hand, by another checkout or by the tests blocks this one. One line per owner.
-declare -A owned=() where=() # project -> container names, its compose files
-for name in server "${clients[@]}"; do
-    labels=$(docker inspect --type container -f \
-        '{{index .Config.Labels "com.docker.compose.project"}}|{{index .Config.Labels "com.docker.compose.project.config_files"}}' \
-        "$name" 2>/dev/null) || continue
-    owner=${labels%%|*}
-    owner=${owner:--} # "-": made outside Compose
-    owned[$owner]+=" $name"
-    where[$owner]=${labels#*|}
-done
-if [ ${#owned[@]} -gt 0 ]; then
-    if [ "${compose[0]}" = docker-compose ]; then down=docker-compose; else down="docker compose"; fi
-    for owner in "${!owned[@]}"; do
-        names=${owned[$owner]# }
-        if [ "$names" = "${names// /}" ]; then
-            these="the container '$names' exists"
-        else
-            these="the containers ${names// /, } exist"
-        fi
-        if [ "$owner" = - ]; then
-            problem "$these, made outside Compose; remove with:" \
-                "docker rm -f ${owned[$owner]# }"
-        elif [ "$owner" = "$project" ]; then
-            # `make docker-compose-down` acts on the repository's own compose file under
-            # its default project name only: for anything else, the command itself.
-            files=${where[$owner]:-$file}
-            if [ "$file" = "$(realpath docker-compose.yaml)" ] && [ -z "${COMPOSE_PROJECT_NAME:-}" ]; then
-                how="make docker-compose-down"
-            else
-                how="$down -p $owner -f ${files//,/ -f } down --volumes"
-            fi
-            problem "$these: a lottery of this compose file" \
-                "(Compose project '$owner') is there already; remove it with: $how"
-        else
-            files=${where[$owner]}
-            problem "$these, of the Compose project" \
-                "'$owner'${files:+ (started from ${files//,/ and })}; remove that" \
-                "lottery with: $down -p $owner ${files:+-f ${files//,/ -f }} down --volumes"
-        fi
-    done
-    exit 1
-fi
+# Containers in the way (the names are fixed): say whose, with the command that
+# removes that lottery, and start nothing.
+CHECK_NAMES_AS=demo scripts/check_names.sh "$file" || exit 1
 
 # The status page goes on 127.0.0.1:8080 unless that port is taken.
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -89,19 +50,32 @@ if [ -z "${LOTERIA_STATUS_PORT:-}" ]; then
 fi
 export LOTERIA_STATUS_PORT
 
-work=$(mktemp -d)
+# The logs of this run; removed at the end unless KEEP=1 or the run failed (then its
+# path is printed). `outcome` says which: set to "ok" or "interrupted" where the run
+# ends that way; anything else (an error, a failed agency) is a failure.
+work=$(mktemp -d "${TMPDIR:-/tmp}/loteria-demo.XXXXXX")
+outcome=failed
 waits=()
 cleanup() {
     trap - INT TERM
     [ ${#waits[@]} -eq 0 ] || kill "${waits[@]}" 2>/dev/null || true
+    if [ -n "${hold_pid:-}" ]; then kill "$hold_pid" 2>/dev/null || true; fi
     if [ "${KEEP:-0}" != 1 ]; then
         "${compose[@]}" down --volumes --remove-orphans --timeout 5 >"$work/down.log" 2>&1 ||
-            problem "could not remove the containers (docker compose down):" \
-                "$(tail -n 3 "$work/down.log")"
+            { problem "could not remove the containers (docker compose down):" \
+                "$(tail -n 3 "$work/down.log")"; outcome=failed; }
+    fi
+    if [ "$outcome" = failed ]; then
+        problem "the logs of this run are kept in $work"
+    elif [ "${KEEP:-0}" != 1 ]; then
+        rm -rf "$work"
+    elif [ "$outcome" != ok ]; then
+        problem "KEEP=1: the logs of this run are kept in $work"
     fi
 }
 interrupted() {
     problem "interrupted: stopping and removing the lottery's containers"
+    outcome=interrupted
     exit 130 # the EXIT trap cleans up
 }
 trap cleanup EXIT
@@ -113,10 +87,15 @@ trap interrupted INT TERM
 if ! "${compose[@]}" up --detach --no-build >"$work/up.log" 2>&1; then
     problem "the lottery did not start (docker compose up):"
     sed 's/^/    /' "$work/up.log" >&2
-    exit 1
+    exit 1 # the EXIT trap removes what it started and keeps the logs
 fi
-say "server + $n agencies started; status page: http://127.0.0.1:$LOTERIA_STATUS_PORT/" \
-    "(or: make status)"
+if [ "${HOLD:-0}" = 1 ]; then
+    say "server + $n agencies started; status page: http://127.0.0.1:$LOTERIA_STATUS_PORT/" \
+        "(or: make status LOOP=100 PERIOD=2s)"
+else
+    say "server + $n agencies started; status page: http://127.0.0.1:$LOTERIA_STATUS_PORT/" \
+        "(or: make status; gone when the demo ends: make demo-watch runs one to watch)"
+fi
 
 # Each wait runs in the background and the script waits for it with the `wait`
 # builtin, which a signal interrupts: Ctrl-C takes effect at once.
@@ -146,6 +125,20 @@ for k in $(seq "$n"); do
     fi
 done
 waits=()
+# HOLD=1 (`make demo-watch`): the draw is done; the server and its status page stay up
+# until Ctrl-C, then the demo goes on (stop, table, down).
+if [ "${HOLD:-0}" = 1 ]; then
+    say "every agency is done; the status page stays at" \
+        "http://127.0.0.1:$LOTERIA_STATUS_PORT/ until Ctrl-C (then the table, and down)"
+    trap 'trap - INT TERM' INT TERM
+    sleep infinity &
+    hold_pid=$!
+    wait "$hold_pid" || true
+    kill "$hold_pid" 2>/dev/null || true
+    hold_pid=
+    trap interrupted INT TERM
+    echo
+fi
 "${compose[@]}" stop server >"$work/stop.log" 2>&1 ||
     problem "docker compose stop server failed: $(tail -n 1 "$work/stop.log")"
 server_rc=$(docker inspect -f '{{.State.ExitCode}}' server)
@@ -155,13 +148,20 @@ stored=$({ docker cp server:/app/data/bets.csv - | tar -xO | wc -l; } 2>/dev/nul
 
 scripts/winners_table.sh "$work" "$n"
 echo
-echo "bets stored: $stored   logs: $work"
 grep -h "result: fail" "$work"/*.log || true
 if [ "$server_rc" != 0 ]; then
     problem "the server exited with code $server_rc; its last log line:" \
         "$(tail -n 1 "$work/server.log")"
 fi
 if [ "$failed" -ne 0 ] || [ "$server_rc" != 0 ]; then
+    echo "bets stored: $stored"
     problem "FAILED: see the lines above and the logs in $work"
-    exit 1
+    exit 1 # the EXIT trap removes the lottery and keeps the logs
+fi
+outcome=ok
+if [ "${KEEP:-0}" = 1 ]; then
+    echo "bets stored: $stored   logs: $work (KEEP=1: kept, with the stopped containers" \
+        "and the volume)"
+else
+    echo "bets stored: $stored   (logs removed; KEEP=1 keeps them and the stopped containers)"
 fi

@@ -738,13 +738,20 @@ class DemoTest(DockerTestCase):
                               "--timeout", "5"], check=False)
         return path
 
-    def demo(self, path: Path) -> subprocess.Popen:
-        """The demo as from a terminal: its own process group (Ctrl-C goes to all of it)."""
+    def demo(self, path: Path, **env: str) -> subprocess.Popen:
+        """The demo as from a terminal: its own process group (Ctrl-C goes to all of it),
+        with a TMPDIR of its own (self.tmpdir: where its log directory goes)."""
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="loteria-demo-tmp-"))
+        self.addCleanup(shutil.rmtree, self.tmpdir, ignore_errors=True)
         return subprocess.Popen([ROOT / "scripts/docker_demo.sh", path], text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True,
                                 env={**os.environ, "COMPOSE_PROJECT_NAME": PROJECT,
-                                     "LOTERIA_STATUS_PORT": str(free_port())})
+                                     "LOTERIA_STATUS_PORT": str(free_port()),
+                                     "TMPDIR": str(self.tmpdir), **env})
+
+    def log_dirs(self) -> list[Path]:
+        return sorted(self.tmpdir.iterdir())
 
     def test_prints_the_draw_per_agency_and_little_else(self):
         demo = self.demo(self.compose_file(2, ROOT / "agencies"))
@@ -764,6 +771,52 @@ class DemoTest(DockerTestCase):
         self.assertRegex(out, r"(?m)^draw: \d+ winners among 6000 bets of 2 agencies, "
                               r"drawn in \d+(ms|s)$")
         self.assertNotIn("result: fail", out)
+        self.assertEqual(lottery_objects(f"com.docker.compose.project={PROJECT}"), [])
+        # Its logs are removed, and the last line says so.
+        self.assertEqual(self.log_dirs(), [], out)
+        self.assertRegex(lines[-1], r"^bets stored: 6000   \(logs removed; KEEP=1 keeps them")
+
+    def test_hold_keeps_the_server_and_its_page_until_ctrl_c(self):
+        # HOLD=1 (`make demo-watch`): after the draw the server stays up, status page
+        # included, until Ctrl-C; then the table, exit 0, everything removed.
+        port = free_port()
+        demo = self.demo(self.compose_file(2, ROOT / "agencies"), HOLD="1",
+                         LOTERIA_STATUS_PORT=str(port))
+        self.addCleanup(demo.kill)
+        seen = []
+        for line in demo.stdout:
+            seen.append(line)
+            if "until Ctrl-C" in line:
+                break
+        self.assertIn(f"the status page stays at http://127.0.0.1:{port}/ until Ctrl-C",
+                      "".join(seen))
+        time.sleep(1)
+        self.assertEqual(run(["docker", "inspect", "-f", "{{.State.Running}}",
+                              "server"]).stdout.strip(), "true", "".join(seen))
+        status, _, page = http_get(port, "/status.json")
+        self.assertEqual(status, 200)
+        self.assertIn('"drawn":true', page.replace(" ", ""), page)
+        os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in its terminal does
+        out, _ = demo.communicate(timeout=WAIT)
+        self.assertEqual(demo.returncode, 0, "".join(seen) + out)
+        self.assertRegex(out, r"(?m)^draw: \d+ winners among 6000 bets of 2 agencies")
+        self.assertNotIn("interrupted", out)
+        self.assertEqual(lottery_objects(f"com.docker.compose.project={PROJECT}"), [])
+        self.assertEqual(self.log_dirs(), [], out)
+
+    def test_a_failed_start_keeps_the_logs_and_says_where(self):
+        # Agency 2's file is missing: Docker refuses to start client2.
+        data = Path(tempfile.mkdtemp(prefix="loteria-demo-data-"))
+        self.addCleanup(shutil.rmtree, data, ignore_errors=True)
+        shutil.copy(ROOT / "agencies/agency-1.csv", data)
+        demo = self.demo(self.compose_file(2, data))
+        out, _ = demo.communicate(timeout=WAIT)
+        self.assertEqual(demo.returncode, 1, out)
+        self.assertIn("the lottery did not start", out)
+        kept = self.log_dirs()
+        self.assertEqual(len(kept), 1, out)
+        self.assertIn(f"the logs of this run are kept in {kept[0]}", out)
+        self.assertTrue((kept[0] / "up.log").is_file(), out)
         self.assertEqual(lottery_objects(f"com.docker.compose.project={PROJECT}"), [])
 
     def test_ctrl_c_stops_it_at_once_and_removes_the_lottery(self):
@@ -789,6 +842,7 @@ class DemoTest(DockerTestCase):
         self.assertIn("interrupted", out)
         self.assertLess(took, 30, "Ctrl-C waited for the agencies")
         self.assertEqual(lottery_objects(f"com.docker.compose.project={PROJECT}"), [])
+        self.assertEqual(self.log_dirs(), [], "".join(seen) + out)
 
     def test_names_the_project_that_holds_the_container_names(self):
         lottery = Lottery(self, 0, ROOT / "agencies")
@@ -1210,26 +1264,71 @@ class MakeTargetsTest(DockerTestCase):
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("no running container named 'server'", result.stderr)
 
-    def test_status_of_another_projects_lottery_is_refused(self):
-        # A lottery of the test project holds the name `server`: `make status` names
-        # its project instead of running the status client on this checkout's project
-        # (which would make that project's network and fail to find `server` on it).
+    def test_status_asks_any_projects_lottery_and_ctrl_c_is_quiet(self):
+        # A server alone of the test project: `make status` runs the client image on
+        # that server's own network (loteria-test_lottery), whatever the project, and
+        # makes nothing of this checkout's project.
         lottery = Lottery(self, 0, ROOT / "agencies")
         lottery.up()
         here = re.sub(r"[^a-z0-9_-]", "", ROOT.name.lower())
         self.assertEqual(lottery_objects(f"com.docker.compose.project={here}"), [],
                          "this checkout's lottery is running: stop it first")
-        started = time.monotonic()
-        result = self.make("status", check=False)
-        took = time.monotonic() - started
-        self.assertNotEqual(result.returncode, 0, result.stdout)
-        self.assertIn("make status: the running container 'server' belongs to the Compose "
-                      f"project '{PROJECT}' (started from ", result.stderr)
-        self.assertIn(f"not to this checkout's ('{here}'); ask it with: ", result.stderr)
-        self.assertEqual(result.stdout, "")
-        self.assertLess(took, 8, "it tried the status client")
+        result = self.make("status")
+        self.assertEqual(result.stderr, f"make status: the lottery of the Compose project "
+                                        f"'{PROJECT}' (network {PROJECT}_lottery)\n")
+        # Once (LOOP=0 by default), the server's own configuration: 5 agencies, none yet.
+        header, missing, rows, total = parse_status_table(result.stdout)
+        self.assertEqual((header, missing, total),
+                         ("lottery status: finished: 0 of 5 agencies | draw: not yet",
+                          "missing: 1-5", (0, "-")), result.stdout)
         self.assertEqual(lottery_objects(f"com.docker.compose.project={here}"), [],
                          "it made objects of this checkout's project")
+
+        # LOOP=10, Ctrl-C after the first table: the client ends at once, and nothing
+        # but log lines and the table is printed.
+        status = subprocess.Popen(["make", "--no-print-directory", "-C", ROOT, "status",
+                                   "LOOP=10", "PERIOD=1s"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.addCleanup(status.kill)
+        seen = []
+        for line in status.stdout:
+            seen.append(line)
+            if line.startswith("total "):
+                break
+        started = time.monotonic()
+        os.killpg(status.pid, signal.SIGINT)  # what Ctrl-C in its terminal does
+        out, err = status.communicate(timeout=30)
+        self.assertLess(time.monotonic() - started, 10, "Ctrl-C waited for the loop")
+        lines = (("".join(seen) + out).splitlines())
+        self.assertIn("status: interrupted", lines[-1], lines)
+        stray = [l for l in lines if not (re.match(r"\d{4}-\d\d-\d\d ", l)
+                                          or l.startswith(("lottery status: ", "missing: ",
+                                                           "agency ", "1-5 ", "total ")))]
+        self.assertEqual(stray, [], "".join(seen) + out)
+        self.assertNotIn("\n1\n", "\n" + err, err)
+        self.assertEqual(run(["docker", "ps", "-aq", "--filter",
+                              "ancestor=loteria-client:latest"]).stdout, "",
+                         "the status container was left behind")
+
+    def test_up_refuses_while_another_projects_lottery_holds_the_names(self):
+        lottery = Lottery(self, 0, ROOT / "agencies")
+        lottery.up()
+        here = re.sub(r"[^a-z0-9_-]", "", ROOT.name.lower())
+        self.assertEqual(lottery_objects(f"com.docker.compose.project={here}"), [],
+                         "this checkout's lottery is running: stop it first")
+        result = self.make("docker-compose-up", check=False)
+        self.assertNotEqual(result.returncode, 0, result.stdout)
+        lines = [l for l in result.stderr.splitlines() if l.startswith("make docker-compose-up:")]
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertIn(f"the container 'server' exists, of the Compose project '{PROJECT}' "
+                      f"(started from {lottery.files[1]}); remove that lottery with: "
+                      f"{' '.join(COMPOSE)} -p {PROJECT} -f {lottery.files[1]} down --volumes",
+                      lines[0])
+        self.assertNotIn("Conflict", result.stdout + result.stderr)
+        self.assertEqual(lottery_objects(f"com.docker.compose.project={here}"), [],
+                         "it made objects of this checkout's project")
+        self.assertEqual(run(["docker", "inspect", "-f", "{{.State.Running}}",
+                              "server"]).stdout.strip(), "true")
 
     def test_up_logs_down(self):
         self.addCleanup(run, ["make", "-C", ROOT, "docker-compose-down"], check=False,

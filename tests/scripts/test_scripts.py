@@ -8,8 +8,8 @@ answers the commands the script runs from a table of canned replies (the first e
 whose words are each part of an argument, in order, wins) and logs every command
 line it got. Covered: scripts/build_image.sh on the output of both builders (the
 legacy one and BuildKit's plain progress), successful and failed; the command
-scripts/docker_demo.sh suggests when its container names are taken; `make status`
-when the running `server` is another Compose project's. (tests/docker/ runs them on
+scripts/docker_demo.sh and scripts/check_names.sh (`make docker-compose-up`) suggest
+when the container names are taken; the `docker run` that `make status` makes. (tests/docker/ runs them on
 the real engine too.) Python 3.10 or later, standard library only.
 """
 
@@ -396,41 +396,116 @@ class DemoConflictTest(unittest.TestCase):
         self.assertNotIn("make docker-compose-down", stderr)
 
 
-class MakeStatusTest(unittest.TestCase):
-    """`make status` runs the status client only on this checkout's lottery."""
+class CheckNamesTest(unittest.TestCase):
+    """scripts/check_names.sh (run by `make docker-compose-up` and the demo): names
+    the project holding the container names and the exact `down` command; with
+    --allow-own, this file's own project is no conflict. It creates nothing."""
 
-    ID = "4f1c0e5b9a2d" + "7" * 52
-
-    def make_status(self, listed: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    def check(self, owner: str, *args: str) -> tuple[subprocess.CompletedProcess, list]:
         docker = FakeDocker(self, [
             (["compose", "version"], "Docker Compose version v2.30.0\n", 0),
-            (["inspect", ".State.Running", "server"], self.ID + "\n", 0),
-            (["inspect", 'com.docker.compose.project"}}', "server"], "tp0\n", 0),
-            (["inspect", "config_files", "server"], "/tmp/tp0/a.yaml,/tmp/tp0/b.yaml\n", 0),
-            (["compose", "ps", "-q", "server"], listed, 0),
-            (["compose", "run"], "lottery status: finished: 0 of 5 agencies | draw: not yet\n", 0),
+            (["compose", "config", "--services"], "server\nclient1\n", 0),
+            (["inspect", "server"], f"{owner}|/tmp/tp0/alone.yaml\n", 0),
+            (["inspect"], "", 1),
         ])
-        result = run(["make", "--no-print-directory", "-C", ROOT, "status"], docker.env())
+        result = run([ROOT / "scripts/check_names.sh", *args, ROOT / "docker-compose.yaml"],
+                     docker.env(CHECK_NAMES_AS="make docker-compose-up"))
         return result, docker.calls()
 
-    def test_this_checkouts_server_gets_the_table(self):
-        result, calls = self.make_status(self.ID + "\n")
-        self.assertEqual(result.returncode, 0, result)
-        self.assertEqual(result.stdout,
-                         "lottery status: finished: 0 of 5 agencies | draw: not yet\n")
-        runs = [c["argv"] for c in calls if "run" in c["argv"]]
-        self.assertEqual(len(runs), 1)
-        self.assertEqual(runs[0][:4], ["compose", "-f", "docker-compose.yaml", "run"])
+    def test_another_project_is_named_with_its_down_command(self):
+        for args in ([], ["--allow-own"]):
+            with self.subTest(args=args):
+                result, calls = self.check("tp0", *args)
+                self.assertEqual(result.returncode, 1, result)
+                self.assertEqual(result.stderr,
+                                 "make docker-compose-up: the container 'server' exists, of "
+                                 "the Compose project 'tp0' (started from "
+                                 "/tmp/tp0/alone.yaml); remove that lottery with: docker "
+                                 "compose -p tp0 -f /tmp/tp0/alone.yaml down --volumes\n")
+                # Only questions: config, inspect.
+                self.assertEqual({c["argv"][0] for c in calls}, {"compose", "inspect"}, calls)
+                self.assertFalse([c for c in calls if "config" not in c["argv"]
+                                  and c["argv"][0] == "compose"
+                                  and "version" not in c["argv"]], calls)
 
-    def test_another_projects_server_is_named_and_not_asked(self):
-        result, calls = self.make_status("")
+    def test_own_project_is_allowed_only_with_allow_own(self):
+        result, _ = self.check(project_of(ROOT), "--allow-own")
+        self.assertEqual((result.returncode, result.stderr), (0, ""), result)
+        result, _ = self.check(project_of(ROOT))
+        self.assertEqual(result.returncode, 1, result)
+        self.assertIn("remove it with: make docker-compose-down", result.stderr)
+
+    def test_free_names_pass_silently(self):
+        docker = FakeDocker(self, [
+            (["compose", "version"], "Docker Compose version v2.30.0\n", 0),
+            (["compose", "config", "--services"], "server\nclient1\n", 0),
+            (["inspect"], "", 1),
+        ])
+        result = run([ROOT / "scripts/check_names.sh", ROOT / "docker-compose.yaml"],
+                     docker.env())
+        self.assertEqual((result.returncode, result.stdout, result.stderr), (0, "", ""))
+
+
+class MakeStatusTest(unittest.TestCase):
+    """`make status`: the client image in status mode with `docker run --rm` on the
+    running `server` container's network (the `*_lottery` one), whatever Compose
+    project (or none) made it; the line on stderr says whose lottery it asked."""
+
+    ID = "4f1c0e5b9a2d" + "7" * 52
+    TABLE = "lottery status: finished: 0 of 5 agencies | draw: not yet\n"
+
+    def make_status(self, *args: str, networks="tp0_status\ntp0_lottery\n", owner="tp0",
+                    running=True) -> tuple[subprocess.CompletedProcess, list[dict]]:
+        docker = FakeDocker(self, [
+            (["compose", "version"], "Docker Compose version v2.30.0\n", 0),
+            (["inspect", ".State.Running", "server"], self.ID + "\n" if running else "", 0),
+            (["inspect", "NetworkSettings.Networks", "server"], networks, 0),
+            (["inspect", 'com.docker.compose.project"}}', "server"], owner + "\n", 0),
+            (["run"], self.TABLE, 0),
+        ])
+        result = run(["make", "--no-print-directory", "-C", ROOT, "status", *args],
+                     docker.env())
+        return result, docker.calls()
+
+    def the_run(self, calls: list[dict]) -> list[str]:
+        runs = [c["argv"] for c in calls if c["argv"][0] == "run"]
+        self.assertEqual(len(runs), 1, calls)
+        self.assertFalse([c for c in calls if c["argv"][0] == "compose"
+                          and "version" not in c["argv"]], "it asked Compose")
+        return runs[0]
+
+    def test_any_projects_server_gets_the_table_once(self):
+        result, calls = self.make_status()
+        self.assertEqual(result.returncode, 0, result)
+        self.assertEqual(result.stdout, self.TABLE)
+        self.assertEqual(result.stderr, "make status: the lottery of the Compose project "
+                                        "'tp0' (network tp0_lottery)\n")
+        self.assertEqual(self.the_run(calls), [
+            "run", "--rm", "--pull", "never", "--network", "tp0_lottery",
+            "-v", f"{ROOT}/config:/app/config:ro", "-e", "CLI_MODE=status",
+            "-e", "CLI_ID=1", "-e", "CLI_SERVER_ADDRESS=server:12345",
+            "-e", "CLI_LOOP_AMOUNT=0", "-e", "CLI_RETRY_DEADLINE=10s",
+            "loteria-client:latest"])
+
+    def test_loop_and_period_are_passed_on(self):
+        result, calls = self.make_status("LOOP=10", "PERIOD=2s")
+        self.assertEqual(result.returncode, 0, result)
+        argv = self.the_run(calls)
+        self.assertIn("CLI_LOOP_AMOUNT=10", argv)
+        self.assertIn("CLI_LOOP_PERIOD=2s", argv)
+
+    def test_without_a_lottery_network_the_first_one_and_no_project(self):
+        result, calls = self.make_status(networks="bridge\n", owner="")
+        self.assertEqual(result.returncode, 0, result)
+        self.assertIn("--network bridge ", " ".join(self.the_run(calls)) + " ")
+        self.assertEqual(result.stderr, "make status: the lottery of a server made outside "
+                                        "Compose (network bridge)\n")
+
+    def test_no_running_server_is_a_clear_error_and_runs_nothing(self):
+        result, calls = self.make_status(running=False)
         self.assertNotEqual(result.returncode, 0)
-        self.assertIn("make status: the running container 'server' belongs to the Compose "
-                      "project 'tp0' (started from /tmp/tp0/a.yaml,/tmp/tp0/b.yaml), not to "
-                      f"this checkout's ('{project_of(ROOT)}'); ask it with: docker compose "
-                      "-p tp0 -f /tmp/tp0/a.yaml -f /tmp/tp0/b.yaml run --rm --no-deps -T "
-                      "-e CLI_MODE=status client1\n", result.stderr)
-        self.assertEqual([c for c in calls if "run" in c["argv"]], [], "it ran the client")
+        self.assertIn("make status: no running container named 'server'", result.stderr)
+        self.assertEqual([c for c in calls if c["argv"][0] == "run"], [])
 
 
 if __name__ == "__main__":
