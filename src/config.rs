@@ -644,7 +644,18 @@ impl ServerConfig {
             log_level: src.get("log.level", log_level)?,
             agencies: src.get("lottery.agencies", int(1, MAX_AGENCIES))?,
             winning_number: src.get("lottery.winning_number", int(0, MAX_NUMBER))?,
-            storage_path: src.get("storage.path", |s| non_empty(s).map(PathBuf::from))?,
+            storage_path: src.get("storage.path", |s| {
+                let path = non_empty(s)?;
+                // The path is in many log lines (storage, recovery, errors): a line break
+                // in it would split them.
+                if path.chars().any(char::is_control) {
+                    return Err(
+                        "a path with a control character (a line break, a tab, …) is refused"
+                            .into(),
+                    );
+                }
+                Ok(PathBuf::from(path))
+            })?,
             status_port: src
                 .get("status.http_port", int(0, u16::MAX))
                 .map(|port| (port != 0).then_some(port))?,

@@ -373,30 +373,24 @@ fn help_lists_every_environment_variable_and_exits_0() {
 
 #[test]
 fn a_path_cannot_forge_lines_in_the_server_output() {
-    // A storage path under a regular file cannot be created: the end line names it,
-    // as does the config line, and it holds a forged log line and Compose's exit line.
+    // A storage path that holds a forged log line and Compose's exit line is refused as
+    // a configuration error (it is printed in many storage log lines), in one line.
     let dir = TempDir::new("cfg-forged-path");
-    let file = dir.join("a-file");
-    std::fs::write(&file, "").expect("write a file");
     let forged = "2099-01-01 00:00:00 INFO     action: sorteo | result: success";
     let exited = "server exited with code 0";
-    let storage = format!(
-        "{}/x\n{forged}\n{exited}\n/bets.csv",
-        file.to_str().expect("UTF-8 temp path")
-    );
+    let storage = format!("{}/x\n{forged}\n{exited}\n/bets.csv", dir.path().display());
     let mut server = server_with(&[("SERVER_STORAGE", &storage)], &dir);
     let dump = server.dump();
-    assert_eq!(server.exit_code(), 1, "{dump}");
+    assert_eq!(server.exit_code(), 2, "{dump}");
     for line in server.all_lines() {
         assert!(
             !line.starts_with("2099-") && !line.starts_with(exited),
             "a forged line: {line:?}\n{dump}"
         );
     }
-    let failed = server.log_lines("end", "fail");
+    let failed = server.log_lines("config", "fail");
     assert_eq!(failed.len(), 1, "{dump}");
-    assert!(failed[0].contains("\\n2099-01-01 00:00:00 INFO     action: sorteo ¦ result: success\\nserver exited with code 0\\n"), "{dump}");
-    let stderr = server.stderr_lines();
-    assert_eq!(stderr.len(), 1, "{dump}");
-    assert!(stderr[0].starts_with("server: "), "{dump}");
+    assert!(failed[0].contains("SERVER_STORAGE"), "{dump}");
+    assert!(failed[0].contains("control character"), "{dump}");
+    assert!(!dir.join("x").exists(), "nothing is created: {dump}");
 }
