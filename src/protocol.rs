@@ -1131,7 +1131,7 @@ impl<'a> PayloadReader<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn bet(first: &str, doc: &str, number: u16) -> Bet {
@@ -1239,8 +1239,9 @@ mod tests {
         ]
     }
 
-    /// The `STATUS` chunk of the worked example in `docs/PROTOCOL.md`.
-    fn example_status() -> StatusChunk {
+    /// The `STATUS` chunk of the worked example in `docs/PROTOCOL.md` (also the status
+    /// page's test lottery).
+    pub(crate) fn example_status() -> StatusChunk {
         StatusChunk {
             last: true,
             agencies: 2,

@@ -1472,45 +1472,14 @@ mod tests {
         // neither refuse the changed file nor re-count its bets: it gets the winners.
         let data = agency_file("fin-acked", FOUR);
         let edited = data.clone();
-        let sessions = Arc::new(Mutex::new(0u32));
-        let counter = Arc::clone(&sessions);
-        let address = fake_server(move |conn| {
-            let first = {
-                let mut n = counter.lock().expect("lock");
-                *n += 1;
-                *n == 1
-            };
-            while let Ok(Some(message)) = conn.read_message() {
-                let reply = match message {
-                    Message::Hello { upload, .. } => Message::Welcome {
-                        agency: 1,
-                        upload,
-                        stored_seq: if first { 0 } else { 1 },
-                        stored_bets: if first { 0 } else { 4 },
-                        stored_line: if first { 0 } else { 4 },
-                        finished: !first,
-                        drawn: false,
-                    },
-                    Message::Bets { seq, bets, .. } => Message::BetsAck {
-                        seq,
-                        count: u16::try_from(bets.len()).unwrap_or(u16::MAX),
-                    },
-                    Message::Fin => Message::FinAck {
-                        finished: 1,
-                        agencies: 2,
-                    },
-                    Message::WinnersQuery if first => {
-                        let mut text = FOUR.to_string();
-                        text.push_str("Eva,Paz,5,1990-01-01,5\n");
-                        std::fs::write(&edited, text).expect("edit the file");
-                        return; // the wait breaks
-                    }
-                    Message::WinnersQuery => no_winners(),
-                    other => panic!("{other:?}"),
-                };
-                if conn.write_message(&reply).is_err() {
-                    return;
-                }
+        let (address, sessions) = waiting_server(move |session, conn| {
+            if session == 1 {
+                let mut text = FOUR.to_string();
+                text.push_str("Eva,Paz,5,1990-01-01,5\n");
+                std::fs::write(&edited, text).expect("edit the file");
+                conn.close(); // the wait breaks
+            } else {
+                let _ = conn.write_message(&no_winners());
             }
         });
         let config = config(address, data.clone(), Duration::from_secs(5));

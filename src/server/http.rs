@@ -741,27 +741,12 @@ mod tests {
     }
 
     fn fixed() -> Arc<dyn Source> {
-        Arc::new(Fixed(StatusSnapshot {
-            agencies: 2,
-            finished: 1,
-            drawn: false,
-            entries: vec![
-                AgencyStatus {
-                    agency: 1,
-                    connected: true,
-                    finished: true,
-                    bets: 150,
-                    winners: None,
-                },
-                AgencyStatus {
-                    agency: 2,
-                    connected: false,
-                    finished: false,
-                    bets: 0,
-                    winners: None,
-                },
-            ],
-        }))
+        // The lottery of docs/PROTOCOL.md's STATUS example: 2 agencies, agency 1
+        // connected and finished with 150 bets.
+        let example = crate::protocol::tests::example_status();
+        Arc::new(Fixed(
+            StatusSnapshot::from_chunks(&[example]).expect("one whole answer"),
+        ))
     }
 
     fn get(addr: SocketAddr, request: &str) -> String {
