@@ -94,19 +94,6 @@ fn received_batches(server: &Proc, agency: u32) -> Vec<usize> {
         .collect()
 }
 
-/// Writes one agency file per entry of `agencies` into `dir`.
-fn write_files(dir: &TempDir, agencies: &[(Vec<Bet>, Vec<String>)]) -> Vec<PathBuf> {
-    agencies
-        .iter()
-        .enumerate()
-        .map(|(i, (bets, _))| {
-            let path = dir.join(&format!("agency-{}.csv", i + 1));
-            write_agency_file(&path, bets);
-            path
-        })
-        .collect()
-}
-
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v

@@ -5,7 +5,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
 
 use loteria::protocol::{ErrorCode, Message};
 use support::process::*;
@@ -105,15 +104,7 @@ fn cant_ganadores(client: &Proc) -> u64 {
 fn the_table_follows_the_lottery_before_and_after_the_draw() {
     let dir = TempDir::new("status-e2e");
     let agencies = mock_agencies(&[300, 120, 0], 10);
-    let files: Vec<PathBuf> = agencies
-        .iter()
-        .enumerate()
-        .map(|(i, (bets, _))| {
-            let path = dir.join(&format!("agency-{}.csv", i + 1));
-            write_agency_file(&path, bets);
-            path
-        })
-        .collect();
+    let files = write_files(&dir, &agencies);
     let mut server = Server::start(dir.path(), 3);
 
     // Nothing yet: one row for all three agencies.

@@ -453,3 +453,17 @@ pub fn prom_value(text: &str, series: &str) -> Option<u64> {
             .ok()
     })
 }
+
+/// Writes one agency file per entry of `agencies` (as [`mock_agencies`] makes them) into
+/// `dir`: `agency-1.csv`, `agency-2.csv`, …
+pub fn write_files(dir: &TempDir, agencies: &[(Vec<Bet>, Vec<String>)]) -> Vec<PathBuf> {
+    agencies
+        .iter()
+        .enumerate()
+        .map(|(i, (bets, _))| {
+            let path = dir.join(&format!("agency-{}.csv", i + 1));
+            write_agency_file(&path, bets);
+            path
+        })
+        .collect()
+}
