@@ -388,34 +388,18 @@ impl StatusSnapshot {
     }
 
     /// Puts the chunks of one answer back together; `None` (the answer breaks the
-    /// protocol) unless `chunks` is a whole answer as docs/PROTOCOL.md promises: only
-    /// the final chunk has `last`, all repeat the same totals, and the entries,
-    /// concatenated, list every agency `1..=agencies` exactly once, in increasing order.
+    /// protocol) unless `chunks` is exactly one whole answer, as [`StatusAssembler`]
+    /// checks it.
     pub fn from_chunks(chunks: &[StatusChunk]) -> Option<StatusSnapshot> {
         let (final_chunk, rest) = chunks.split_last()?;
-        let same_totals = |c: &StatusChunk| {
-            c.agencies == final_chunk.agencies
-                && c.finished == final_chunk.finished
-                && c.drawn == final_chunk.drawn
-        };
-        if !final_chunk.last || rest.iter().any(|c| c.last || !same_totals(c)) {
-            return None;
+        let mut assembler = StatusAssembler::default();
+        for chunk in rest {
+            // A whole answer before the final chunk: more than one answer.
+            if assembler.push(chunk.clone()).ok()?.is_some() {
+                return None;
+            }
         }
-        let entries: Vec<AgencyStatus> = chunks
-            .iter()
-            .flat_map(|c| c.entries.iter().copied())
-            .collect();
-        let whole = u32::try_from(entries.len()).ok() == Some(final_chunk.agencies)
-            && entries
-                .iter()
-                .zip(1..)
-                .all(|(e, agency)| e.agency == agency);
-        whole.then_some(StatusSnapshot {
-            agencies: final_chunk.agencies,
-            finished: final_chunk.finished,
-            drawn: final_chunk.drawn,
-            entries,
-        })
+        assembler.push(final_chunk.clone()).ok()?
     }
 
     /// The agencies that have not sent `FIN` yet, in order.
@@ -425,6 +409,106 @@ impl StatusSnapshot {
             .filter(|e| !e.finished)
             .map(|e| e.agency)
             .collect()
+    }
+}
+
+/// Why a `STATUS` answer is refused: the text says which rule of `docs/PROTOCOL.md` it
+/// breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusAnswerError(pub String);
+
+impl fmt::Display for StatusAnswerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StatusAnswerError {}
+
+/// Puts a `STATUS` answer back together chunk by chunk, checking each as it arrives, so
+/// that a reader never holds more than one valid answer: every chunk repeats the first
+/// one's totals, every chunk but the final one carries exactly
+/// [`STATUS_ENTRIES_PER_CHUNK`] entries, the entries list `1..=agencies` once each in
+/// increasing order, `finished` counts the finished entries, and winner counts are
+/// there exactly when the draw has run.
+#[derive(Debug, Default)]
+pub struct StatusAssembler {
+    /// The answer so far: the first chunk's totals and the entries received.
+    answer: Option<StatusSnapshot>,
+}
+
+impl StatusAssembler {
+    /// Takes the next chunk: `Ok(Some(snapshot))` once the final chunk completes the
+    /// answer (the assembler is then empty again), `Ok(None)` while more must come.
+    pub fn push(
+        &mut self,
+        chunk: StatusChunk,
+    ) -> Result<Option<StatusSnapshot>, StatusAnswerError> {
+        let bad = |text: String| Err(StatusAnswerError(text));
+        let answer = self.answer.get_or_insert_with(|| StatusSnapshot {
+            agencies: chunk.agencies,
+            finished: chunk.finished,
+            drawn: chunk.drawn,
+            entries: Vec::new(),
+        });
+        if (answer.agencies, answer.finished, answer.drawn)
+            != (chunk.agencies, chunk.finished, chunk.drawn)
+        {
+            return bad("STATUS chunks that disagree on the totals".into());
+        }
+        if !chunk.last && chunk.entries.len() != STATUS_ENTRIES_PER_CHUNK {
+            return bad(format!(
+                "a STATUS chunk before the last with {} entries (not {STATUS_ENTRIES_PER_CHUNK})",
+                chunk.entries.len()
+            ));
+        }
+        let agencies = u64::from(chunk.agencies);
+        for entry in chunk.entries {
+            let agency = u64::from(entry.agency);
+            // The agency this entry must be: entries list 1..=agencies in order.
+            let next = answer.entries.len() as u64 + 1;
+            if agency > agencies {
+                return bad(format!(
+                    "an entry for agency {agency} of {agencies} (out of range)"
+                ));
+            }
+            if agency != next {
+                return bad(format!(
+                    "an entry for agency {agency} where agency {next} belongs (out of order, \
+                     repeated or one left out)"
+                ));
+            }
+            answer.entries.push(entry);
+        }
+        if !chunk.last {
+            return Ok(None);
+        }
+        let received = answer.entries.len() as u64;
+        if received != agencies {
+            return bad(format!(
+                "an answer that ends after agency {received} of {agencies} (agencies left out)"
+            ));
+        }
+        let finished = answer.entries.iter().filter(|e| e.finished).count();
+        if finished as u64 != u64::from(answer.finished) {
+            return bad(format!(
+                "finished: {} but {finished} agency entries finished",
+                answer.finished
+            ));
+        }
+        if let Some(e) = answer
+            .entries
+            .iter()
+            .find(|e| e.winners.is_some() != answer.drawn)
+        {
+            let which = if answer.drawn {
+                "no winner count after the draw"
+            } else {
+                "a winner count before the draw"
+            };
+            return bad(format!("agency {} with {which}", e.agency));
+        }
+        Ok(self.answer.take())
     }
 }
 

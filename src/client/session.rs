@@ -9,8 +9,7 @@ use crate::bet::{AgencyId, Bet};
 use crate::config::MAX_AGENCIES;
 use crate::connection::{Connection, ConnectionError};
 use crate::protocol::{
-    ErrorCode, FrameError, Message, PENDING_INTERVAL, STATUS_ENTRIES_PER_CHUNK, StatusChunk,
-    StatusSnapshot,
+    ErrorCode, FrameError, Message, PENDING_INTERVAL, StatusAssembler, StatusSnapshot,
 };
 use crate::shutdown::{HookGuard, Shutdown};
 
@@ -234,9 +233,7 @@ impl Session {
         self.send(STAGE, &Message::StatusQuery)?;
         let limit = self.io_timeout;
         let started = Instant::now();
-        let mut chunks: Vec<StatusChunk> = Vec::new();
-        // The agency the next entry must be (entries list 1..=agencies in order).
-        let mut next: u64 = 1;
+        let mut answer = StatusAssembler::default();
         loop {
             let left = limit.saturating_sub(started.elapsed());
             let slow = ClientError::SlowAnswer {
@@ -273,17 +270,17 @@ impl Session {
                 }
                 Err(e) => return Err(e),
             };
-            check_chunk(&chunk, chunks.first(), &mut next).map_err(bad)?;
-            let last = chunk.last;
-            chunks.push(chunk);
-            if last {
-                break;
+            // This client's own bound, before anything of the chunk is kept.
+            if chunk.agencies > MAX_AGENCIES {
+                return Err(bad(format!(
+                    "a STATUS answer for {} agencies (at most {MAX_AGENCIES})",
+                    chunk.agencies
+                )));
+            }
+            if let Some(snapshot) = answer.push(chunk).map_err(|e| bad(e.0))? {
+                return Ok(snapshot);
             }
         }
-        let snapshot = StatusSnapshot::from_chunks(&chunks)
-            .ok_or_else(|| bad("STATUS chunks that do not make one answer".into()))?;
-        check_answer(&snapshot).map_err(bad)?;
-        Ok(snapshot)
     }
 
     /// Sends `text` as an echo request and checks that the reply repeats it.
@@ -305,82 +302,6 @@ impl Drop for Session {
     }
 }
 
-/// Checks one `STATUS` chunk as it arrives (`first`: the answer's first chunk, if
-/// this is not it; `next`: the agency its first entry must be, moved past its last).
-/// The reason, if it is refused.
-fn check_chunk(
-    chunk: &StatusChunk,
-    first: Option<&StatusChunk>,
-    next: &mut u64,
-) -> Result<(), String> {
-    if chunk.agencies > MAX_AGENCIES {
-        return Err(format!(
-            "a STATUS answer for {} agencies (at most {MAX_AGENCIES})",
-            chunk.agencies
-        ));
-    }
-    if let Some(first) = first
-        && (first.agencies, first.finished, first.drawn)
-            != (chunk.agencies, chunk.finished, chunk.drawn)
-    {
-        return Err("STATUS chunks that disagree on the totals".into());
-    }
-    if !chunk.last && chunk.entries.len() != STATUS_ENTRIES_PER_CHUNK {
-        return Err(format!(
-            "a STATUS chunk before the last with {} entries (not {STATUS_ENTRIES_PER_CHUNK})",
-            chunk.entries.len()
-        ));
-    }
-    let agencies = u64::from(chunk.agencies);
-    for entry in &chunk.entries {
-        let agency = u64::from(entry.agency);
-        if agency > agencies {
-            return Err(format!(
-                "an entry for agency {agency} of {agencies} (out of range)"
-            ));
-        }
-        if agency != *next {
-            return Err(format!(
-                "an entry for agency {agency} where agency {next} belongs (out of order, \
-                 repeated or one left out)"
-            ));
-        }
-        *next += 1;
-    }
-    if chunk.last && *next != agencies + 1 {
-        return Err(format!(
-            "an answer that ends after agency {} of {agencies} (agencies left out)",
-            *next - 1
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a whole answer's totals against its entries: `finished` counts the finished
-/// entries, and every entry has a winner count iff the draw has run.
-fn check_answer(snapshot: &StatusSnapshot) -> Result<(), String> {
-    let finished = snapshot.entries.iter().filter(|e| e.finished).count();
-    if u64::try_from(finished).ok() != Some(u64::from(snapshot.finished)) {
-        return Err(format!(
-            "finished: {} but {finished} agency entries finished",
-            snapshot.finished
-        ));
-    }
-    if let Some(e) = snapshot
-        .entries
-        .iter()
-        .find(|e| e.winners.is_some() != snapshot.drawn)
-    {
-        let which = if snapshot.drawn {
-            "no winner count after the draw"
-        } else {
-            "a winner count before the draw"
-        };
-        return Err(format!("agency {} with {which}", e.agency));
-    }
-    Ok(())
-}
-
 /// One connection attempt to each address `address` resolves to, `timeout` each.
 fn try_connect(address: &str, timeout: Duration) -> io::Result<TcpStream> {
     let addrs: Vec<SocketAddr> = address.to_socket_addrs()?.collect();
@@ -400,7 +321,7 @@ fn try_connect(address: &str, timeout: Duration) -> io::Result<TcpStream> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::AgencyStatus;
+    use crate::protocol::{AgencyStatus, STATUS_ENTRIES_PER_CHUNK, StatusChunk};
     use std::net::TcpListener;
 
     /// A server for one connection that answers the first frame with `replies`, each
