@@ -265,6 +265,26 @@ impl Connection {
             .map_err(ConnectionError::Write)
     }
 
+    /// Encodes `messages` and writes them one after the other, all of them before
+    /// `deadline` however slowly the peer reads (a peer that reads nothing cannot hold
+    /// the writer past it); the write timeout is restored afterwards. A failure may
+    /// leave part of a frame written: close the connection then.
+    pub fn write_messages_before(
+        &mut self,
+        messages: &[Message],
+        deadline: Instant,
+    ) -> Result<(), ConnectionError> {
+        self.out.clear();
+        for message in messages {
+            message
+                .encode_into(&mut self.out)
+                .map_err(ConnectionError::Encode)?;
+        }
+        let written = write_all_before(&self.stream, &self.out, deadline);
+        let restored = self.stream.set_write_timeout(self.frame_timeout);
+        written.and(restored).map_err(ConnectionError::Write)
+    }
+
     /// Writes an already encoded frame (used to echo a frame back unchanged).
     pub fn write_frame(&mut self, frame: &Frame) -> Result<(), ConnectionError> {
         (&*self.stream)
@@ -277,6 +297,29 @@ impl Connection {
         // Already closed by the peer or by a shutdown hook: nothing left to do.
         let _ = self.stream.shutdown(Both::Both);
     }
+}
+
+/// `write_all` that fails with `TimedOut` once `deadline` has passed, however the
+/// peer paces its reads.
+pub(crate) fn write_all_before(
+    stream: &TcpStream,
+    mut buf: &[u8],
+    deadline: Instant,
+) -> io::Result<()> {
+    while !buf.is_empty() {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "answer deadline passed"))?;
+        stream.set_write_timeout(Some(left))?;
+        match (&*stream).write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
