@@ -43,6 +43,7 @@ use crate::connection::ConnectionError;
 use crate::logging::sanitize;
 use crate::protocol::{ErrorCode, FrameError, Message};
 use crate::shutdown::Shutdown;
+use crate::tls::ClientTls;
 
 use progress::Progress;
 use retry::Retrier;
@@ -189,6 +190,8 @@ pub enum ClientError {
     },
     /// The status table could not be written to standard output.
     Output(io::Error),
+    /// The TLS material (`[tls]`) cannot be used, or is not this agency's.
+    Tls(crate::tls::TlsError),
     /// No session made progress (a batch acknowledged, the `FIN_ACK` of an agency that
     /// had not finished, the winners) for `server.retry_deadline`.
     RetryDeadline {
@@ -220,6 +223,22 @@ impl fmt::Display for ClientError {
                     "{stage}: {source}: the peer at server.address does not speak this \
                      protocol (its reply starts with byte {first}{seen}); is it the \
                      lottery server's port, and is the server as new as this client?"
+                )
+            }
+            ClientError::Connection {
+                stage,
+                source: source @ ConnectionError::Handshake(e),
+            } if e.kind() == io::ErrorKind::UnexpectedEof => write!(
+                f,
+                "{stage}: {source}: the server closed the connection during the handshake; \
+                 is TLS on at the server (its tls.ca, tls.cert, tls.key)?"
+            ),
+            ClientError::Connection { stage, source } if source.tls_failure().is_some() => {
+                write!(
+                    f,
+                    "{stage}: {source} (the server's certificate must chain to tls.ca and name \
+                     the host of server.address; the agency's must be its own, signed by the \
+                     lottery CA and within its dates)"
                 )
             }
             ClientError::Connection { stage, source } => write!(f, "{stage}: {source}"),
@@ -321,6 +340,7 @@ impl fmt::Display for ClientError {
                  protocol version 3; upgrade the server to use status mode"
             ),
             ClientError::Output(e) => write!(f, "cannot write the status table: {e}"),
+            ClientError::Tls(e) => write!(f, "tls: {e}"),
             ClientError::RetryDeadline {
                 deadline,
                 last_error,
@@ -341,6 +361,7 @@ impl std::error::Error for ClientError {
             ClientError::Connection { source, .. } => Some(source),
             ClientError::AgencyFile(e) => Some(e),
             ClientError::Output(e) => Some(e),
+            ClientError::Tls(e) => Some(e),
             ClientError::RetryDeadline { last_error, .. } => Some(last_error.as_ref()),
             _ => None,
         }
@@ -349,10 +370,13 @@ impl std::error::Error for ClientError {
 
 /// Runs the client as `config` says until done, failed or shut down.
 pub fn run(config: &ClientConfig, shutdown: &Shutdown) -> Result<Outcome, ClientError> {
+    let uploads = config.single_bet.is_some() || config.mode == Mode::Bets;
+    let tls = load_tls(config, uploads)?;
+    let tls = tls.as_ref();
     let result = match (&config.single_bet, config.mode) {
         (Some(bet), _) => {
             let upload = fingerprint::of_bet(config.id, bet);
-            Run::new(config, shutdown, Work::Single(bet), upload).upload()
+            Run::new(config, shutdown, Work::Single(bet), upload, tls).upload()
         }
         (None, Mode::Bets) => {
             // Fingerprint the file before connecting: a missing file is the user's
@@ -364,15 +388,47 @@ pub fn run(config: &ClientConfig, shutdown: &Shutdown) -> Result<Outcome, Client
                     source,
                 })
             })?;
-            Run::new(config, shutdown, Work::Bets, upload).upload()
+            Run::new(config, shutdown, Work::Bets, upload, tls).upload()
         }
-        (None, Mode::Echo) => Run::new(config, shutdown, Work::Echo, 0).echo_loop(),
-        (None, Mode::Status) => status::run(config, shutdown),
+        (None, Mode::Echo) => Run::new(config, shutdown, Work::Echo, 0, tls).echo_loop(),
+        (None, Mode::Status) => status::run(config, shutdown, tls),
     };
     match result {
         Err(_) if shutdown.is_triggered() => Ok(Outcome::Interrupted),
         other => other,
     }
+}
+
+/// Loads the TLS material of `config` (none: TLS off, with a WARN line) and, when
+/// the run uploads bets (`uploads`), checks that the certificate is this agency's, so
+/// that a wrong file fails at once and clearly instead of at the server.
+fn load_tls(config: &ClientConfig, uploads: bool) -> Result<Option<ClientTls>, ClientError> {
+    let id = config.id;
+    let files = &config.tls;
+    let Some(ca) = &files.ca else {
+        log::warn!(
+            "action: tls | result: success | client_id: {id} | tls: off | note: the server is not authenticated and bets travel in the clear; set tls.ca, tls.cert and tls.key (make certs writes them under certs/)"
+        );
+        return Ok(None);
+    };
+    let identity = files.cert.as_deref().zip(files.key.as_deref());
+    let tls = ClientTls::load(ca, identity).map_err(ClientError::Tls)?;
+    if uploads && tls.speaks_for(id) != Some(true) {
+        return Err(ClientError::Tls(crate::tls::TlsError::NotThisAgency {
+            agency: id,
+            has_cert: identity.is_some(),
+        }));
+    }
+    log::info!(
+        "action: tls | result: success | client_id: {id} | tls: on | ca: {} | cert: {}",
+        sanitize(&ca.display().to_string()),
+        files
+            .cert
+            .as_ref()
+            .map_or("none".to_string(), |c| sanitize(&c.display().to_string())
+                .to_string())
+    );
+    Ok(Some(tls))
 }
 
 /// What a run uploads.
@@ -392,6 +448,8 @@ enum Work<'a> {
 struct Run<'a> {
     config: &'a ClientConfig,
     shutdown: &'a Shutdown,
+    /// The TLS set-up, when `[tls]` is configured.
+    tls: Option<&'a ClientTls>,
     work: Work<'a>,
     /// This run's upload id (see `Message::Hello`).
     upload: u64,
@@ -433,11 +491,13 @@ impl<'a> Run<'a> {
         shutdown: &'a Shutdown,
         work: Work<'a>,
         upload: u64,
+        tls: Option<&'a ClientTls>,
     ) -> Run<'a> {
         let now = Instant::now();
         Run {
             config,
             shutdown,
+            tls,
             work,
             upload,
             acked: 0,
@@ -526,6 +586,7 @@ impl<'a> Run<'a> {
             connect_timeout,
             config.io_timeout,
             self.shutdown,
+            self.tls,
         )?;
         let result = self.converse(&mut session);
         drop(session);
@@ -851,6 +912,7 @@ impl<'a> Run<'a> {
                 timeout,
                 config.io_timeout,
                 run.shutdown,
+                run.tls,
             )
         })?;
         let Some(mut session) = connected else {
@@ -1011,6 +1073,7 @@ mod tests {
             },
             batch_max_amount: 2,
             single_bet: None,
+            tls: Default::default(),
         }
     }
 
@@ -1567,6 +1630,7 @@ mod tests {
             &shutdown,
             Work::Bets,
             fingerprint::of_file(&data).expect("reads"),
+            None,
         );
         let result = run.upload();
         let _ = std::fs::remove_file(&data);

@@ -12,6 +12,7 @@ use crate::protocol::{
     ErrorCode, FrameError, Message, PENDING_INTERVAL, StatusAssembler, StatusSnapshot,
 };
 use crate::shutdown::{HookGuard, Shutdown};
+use crate::tls::ClientTls;
 
 /// The least time between two `waiting_draw` lines (the server's `DRAW_PENDING`
 /// frames come every [`PENDING_INTERVAL`]; a faster server is not logged faster).
@@ -50,14 +51,16 @@ pub struct Session {
 }
 
 impl Session {
-    /// Makes one connection attempt (each resolved address gets `timeout`) and sets
-    /// the reply timeout `io_timeout`.
+    /// Makes one connection attempt (each resolved address gets `timeout`), with the
+    /// TLS handshake when `tls` is given (the server's certificate must be valid for
+    /// the host of `address`), and sets the reply timeout `io_timeout`.
     pub fn connect(
         address: &str,
         agency: AgencyId,
         timeout: Duration,
         io_timeout: Duration,
         shutdown: &Shutdown,
+        tls: Option<&ClientTls>,
     ) -> Result<Session, ClientError> {
         let connect_error = |source: io::Error| ClientError::Connect {
             address: address.to_string(),
@@ -65,14 +68,26 @@ impl Session {
         };
         let stream = try_connect(address, timeout).map_err(connect_error)?;
         let mut conn = Connection::new(stream).map_err(connect_error)?;
-        conn.set_timeouts(Some(io_timeout)).map_err(connect_error)?;
+        // The handshake is bounded by the connection attempt's time too.
+        conn.set_timeouts(Some(timeout.min(io_timeout)))
+            .map_err(connect_error)?;
         let closer = conn.shared_stream();
         let hook = shutdown.on_trigger(move || {
             // Unblocks any read or write in progress; errors mean it is closed already.
             let _ = closer.shutdown(Both::Both);
         });
+        if let Some(tls) = tls {
+            let name = crate::tls::server_name(address).map_err(ClientError::Tls)?;
+            conn.connect_tls(tls.config(), name)
+                .map_err(|source| ClientError::Connection {
+                    stage: "tls handshake",
+                    source,
+                })?;
+        }
+        conn.set_timeouts(Some(io_timeout)).map_err(connect_error)?;
         log::info!(
-            "action: connect | result: success | client_id: {agency} | server_address: {address}"
+            "action: connect | result: success | client_id: {agency} | server_address: {address} | tls: {}",
+            if tls.is_some() { "on" } else { "off" }
         );
         Ok(Session {
             conn,
@@ -356,8 +371,14 @@ mod tests {
     ) -> Result<StatusSnapshot, ClientError> {
         let address = answering(replies, pause);
         let shutdown = Shutdown::new();
-        let mut session =
-            Session::connect(&address, 1, Duration::from_secs(2), io_timeout, &shutdown)?;
+        let mut session = Session::connect(
+            &address,
+            1,
+            Duration::from_secs(2),
+            io_timeout,
+            &shutdown,
+            None,
+        )?;
         session.status()
     }
 
