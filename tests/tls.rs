@@ -339,6 +339,10 @@ fn a_tls_client_to_a_server_without_tls_fails_clearly() {
     let err = client::run(&client, &Shutdown::new()).expect_err("no TLS there");
     let text = err.to_string();
     assert!(text.contains("is TLS on at the server"), "{text}");
+    assert!(
+        !matches!(err, ClientError::RetryDeadline { .. }),
+        "a server without TLS is not retried: {err}"
+    );
     stop_bounded(server);
 }
 

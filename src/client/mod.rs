@@ -227,18 +227,18 @@ impl fmt::Display for ClientError {
             }
             ClientError::Connection {
                 stage,
-                source: source @ ConnectionError::Handshake(e),
-            } if e.kind() == io::ErrorKind::UnexpectedEof => write!(
+                source: source @ ConnectionError::Handshake(_),
+            } => write!(
                 f,
-                "{stage}: {source}: the server closed the connection during the handshake; \
-                 is TLS on at the server (its tls.ca, tls.cert, tls.key)?"
+                "{stage}: {source} (is TLS on at the server, with its tls.ca, tls.cert and \
+                 tls.key? Its certificate must chain to this client's tls.ca and name the \
+                 host of server.address)"
             ),
             ClientError::Connection { stage, source } if source.tls_failure().is_some() => {
                 write!(
                     f,
-                    "{stage}: {source} (the server's certificate must chain to tls.ca and name \
-                     the host of server.address; the agency's must be its own, signed by the \
-                     lottery CA and within its dates)"
+                    "{stage}: {source} (did the server refuse this agency's certificate? It \
+                     must be the agency's own, signed by the lottery CA and within its dates)"
                 )
             }
             ClientError::Connection { stage, source } => write!(f, "{stage}: {source}"),

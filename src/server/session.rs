@@ -121,16 +121,18 @@ impl Session<'_> {
     }
 
     /// Runs the server side of the TLS handshake; `Err` with the reason the
-    /// connection ends (TLS off here, a refused certificate, a timeout).
+    /// connection ends (a refused certificate, a timeout). With TLS off here the
+    /// connection goes on to the frame reader, which refuses its first byte.
     fn start_tls(&mut self) -> Result<(), String> {
         let Some(tls) = &self.shared.tls else {
-            // Our ERROR frame means nothing to a TLS client; it fails on it all the same.
+            // The frame reader answers UNSUPPORTED_VERSION, which the TLS client takes
+            // for a broken handshake: it fails at once either way.
             log::warn!(
                 "action: tls_handshake | result: fail | peer: {} | error: a TLS client, but TLS is off on this server (tls.ca, tls.cert, tls.key)",
                 self.peer
             );
             self.shared.metrics.tls_handshake_failed();
-            return Err("TLS client, TLS off".into());
+            return Ok(());
         };
         match self.conn.accept_tls(tls.config()) {
             Ok(()) => {
