@@ -15,6 +15,15 @@
 //! or a transient server error starts a new session after a backoff (`retry`)
 //! until `server.retry_deadline` passes without a session that made progress (a
 //! `WELCOME` alone is none, nor is a `FIN_ACK` of an agency already finished).
+//! Echo mode and status mode retry the same way (a `SERVER_BUSY` or `SHUTTING_DOWN`
+//! answer, a broken connection); each echo reply is progress, and each status query
+//! has a deadline of its own.
+//!
+//! The client trusts no more of a server's answer than it can check: the winners are
+//! at most the bets its agency can have stored (and [`MAX_WINNERS`]), each a DNI, the
+//! whole answer within `server.io_timeout` of its first chunk
+//! ([`ClientError::BadWinners`], [`ClientError::SlowAnswer`]); and every text of the
+//! server's that reaches a log line or stderr is [`sanitize`]d.
 //!
 //! The file is fingerprinted again at the start of every session and once more
 //! before `FIN`: a file that changed during the run is never resumed by line numbers
@@ -180,7 +189,7 @@ pub enum ClientError {
         /// How long nothing arrived.
         after: Duration,
     },
-    /// A whole answer (all the chunks of a `STATUS` answer) did not arrive in time: a
+    /// A whole answer (all the chunks of a `STATUS` or `WINNERS` answer) did not arrive in time: a
     /// server that trickles frames cannot keep the client reading forever.
     SlowAnswer {
         /// What the client was doing.
