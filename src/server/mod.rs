@@ -3,8 +3,8 @@
 //!
 //! * [`ledger`](self) — `ledger::Ledger` owns the [`Store`] and the rules over it
 //!   (next batch, replay, upload conflict, FIN, who owns an agency) behind its lock.
-//! * `draw` — `draw::DrawBarrier`: agencies waiting for the winners, the result, and
-//!   answering them.
+//! * `draw` — `draw::DrawBarrier`: the agencies waiting for their winners (one
+//!   connection each) and the result; publishing it wakes them to answer themselves.
 //! * `session` — one connection's conversation.
 //! * `metrics` — lock-free counters, rendered in the Prometheus text format.
 //! * `http` — the opt-in status page (`[status] http_port`): `/`, `/metrics`,
@@ -103,9 +103,6 @@ impl From<StorageError> for ServerError {
         ServerError::Storage(e)
     }
 }
-
-/// How long the drawing thread may block writing to one waiting agency.
-const WAITER_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Binds the listening socket with the configured host, port and listen backlog.
 ///
@@ -237,10 +234,10 @@ pub fn run_with_store(
         let shared = Arc::clone(&shared);
         shutdown.on_trigger(move || {
             // Agencies waiting for the draw are woken to answer SHUTTING_DOWN
-            // themselves; every other socket is shut down so blocked reads return.
-            let waiting = shared.barrier.waiting_ids();
-            shared.barrier.wake_all();
-            shared.close_connections_except(&waiting);
+            // themselves; every other socket is shut down so blocked reads and writes
+            // return (a waiter writing a DRAW_PENDING or its winners included).
+            let spared = shared.barrier.close();
+            shared.close_connections_except(&spared);
             wake_acceptor(local);
         })
     };
@@ -453,7 +450,7 @@ impl Shared {
                 );
             }
             let outcome = self.compute_draw("draw_restore");
-            let _ = self.barrier.publish(outcome);
+            self.barrier.publish(outcome);
         } else if let Some(recorded) = self.ledger.draw_pending(self.config.winning_number) {
             log::info!(
                 "action: draw_resume | result: in_progress | reason: every agency had finished but the draw had not run"
@@ -562,10 +559,11 @@ impl Shared {
         }
     }
 
-    /// Runs the draw over everything stored, publishes the result, and answers every
-    /// agency that is already waiting. If the draw could not be journaled
-    /// (`unrecorded`), every agency is answered `INTERNAL` instead: winners that a
-    /// restart might draw differently are never sent.
+    /// Runs the draw over everything stored and publishes the result: every agency
+    /// waiting for it is woken and writes its own answer (this thread writes to no
+    /// other connection). If the draw could not be journaled (`unrecorded`), the
+    /// result is an error and every agency is answered `INTERNAL` instead: winners that
+    /// a restart might draw differently are never sent.
     fn draw_and_answer(&self, unrecorded: Option<String>) {
         let outcome = match unrecorded {
             None => self.compute_draw("sorteo"),
@@ -578,35 +576,12 @@ impl Shared {
                 ))
             }
         };
-        let waiters = self.barrier.publish(outcome.clone());
-        let mut delivered = Vec::with_capacity(waiters.len());
-        for waiter in &waiters {
-            // The waiter may be writing a DRAW_PENDING of its own: let it finish. If
-            // that write failed, the stream may end inside a frame: write nothing more.
-            if !self.barrier.until_quiet(waiter.conn_id) {
-                log::warn!(
-                    "action: winners_sent | result: fail | agency: {} | error: the stream broke while a DRAW_PENDING was written",
-                    waiter.agency
-                );
-                delivered.push((waiter.conn_id, false));
-                continue;
-            }
-            // One deadline for the whole answer, not per write call: a waiter that
-            // reads slowly or not at all must not hold the others up.
-            let limit = self.config.io_timeout.min(WAITER_WRITE_TIMEOUT);
-            let sent = draw::send_winners(
-                &waiter.stream,
-                &outcome,
-                waiter.agency,
-                limit,
-                self.config.io_timeout,
-            );
-            if outcome.is_err() {
-                self.metrics.error_sent(ErrorCode::Internal);
-            }
-            delivered.push((waiter.conn_id, sent.is_ok()));
-        }
-        self.barrier.delivered(&delivered);
+        let drawn = outcome.is_ok();
+        let waiting = self.barrier.publish(outcome);
+        log::info!(
+            "action: draw_published | result: {} | waiting_agencies: {waiting}",
+            if drawn { "success" } else { "fail" }
+        );
     }
 
     /// Logs which agencies the draw still waits for.
