@@ -9,8 +9,9 @@
 //! * `metrics` — lock-free counters, rendered in the Prometheus text format.
 //! * `http` — the opt-in status page (`[status] http_port`): `/`, `/metrics`,
 //!   `/status.json`.
-//! * this module — binding, the accept loop (thread per connection, all joined),
-//!   the registry of live connections (shutdown, superseding), start-up recovery
+//! * this module — binding, the accept loop (thread per connection, all joined; at
+//!   most `max_connections` that own no agency, plus one per agency), the registry
+//!   of live connections (shutdown, superseding), start-up recovery
 //!   of the draw, the progress logger thread and the draw summary.
 //!
 //! No lock is held across socket I/O. [`run`] takes a bound listener and a
@@ -230,6 +231,12 @@ pub fn run_with_store(
         }
     };
     log::info!("action: listen | result: success | address: {local}");
+    log::info!(
+        "action: connection_limit | result: success | max_connections: {} | agencies: {} | max_open: {} | note: connections that have not said HELLO are capped at max_connections; each agency's own connection is not counted",
+        config.max_connections,
+        config.agencies,
+        max_open(config)
+    );
     let hook = {
         let shared = Arc::clone(&shared);
         shutdown.on_trigger(move || {
@@ -294,7 +301,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) -> Vec<JoinHandle<(
             break; // Most likely our own wake-up connection.
         }
         workers = reap(workers);
-        if workers.len() >= shared.config.max_connections {
+        if !shared.has_room() {
             shared.metrics.refused_busy();
             refuse_busy(stream, peer, shared.config.max_connections);
             continue;
@@ -345,13 +352,22 @@ fn reap(workers: Vec<JoinHandle<()>>) -> Vec<JoinHandle<()>> {
     running
 }
 
+/// The most connections open at once: `max_connections` not (or no longer) owning
+/// an agency, plus one per agency.
+fn max_open(config: &ServerConfig) -> usize {
+    let agencies = usize::try_from(config.agencies).unwrap_or(usize::MAX);
+    config.max_connections.saturating_add(agencies)
+}
+
 fn refuse_busy(stream: TcpStream, peer: SocketAddr, max: usize) {
     log::warn!(
-        "action: accept | result: fail | peer: {peer} | error: server busy ({max} connections)"
+        "action: accept | result: fail | peer: {peer} | error: server busy ({max} connections that own no agency)"
     );
     let message = Message::Error {
         code: ErrorCode::ServerBusy,
-        reason: format!("the server already serves {max} connections; try again later"),
+        reason: format!(
+            "the server already serves {max} connections that have not said HELLO; try again later"
+        ),
     };
     // Best effort: the peer may already be gone, and the socket closes on drop.
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
@@ -417,6 +433,23 @@ impl Shared {
 
     fn unregister(&self, id: u64) {
         lock(&self.connections).remove(&id);
+    }
+
+    /// Whether the accept loop may take one more connection: fewer than
+    /// `max_connections` of the open ones own no agency (they have not said `HELLO`,
+    /// or a newer connection of their agency took over and they are closing). A
+    /// connection whose `HELLO` was accepted owns its agency (the ledger's owner, one
+    /// per agency) and is not counted, so agencies that wait for the draw never keep
+    /// the others out, and at most `max_connections + agencies` are open at once.
+    ///
+    /// The open count is read first, then the owners: only this (accept) thread adds
+    /// connections, so between the two reads the open count can only fall and a rise
+    /// of the owners is a move out of the unowned ones — the difference never counts
+    /// fewer unowned connections than there are.
+    fn has_room(&self) -> bool {
+        let open = lock(&self.connections).len();
+        let owning = self.ledger.owners();
+        open.saturating_sub(owning) < self.config.max_connections
     }
 
     fn close_connections_except(&self, keep: &HashSet<u64>) {
