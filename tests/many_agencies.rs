@@ -68,11 +68,14 @@ impl log::Log for Capture {
 /// The documents of `file`'s winning bets, sorted.
 fn expected_winners(file: &Path) -> Vec<String> {
     let text = fs::read_to_string(file).expect("read an agency file");
+    // `first,last,document,birthdate,number` (names have no commas).
     let mut winners: Vec<String> = text
         .lines()
         .filter_map(|line| {
-            let fields: Vec<&str> = line.split(',').collect();
-            (fields.len() == 5 && fields[4] == WINNING).then(|| fields[2].to_string())
+            let mut fields = line.rsplitn(4, ',');
+            let number = fields.next()?;
+            let document = fields.nth(1)?;
+            (number == WINNING).then(|| document.to_string())
         })
         .collect();
     winners.sort();
