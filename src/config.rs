@@ -73,7 +73,7 @@ pub const SERVER_KEYS: &[Key] = &[
         "server.max_connections",
         "SERVER_MAX_CONNECTIONS",
         Some("512"),
-        "connections served at once; more are refused with SERVER_BUSY",
+        "connections served at once that own no agency (no HELLO yet); more are refused with SERVER_BUSY. An agency's own connection is not counted: at most this + lottery.agencies are open",
     ),
     key(
         "log.level",
@@ -419,7 +419,8 @@ pub struct ServerConfig {
     pub listen_backlog: i32,
     /// Idle/write timeout per connection.
     pub io_timeout: Duration,
-    /// Connections served at once.
+    /// Connections served at once that own no agency (each agency's own connection,
+    /// the last to say `HELLO` for it, is not counted).
     pub max_connections: usize,
     /// Log level.
     pub log_level: LogLevel,
