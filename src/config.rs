@@ -1123,13 +1123,20 @@ mod tests {
         assert!(err.to_string().contains("SERVER_TLS_REQUIRED"), "{err}");
         assert!(err.to_string().contains("TLS is off"), "{err}");
         let err = load(&all[..2]).expect_err("no key");
-        assert!(err.to_string().contains("tls.key must be set with tls.cert"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("tls.key must be set with tls.cert"),
+            "{err}"
+        );
         let err = load(&all[1..]).expect_err("no CA");
         assert!(err.to_string().contains("tls.ca must be set too"), "{err}");
         let err = load(&all[..1]).expect_err("a CA alone");
         assert!(err.to_string().contains("SERVER_TLS_CA"), "{err}");
         let err = load(&[("SERVER_TLS_REQUIRED", "yes")]).expect_err("not a bool");
-        assert!(err.to_string().contains("expected true, false or auto"), "{err}");
+        assert!(
+            err.to_string().contains("expected true, false or auto"),
+            "{err}"
+        );
         let err = load(&[("SERVER_TLS_CA", "a\nb")]).expect_err("a line break");
         assert!(err.to_string().contains("control character"), "{err}");
 
@@ -1140,10 +1147,17 @@ mod tests {
         assert!(ca_only.summary().ends_with("tls: on (no certificate)"));
         let err = load(&[("CLI_TLS_CERT", "c.pem"), ("CLI_TLS_KEY", "c.key")])
             .expect_err("no CA to check the server");
-        assert!(err.to_string().contains("checks the server's certificate"), "{err}");
-        let err = load(&[("CLI_TLS_CA", "ca.pem"), ("CLI_TLS_KEY", "c.key")])
-            .expect_err("a key alone");
-        assert!(err.to_string().contains("tls.cert must be set with tls.key"), "{err}");
+        assert!(
+            err.to_string().contains("checks the server's certificate"),
+            "{err}"
+        );
+        let err =
+            load(&[("CLI_TLS_CA", "ca.pem"), ("CLI_TLS_KEY", "c.key")]).expect_err("a key alone");
+        assert!(
+            err.to_string()
+                .contains("tls.cert must be set with tls.key"),
+            "{err}"
+        );
     }
 
     #[test]

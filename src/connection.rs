@@ -167,15 +167,7 @@ impl Wire {
             deadline,
         };
         let Some(tls) = self.tls.as_deref_mut() else {
-            while !buf.is_empty() {
-                match io.write(buf) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => buf = &buf[n..],
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            return Ok(());
+            return write_plain(&mut io, buf);
         };
         while !buf.is_empty() {
             // rustls buffers a bounded amount: write records out until it takes more.
@@ -242,6 +234,35 @@ impl Wire {
         self.tls = Some(Box::new(tls));
         Ok(())
     }
+}
+
+/// `write_all` on `io`, retrying interrupted writes.
+fn write_plain(io: &mut Timed<'_>, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match io.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `write_all` of plain bytes on `stream` that fails with `TimedOut` once `deadline`
+/// has passed, however the peer paces its reads (the status page's answers).
+pub(crate) fn write_all_before(
+    stream: &TcpStream,
+    buf: &[u8],
+    deadline: Instant,
+) -> io::Result<()> {
+    write_plain(
+        &mut Timed {
+            stream,
+            deadline: Some(deadline),
+        },
+        buf,
+    )
 }
 
 impl Read for Wire {
