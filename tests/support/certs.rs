@@ -184,3 +184,70 @@ impl TestPki {
         .expect("client TLS loads")
     }
 }
+
+/// Certificates no agency is issued by `make certs`, for the attack catalogue
+/// (`tests/attacks.rs`): each must be refused by the server's handshake or, when it
+/// does chain to the lottery CA as a client certificate, speak for no other agency.
+impl TestPki {
+    /// The lottery CA's own certificate and key, presented as a client certificate (a
+    /// CA used as a leaf).
+    pub fn ca_as_client(&self) -> Pair {
+        let pair = Pair {
+            cert: self.dir.join("ca-as-client.pem"),
+            key: self.dir.join("ca-as-client.key"),
+        };
+        std::fs::write(&pair.cert, self.ca.issuer.pem()).expect("write CA cert");
+        std::fs::write(&pair.key, self.ca.issuer.key().serialize_pem()).expect("write CA key");
+        pair
+    }
+
+    /// An intermediate CA certificate (`CA:TRUE`) for the name `agency-k`, meant for
+    /// client authentication and signed by the lottery CA: a CA certificate as a leaf.
+    pub fn ca_for_agency(&self, k: u32) -> Pair {
+        let name = agency_name(k);
+        let mut params = ca_params(&name);
+        params.subject_alt_names = vec![rcgen::SanType::DnsName(
+            name.clone().try_into().expect("a DNS name"),
+        )];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = date_time_ymd(GOOD.0, 1, 1);
+        params.not_after = date_time_ymd(GOOD.1, 1, 1);
+        let key = KeyPair::generate().expect("intermediate key");
+        let cert = params
+            .signed_by(&key, &self.ca.issuer)
+            .expect("sign intermediate");
+        let pair = Pair {
+            cert: self.dir.join(&format!("{name}-ca.pem")),
+            key: self.dir.join(&format!("{name}-ca.key")),
+        };
+        std::fs::write(&pair.cert, cert.pem()).expect("write cert");
+        std::fs::write(&pair.key, key.serialize_pem()).expect("write key");
+        pair
+    }
+
+    /// A certificate of the lottery CA for `agency-k`, but for the server's role
+    /// (`serverAuth`), not a client's.
+    pub fn agency_as_server(&self, k: u32) -> Pair {
+        let name = agency_name(k);
+        self.ca.issue(
+            &self.dir,
+            &format!("{name}-server-role"),
+            &[&name],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            GOOD,
+        )
+    }
+
+    /// A good client certificate of the lottery CA for exactly `names` (written as
+    /// `<file>.pem` / `<file>.key`).
+    pub fn client_for_names(&self, file: &str, names: &[&str]) -> Pair {
+        self.ca.issue(
+            &self.dir,
+            file,
+            names,
+            ExtendedKeyUsagePurpose::ClientAuth,
+            GOOD,
+        )
+    }
+}

@@ -510,3 +510,15 @@ pub fn write_files(dir: &TempDir, agencies: &[(Vec<Bet>, Vec<String>)]) -> Vec<P
         })
         .collect()
 }
+
+/// Reads a bets file back as whole bets, each with its agency (names and birthdate
+/// included, to check that what was stored is exactly what was sent).
+pub fn stored_whole_bets(path: &Path) -> Vec<(u32, Bet)> {
+    let mut rows = Vec::new();
+    if !path.exists() {
+        return rows;
+    }
+    loteria::storage::for_each_stored(path, |agency, bet| rows.push((agency, bet)))
+        .expect("bets file readable");
+    rows
+}
