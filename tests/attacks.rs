@@ -2,8 +2,9 @@
 //! server with TLS required, while honest agencies run a whole lottery over TLS.
 //!
 //! Seven agencies: 1–5 are honest (`loteria::client::run`, their own certificates,
-//! 3 000 bets each); 6 is a rogue agency with its own valid certificate (it may only
-//! hurt itself: replays, takeovers, bad batches, waiters that never read); 7 is the
+//! 6 000 bets each, one bet per batch so that the uploads go on while the attacks
+//! run); 6 is a rogue agency with its own valid certificate (it may only hurt
+//! itself: replays, takeovers, bad batches, waiters that never read); 7 is the
 //! gate, driven by this test, whose `FIN` comes last so that the attacks meant for
 //! "before the draw" really run before it (a forged `FIN` would show as an early
 //! draw). Every attack states its own expected outcome and checks it (the exact
@@ -52,7 +53,8 @@ const ROGUE: u32 = 6;
 /// The gate: its `FIN` (sent by this test) runs the draw.
 const GATE: u32 = 7;
 const AGENCIES: u32 = 7;
-const HONEST_BETS: usize = 3000;
+const HONEST_BETS: usize = 6000;
+const HONEST_BATCH: u16 = 1;
 const WINNER_EVERY: usize = 37;
 const WINNING_NUMBER: u16 = 7574;
 /// Short, so that slow and silent peers are cut quickly; generous for honest peers.
@@ -2722,6 +2724,8 @@ fn attacks_are_refused_while_honest_agencies_run_a_lottery() {
             config.server_address = format!("localhost:{}", server.addr.port());
             config.tls = pki.client_files(Some(&pairs[i]));
             config.retry_deadline = Duration::from_secs(60);
+            // Small batches: the uploads go on while the attacks run.
+            config.batch_max_amount = HONEST_BATCH;
             let done = done.clone();
             thread::spawn(move || {
                 let outcome = client::run(&config, &Shutdown::new());
@@ -2733,18 +2737,28 @@ fn attacks_are_refused_while_honest_agencies_run_a_lottery() {
 
     // Before the draw: the catalogue, the slow peers and the rogue, side by side,
     // while the gate watches that nothing draws early.
+    let mut honest_uploaded = None;
+    let mut catalogue_done = None;
     let rogue = thread::scope(|s| {
-        let fast = s.spawn(|| run_all(&ctx, &tally, before, WORKERS));
+        let fast = s.spawn(|| {
+            run_all(&ctx, &tally, before, WORKERS);
+            wall.elapsed()
+        });
         let slow = s.spawn(|| {
             let n = slow.len();
             run_all(&ctx, &tally, slow, n)
         });
         let rogue = s.spawn(|| rogue_before_the_draw(&ctx, &tally));
         while !(fast.is_finished() && slow.is_finished() && rogue.is_finished()) {
-            gate.watch(&ctx, &tally);
+            let chunk = gate.watch(&ctx, &tally);
+            let uploaded =
+                chunk.is_some_and(|c| c.entries[..HONEST as usize].iter().all(|e| e.finished));
+            if uploaded && honest_uploaded.is_none() {
+                honest_uploaded = Some(wall.elapsed());
+            }
             thread::sleep(Duration::from_millis(500));
         }
-        fast.join().expect("attack pool");
+        catalogue_done = Some(fast.join().expect("attack pool"));
         slow.join().expect("slow attacks");
         rogue.join().expect("the rogue")
     });
@@ -2870,10 +2884,12 @@ fn attacks_are_refused_while_honest_agencies_run_a_lottery() {
     let (tried, refused) = (Tally::total(&t.tried), Tally::total(&t.refused));
     let total_winners: usize = winners.values().map(Vec::len).sum();
     eprintln!(
-        "attacks: {tried} tried, {refused} refused | honest agencies: {completed} of {HONEST} | bets: {} stored ({honest_rows} honest, {} the rogue's own, 3 the gate's), {lost} lost, {extra} extra | draw: number {WINNING_NUMBER}, {total_winners} winners, each agency exactly its own | flood: {FLOOD} idle connections, {busy} refused SERVER_BUSY, {} cut IDLE_TIMEOUT | stop: {stopped:?} | panics: {panics} | attacks done at {attacks_done:?}, wall {:?}",
+        "attacks: {tried} tried, {refused} refused | honest agencies: {completed} of {HONEST} | bets: {} stored ({honest_rows} honest, {} the rogue's own, 3 the gate's), {lost} lost, {extra} extra | draw: number {WINNING_NUMBER}, {total_winners} winners, each agency exactly its own | flood: {FLOOD} idle connections, {busy} refused SERVER_BUSY, {} cut IDLE_TIMEOUT | stop: {stopped:?} | panics: {panics} | times: honest FINs by {:?}, catalogue by {:?}, slow attacks by {attacks_done:?}, wall {:?}",
         stored.len(),
         rogue_acked.len(),
         FLOOD - busy,
+        honest_uploaded.unwrap_or_default(),
+        catalogue_done.unwrap_or_default(),
         wall.elapsed()
     );
     eprintln!(
