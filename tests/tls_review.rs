@@ -764,3 +764,178 @@ fn a_server_side_tls_connection_keeps_its_timeouts() {
     conn.close();
     drop(raw);
 }
+
+#[test]
+fn a_resumed_tls_session_is_still_its_agency_and_only_its_agency() {
+    // A client that reconnects in the same process resumes its TLS session (no
+    // certificate is sent again): the server must still know whose it is.
+    let dir = TempDir::new("review-tls-resume");
+    let pki = TestPki::new();
+    let server = TestServer::start(tls_server(&dir, &pki, 2));
+    let one = load_client(&pki, &pki.agency(1));
+    let mut first = RawTls::connect(server.addr, &one);
+    assert_eq!(
+        first.tls.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    first.send(&Message::StatusQuery);
+    let _ = first.recv(); // The session tickets come with the first answer.
+    drop(first);
+    let mut again = RawTls::connect(server.addr, &one);
+    assert_eq!(
+        again.tls.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the second connection resumes"
+    );
+    again.send(&Message::Hello {
+        agency: 2,
+        upload: 0,
+    });
+    assert!(
+        matches!(
+            again.recv(),
+            Ok(Some(Message::Error {
+                code: ErrorCode::NotAuthorized,
+                ..
+            }))
+        ),
+        "a resumed session of agency 1 is not agency 2"
+    );
+    let mut third = RawTls::connect(server.addr, &one);
+    assert_eq!(
+        third.tls.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    third.send(&Message::Hello {
+        agency: 1,
+        upload: 0,
+    });
+    assert!(
+        matches!(third.recv(), Ok(Some(Message::Welcome { agency: 1, .. }))),
+        "a resumed session of agency 1 is agency 1"
+    );
+    stop_bounded(server);
+}
+
+/// Counts panics on the server's connection threads (named `conn-<id>`) of this test
+/// process, from the first call on.
+fn connection_thread_panics() -> &'static std::sync::atomic::AtomicUsize {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static PANICS: OnceLock<&'static AtomicUsize> = OnceLock::new();
+    PANICS.get_or_init(|| {
+        let counter: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("conn-"))
+            {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+        counter
+    })
+}
+
+/// A small deterministic generator (xorshift) for the mutations.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[test]
+fn mangled_handshakes_and_records_end_their_connection_without_a_panic() {
+    use std::sync::atomic::Ordering;
+    let panics = connection_thread_panics();
+    // The counter sees a panic on a thread named like the server's.
+    let calibration = std::thread::Builder::new()
+        .name("conn-calibration".into())
+        .spawn(|| panic!("calibration"))
+        .expect("spawn");
+    assert!(calibration.join().is_err());
+    let before = panics.load(Ordering::SeqCst);
+    assert!(before >= 1, "the panic counter works");
+    let dir = TempDir::new("review-tls-mangled");
+    let pki = TestPki::new();
+    let mut config = tls_server(&dir, &pki, 1);
+    config.io_timeout = Duration::from_millis(500);
+    let server = TestServer::start(config);
+    let hello = client_hello(&pki);
+    let mut rng = Xorshift(0x9e37_79b9_7f4a_7c15);
+    let mut sent = 0;
+    // 1. ClientHellos with 1 to 8 bytes changed, cut short, or grown with garbage.
+    for round in 0..150 {
+        let mut bytes = hello.clone();
+        for _ in 0..=rng.below(8) {
+            let at = 1 + rng.below(bytes.len() - 1); // Keep the 0x16.
+            bytes[at] = rng.next() as u8;
+        }
+        match round % 3 {
+            0 => bytes.truncate(1 + rng.below(bytes.len())),
+            1 => bytes.extend((0..rng.below(2000)).map(|_| rng.next() as u8)),
+            _ => {}
+        }
+        let mut stream = raw_connect(server.addr);
+        let _ = stream.write_all(&bytes);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        expect_server_closes(&mut stream, "a mangled ClientHello");
+        sent += 1;
+    }
+    // 2. After a good handshake, records with a byte changed (each fails to decrypt
+    //    or to parse) and records of every content type.
+    let tls = load_client(&pki, &pki.agency(1));
+    for round in 0..30 {
+        let mut raw = RawTls::connect(server.addr, &tls);
+        let mut records = raw.records(&Message::Echo(vec![b'r'; 50]));
+        if round < 25 {
+            let at = rng.below(records.len());
+            records[at] ^= 1 + rng.next() as u8 % 255;
+        } else {
+            records[0] = [0x14, 0x15, 0x16, 0x18, 0xff][round - 25];
+        }
+        let _ = raw.sock.write_all(&records);
+        let _ = raw.sock.shutdown(std::net::Shutdown::Write);
+        expect_server_closes(&mut raw.sock, "a mangled record");
+        sent += 1;
+    }
+    // Still serving, and no connection thread panicked.
+    let mut peer = Peer::connect_tls(server.addr, &tls);
+    peer.say_hello(1, 0);
+    stop_bounded(server);
+    assert_eq!(
+        panics.load(Ordering::SeqCst) - before,
+        0,
+        "connection threads panicked on {sent} mangled connections"
+    );
+}
+
+#[test]
+fn a_certificate_without_extended_key_usage_is_good_for_any_role() {
+    // Not a defence but a limit the CA must know (docs/SECURITY.md): rustls-webpki
+    // takes a certificate with no extended key usage at all as good for every
+    // purpose, so the roles are kept apart only if the CA always sets one.
+    let dir = TempDir::new("review-tls-no-eku");
+    let pki = TestPki::new();
+    let server = TestServer::start(tls_server(&dir, &pki, 1));
+    let mut params = certs::leaf_params(&["agency-1"], Eku::ClientAuth);
+    params.extended_key_usages = vec![];
+    let key = KeyPair::generate().expect("key");
+    let any = pki.ca.write_signed(&pki.dir, "no-eku", &params, &key);
+    assert_eq!(
+        hello_over_tls(server.addr, &load_client(&pki, &any), 1),
+        Ok(())
+    );
+    stop_bounded(server);
+}
