@@ -394,7 +394,8 @@ fn a_tls_waiter_that_leaves_is_noticed_at_once() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    drop(waiter); // close_notify, then the TCP close
+    waiter.conn.close(); // close_notify, then the TCP close
+    drop(waiter);
     let left = std::time::Instant::now();
     while connected(&mut monitor) {
         assert!(
