@@ -7,7 +7,7 @@
 #   CERTS_DIR/agency-K.pem, agency-K.key  agency K = 1..CERTS_AGENCIES: CN and
 #                                         subjectAltName DNS:agency-K; clientAuth
 #
-#   scripts/make-certs.sh [--force] [--help]          (make certs runs it)
+#   scripts/make-certs.sh [--brief] [--force] [--help]     (make certs runs it)
 #
 # Keys are ECDSA P-256, PKCS#8 PEM; certificates X.509 v3, ECDSA with SHA-256, the
 # leaves valid 825 days. The CA has exactly basicConstraints (critical, CA:TRUE),
@@ -21,7 +21,9 @@
 # within 30 days, not for its key, or with other names or extensions than the above
 # is issued again (for the key beside it). A CA that is missing, broken or expiring
 # (either file) is made anew, and then every key and certificate with it. One line per
-# file says what happened. Leaves of agencies above CERTS_AGENCIES are left alone.
+# file says what happened (--brief: only of the files made or changed, or one line
+# when every file was kept; the make targets that start the lottery run it so).
+# Leaves of agencies above CERTS_AGENCIES are left alone.
 # --force makes everything anew (a new CA): every certificate issued before stops
 # being trusted once the programs use the new ca.pem.
 #
@@ -46,11 +48,12 @@ MAX_AGENCIES=1000
 
 usage() { sed -n '2,/^set -e/{/^set -e/d;s/^# \{0,1\}//;p}' "$0"; }
 
-force=0
+force=0 brief=0
 for arg in "$@"; do
     case $arg in
         -h | --help) usage; exit 0 ;;
         --force) force=1 ;;
+        --brief) brief=1 ;;
         *) echo "make-certs: unknown argument: $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -80,20 +83,23 @@ if ! [[ $version =~ ^OpenSSL\ ([3-9]|[1-9][0-9])\. ]]; then
 fi
 
 umask 077
+# One line per file; `changed` counts the files made or changed.
+changed=0
+say() { printf '%-24s %s\n' "$1" "$2"; changed=$((changed + 1)); }
+kept() { [ "$brief" = 1 ] || printf '%-24s %s\n' "$1" "$2"; }
 if [ ! -d "$dir" ]; then
     mkdir -p "$dir"
-    echo "$dir/: created (mode 0700)"
+    say "$dir/" "created (mode 0700)"
 fi
 if [ "$(stat -c %a "$dir")" != 700 ]; then
     was=$(stat -c %a "$dir")
     chmod 0700 "$dir"
-    echo "$dir/: mode set to 0700 (was 0$was)"
+    say "$dir/" "mode set to 0700 (was 0$was)"
 fi
 
 scratch=$(mktemp -d "$dir/.make-certs.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
 
-say() { printf '%-24s %s\n' "$1" "$2"; }
 
 # ----- checks: each sets `problem` (empty: the file is good) -----
 
@@ -254,12 +260,12 @@ EOF
 
 # A kept file whose mode is not `mode` gets it (chmod changes neither bytes nor mtime).
 keep() { # path, mode, what to say
-    local note=$3
     if [ "$(stat -c %a "$1")" != "${2#0}" ]; then
-        note="$note; mode set to $2 (was 0$(stat -c %a "$1"))"
+        say "$1" "$3; mode set to $2 (was 0$(stat -c %a "$1"))"
         chmod "$2" "$1"
+    else
+        kept "$1" "$3"
     fi
-    say "$1" "$note"
 }
 
 until_date() { openssl x509 -in "$1" -noout -enddate | cut -d= -f2; }
@@ -340,3 +346,11 @@ for k in $(seq 1 "$agencies"); do
     leaf "agency-$k" sslclient clientAuth "TLS Web Client Authentication" \
         "DNS:agency-$k" "DNS:agency-$k"
 done
+if [ "$brief" = 1 ] && [ "$changed" = 0 ]; then
+    case $agencies in
+        0) which="no agency" ;;
+        1) which="agency 1" ;;
+        *) which="agencies 1-$agencies" ;;
+    esac
+    echo "$dir/: every key and certificate kept (CA, server, $which)"
+fi
