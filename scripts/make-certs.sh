@@ -37,7 +37,7 @@
 # Environment: CERTS_DIR (default certs/ in the repository; a relative path is taken
 # from the current directory), CERTS_AGENCIES (default 5; 0..1000).
 # Needs OpenSSL 3 (`openssl`). Exit codes: 0 done, 1 failed, 2 bad arguments.
-set -euo pipefail
+set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CA_DAYS=3650
@@ -46,7 +46,7 @@ LEAF_DAYS=825
 RENEW_BEFORE=$((30 * 24 * 3600))
 MAX_AGENCIES=1000
 
-usage() { sed -n '2,/^set -e/{/^set -e/d;s/^# \{0,1\}//;p}' "$0"; }
+usage() { sed -n '2,/^set -E/{/^set -E/d;s/^# \{0,1\}//;p}' "$0"; }
 
 force=0 brief=0
 for arg in "$@"; do
@@ -97,8 +97,16 @@ if [ "$(stat -c %a "$dir")" != 700 ]; then
     say "$dir/" "mode set to 0700 (was 0$was)"
 fi
 
+# One run at a time on a directory (two at once could each make a CA): a lock on
+# the directory itself, so that it holds nothing but the files.
+if command -v flock >/dev/null 2>&1; then
+    exec 9<"$dir"
+    flock 9
+fi
 scratch=$(mktemp -d "$dir/.make-certs.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
+# What openssl says while making files, shown if that fails.
+trap 'echo "make-certs: failed (line $LINENO: $BASH_COMMAND)" >&2; cat "$scratch/openssl.log" >&2 2>/dev/null || true' ERR
 
 
 # ----- checks: each sets `problem` (empty: the file is good) -----
@@ -184,7 +192,7 @@ check_cert() { # cert, ca, purpose, profile, public key
     fi
     if [ "$expiring" != 0 ]; then problem="expires within 30 days: $until"; return; fi
     local actual
-    actual=$(profile "$cert")
+    actual=$(profile "$cert") || true
     if [ "$actual" != "$4" ]; then
         local has wants
         has=$(grep -Fxv -f <(printf '%s\n' "$4") <<<"$actual" | head -n 1) || true
@@ -205,9 +213,9 @@ check_cert() { # cert, ca, purpose, profile, public key
 
 new_key() { # path, mode
     local tmp=$scratch/key
-    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp" 2>/dev/null
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tmp" 2>>"$scratch/openssl.log"
     chmod "$2" "$tmp"
-    mv -f "$tmp" "$1"
+    mv -fT "$tmp" "$1"
 }
 
 serial() { echo "0x$(openssl rand -hex 16)"; }
@@ -227,9 +235,9 @@ subjectKeyIdentifier = hash
 authorityKeyIdentifier = none
 EOF
     openssl req -new -x509 -config "$scratch/ca.cnf" -key "$dir/ca.key" -sha256 \
-        -days "$CA_DAYS" -set_serial "$(serial)" -out "$scratch/cert" 2>/dev/null
+        -days "$CA_DAYS" -set_serial "$(serial)" -out "$scratch/cert" 2>>"$scratch/openssl.log"
     chmod 0644 "$scratch/cert"
-    mv -f "$scratch/cert" "$dir/ca.pem"
+    mv -fT "$scratch/cert" "$dir/ca.pem"
 }
 
 
@@ -250,12 +258,12 @@ authorityKeyIdentifier = keyid:always
 subjectKeyIdentifier = none
 EOF
     openssl req -new -config "$scratch/leaf.cnf" -key "$dir/$name.key" -out "$scratch/csr" \
-        2>/dev/null
+        2>>"$scratch/openssl.log"
     openssl x509 -req -in "$scratch/csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
         -set_serial "$(serial)" -days "$LEAF_DAYS" -sha256 -extfile "$scratch/leaf.cnf" \
-        -extensions leaf -out "$scratch/cert" 2>/dev/null
+        -extensions leaf -out "$scratch/cert" 2>>"$scratch/openssl.log"
     chmod 0644 "$scratch/cert"
-    mv -f "$scratch/cert" "$dir/$name.pem"
+    mv -fT "$scratch/cert" "$dir/$name.pem"
 }
 
 # A kept file whose mode is not `mode` gets it (chmod changes neither bytes nor mtime).
