@@ -56,6 +56,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         winning_number: 7574,
         storage_path: dir.join("bets.csv"),
         status_port: None,
+        tls: Default::default(),
+        tls_required: false,
     };
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
@@ -82,6 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 log_level: level.clone(),
                 batch_max_amount: batch,
                 single_bet: None,
+                tls: Default::default(),
             };
             std::thread::spawn(move || client::run(&config, &Shutdown::new()))
         })

@@ -185,7 +185,9 @@ fn check_name(field: &'static str, name: &str) -> Result<(), BetError> {
     Ok(())
 }
 
-fn is_document(doc: &str) -> bool {
+/// Whether `doc` is a document (DNI) as a bet's must be: 1 to [`MAX_DOCUMENT_DIGITS`]
+/// ASCII digits, leading zeros kept.
+pub fn is_document(doc: &str) -> bool {
     (1..=MAX_DOCUMENT_DIGITS).contains(&doc.len()) && doc.bytes().all(|b| b.is_ascii_digit())
 }
 

@@ -14,6 +14,7 @@ use log::LevelFilter;
 
 use crate::bet::{AgencyId, Bet, BetError, MAX_NUMBER};
 use crate::logging::sanitize;
+use crate::tls::TlsFiles;
 
 /// One configuration key: its TOML path, environment variable and default.
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +105,30 @@ pub const SERVER_KEYS: &[Key] = &[
         Some("0"),
         "HTTP port on server.host of the live status page (/), Prometheus metrics (/metrics) and /status.json; 0: off",
     ),
+    key(
+        "tls.ca",
+        "SERVER_TLS_CA",
+        Some(""),
+        "the lottery CA's certificate (PEM) that every agency's certificate must chain to; with tls.cert and tls.key turns TLS on (empty: off, agencies are not authenticated)",
+    ),
+    key(
+        "tls.cert",
+        "SERVER_TLS_CERT",
+        Some(""),
+        "the server's certificate chain (PEM), e.g. certs/server.pem from make certs",
+    ),
+    key(
+        "tls.key",
+        "SERVER_TLS_KEY",
+        Some(""),
+        "the server's private key (PEM), e.g. certs/server.key",
+    ),
+    key(
+        "tls.required",
+        "SERVER_TLS_REQUIRED",
+        Some("auto"),
+        "true: HELLO, BETS, FIN and WINNERS_QUERY in the clear get TLS_REQUIRED (echo and status still work in the clear); false: agencies may also come in the clear, unauthenticated; auto: true when TLS is on",
+    ),
 ];
 
 /// Every client key (`config/client.toml`).
@@ -168,6 +193,24 @@ pub const CLIENT_KEYS: &[Key] = &[
         "CLI_BATCH_MAX_AMOUNT",
         Some("100"),
         "bets per batch at most (a batch also stays under 8 KiB)",
+    ),
+    key(
+        "tls.ca",
+        "CLI_TLS_CA",
+        Some(""),
+        "the lottery CA's certificate (PEM) the server's certificate must chain to; set: TLS on (empty: off, in the clear)",
+    ),
+    key(
+        "tls.cert",
+        "CLI_TLS_CERT",
+        Some(""),
+        "this agency's certificate (PEM), valid for the name agency-<id>, e.g. certs/agency-<id>.pem (with tls.key; without them only status and echo work over TLS)",
+    ),
+    key(
+        "tls.key",
+        "CLI_TLS_KEY",
+        Some(""),
+        "this agency's private key (PEM), e.g. certs/agency-<id>.key",
     ),
 ];
 
@@ -388,6 +431,10 @@ pub struct ServerConfig {
     pub storage_path: PathBuf,
     /// Port of the HTTP status page and metrics; `None` when off (`0`).
     pub status_port: Option<u16>,
+    /// The TLS material (`[tls] ca, cert, key`): all three, or none (TLS off).
+    pub tls: TlsFiles,
+    /// Whether agencies must come over TLS (`tls.required`; only with TLS on).
+    pub tls_required: bool,
 }
 
 /// The client's effective configuration.
@@ -417,6 +464,9 @@ pub struct ClientConfig {
     pub batch_max_amount: u16,
     /// The bet of single-bet mode (`NOMBRE` … `NUMERO` all set, in bets mode only).
     pub single_bet: Option<Bet>,
+    /// The TLS material (`[tls] ca, cert, key`): `ca` turns TLS on; `cert` and `key`
+    /// come together.
+    pub tls: TlsFiles,
 }
 
 /// Reads a key's value: the environment variable first, then the file, then the default.
@@ -623,6 +673,57 @@ fn log_level(s: &str) -> Result<LogLevel, String> {
     })
 }
 
+/// A path value: refused with a control character, since paths are printed in log
+/// lines (storage, recovery, TLS, errors) and a line break would split them.
+fn path_value(s: &str) -> Result<PathBuf, String> {
+    if s.chars().any(char::is_control) {
+        return Err("a path with a control character (a line break, a tab, …) is refused".into());
+    }
+    Ok(PathBuf::from(s))
+}
+
+/// An optional path: empty is unset.
+fn optional_path(s: &str) -> Result<Option<PathBuf>, String> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        path_value(s).map(Some)
+    }
+}
+
+/// The `[tls]` paths, checked to go together: `cert` and `key` both or neither; the
+/// server needs all three or none (it checks agencies against `ca` and shows its own
+/// certificate), the client needs `ca` for anything (it checks the server).
+fn tls_files(src: &Source<'_>, server: bool) -> Result<TlsFiles, ConfigError> {
+    let files = TlsFiles {
+        ca: src.get("tls.ca", optional_path)?,
+        cert: src.get("tls.cert", optional_path)?,
+        key: src.get("tls.key", optional_path)?,
+    };
+    let blame = |path: &str, reason: String| -> Result<TlsFiles, ConfigError> {
+        let (value, key) = src.raw(path)?;
+        Err(ConfigError::Invalid { key, value, reason })
+    };
+    match (&files.ca, &files.cert, &files.key) {
+        (_, Some(_), None) => blame("tls.cert", "tls.key must be set with tls.cert".into()),
+        (_, None, Some(_)) => blame("tls.key", "tls.cert must be set with tls.key".into()),
+        (None, Some(_), Some(_)) => blame(
+            "tls.cert",
+            if server {
+                "tls.ca must be set too: the server checks every agency's certificate against it"
+            } else {
+                "tls.ca must be set too: the client checks the server's certificate against it"
+            }
+            .into(),
+        ),
+        (Some(_), None, None) if server => blame(
+            "tls.ca",
+            "tls.cert and tls.key must be set too: the server shows its own certificate".into(),
+        ),
+        _ => Ok(files),
+    }
+}
+
 impl ServerConfig {
     /// Loads `path`, with overrides from the process environment.
     pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
@@ -644,21 +745,32 @@ impl ServerConfig {
             log_level: src.get("log.level", log_level)?,
             agencies: src.get("lottery.agencies", int(1, MAX_AGENCIES))?,
             winning_number: src.get("lottery.winning_number", int(0, MAX_NUMBER))?,
-            storage_path: src.get("storage.path", |s| {
-                let path = non_empty(s)?;
-                // The path is in many log lines (storage, recovery, errors): a line break
-                // in it would split them.
-                if path.chars().any(char::is_control) {
-                    return Err(
-                        "a path with a control character (a line break, a tab, …) is refused"
-                            .into(),
-                    );
-                }
-                Ok(PathBuf::from(path))
-            })?,
+            storage_path: src.get("storage.path", |s| path_value(&non_empty(s)?))?,
             status_port: src
                 .get("status.http_port", int(0, u16::MAX))
                 .map(|port| (port != 0).then_some(port))?,
+            tls: tls_files(&src, true)?,
+            tls_required: false,
+        })
+        .and_then(|config| {
+            let required = src.get("tls.required", |s| match s {
+                "auto" => Ok(None),
+                "true" => Ok(Some(true)),
+                "false" => Ok(Some(false)),
+                _ => Err("expected true, false or auto".into()),
+            })?;
+            let on = !config.tls.is_empty();
+            match required {
+                Some(true) if !on => Err(ConfigError::Invalid {
+                    key: src.raw("tls.required")?.1,
+                    value: "true".into(),
+                    reason: "TLS is off: set tls.ca, tls.cert and tls.key (make certs writes them under certs/)".into(),
+                }),
+                required => Ok(ServerConfig {
+                    tls_required: required.unwrap_or(on),
+                    ..config
+                }),
+            }
         })
     }
 
@@ -668,7 +780,7 @@ impl ServerConfig {
         format!(
             "host: {} | port: {} | listen_backlog: {} | logging_level: {} | agencies: {} | \
              winning_number: {} | storage: {} | io_timeout: {} | max_connections: {} | \
-             status_port: {}",
+             status_port: {} | tls: {} | tls_required: {}",
             sanitize(&self.host),
             self.port,
             self.listen_backlog,
@@ -679,7 +791,9 @@ impl ServerConfig {
             format_duration(self.io_timeout),
             self.max_connections,
             self.status_port
-                .map_or_else(|| "off".to_string(), |p| p.to_string())
+                .map_or_else(|| "off".to_string(), |p| p.to_string()),
+            if self.tls.is_empty() { "off" } else { "on" },
+            self.tls_required
         )
     }
 }
@@ -729,6 +843,7 @@ impl ClientConfig {
                 Mode::Bets => single_bet(env)?,
                 Mode::Echo | Mode::Status => None,
             },
+            tls: tls_files(&src, false)?,
         })
     }
 
@@ -742,7 +857,7 @@ impl ClientConfig {
         format!(
             "client_id: {} | server_address: {} | loop_amount: {} | loop_period: {} | \
              log_level: {} | mode: {} | data: {} | batch_max_amount: {} | \
-             connect_timeout: {} | retry_deadline: {} | io_timeout: {}",
+             connect_timeout: {} | retry_deadline: {} | io_timeout: {} | tls: {}",
             self.id,
             sanitize(&self.server_address),
             self.loop_amount,
@@ -753,7 +868,12 @@ impl ClientConfig {
             self.batch_max_amount,
             format_duration(self.connect_timeout),
             format_duration(self.retry_deadline),
-            format_duration(self.io_timeout)
+            format_duration(self.io_timeout),
+            match (&self.tls.ca, &self.tls.cert) {
+                (None, _) => "off",
+                (Some(_), None) => "on (no certificate)",
+                (Some(_), Some(_)) => "on",
+            }
         )
     }
 }
@@ -977,6 +1097,52 @@ mod tests {
                 .summary()
                 .contains("port: 12345 | listen_backlog: 5 | logging_level: INFO")
         );
+    }
+
+    #[test]
+    fn tls_keys_go_together_and_required_follows_them() {
+        let path = write_temp("server-tls", SERVER);
+        let load = |vars: &[(&str, &str)]| ServerConfig::load_with_env(&path, &env(vars));
+        let off = load(&[]).expect("TLS off by default");
+        assert!(off.tls.is_empty());
+        assert!(!off.tls_required);
+        assert!(off.summary().ends_with("tls: off | tls_required: false"));
+        let all = [
+            ("SERVER_TLS_CA", "certs/ca.pem"),
+            ("SERVER_TLS_CERT", "certs/server.pem"),
+            ("SERVER_TLS_KEY", "certs/server.key"),
+        ];
+        let on = load(&all).expect("TLS on");
+        assert_eq!(on.tls.cert, Some(PathBuf::from("certs/server.pem")));
+        assert!(on.tls_required, "auto: required when TLS is on");
+        let mut optional = all.to_vec();
+        optional.push(("SERVER_TLS_REQUIRED", "false"));
+        assert!(!load(&optional).expect("optional").tls_required);
+        let err = load(&[("SERVER_TLS_REQUIRED", "true")]).expect_err("nothing to require");
+        assert!(err.to_string().contains("SERVER_TLS_REQUIRED"), "{err}");
+        assert!(err.to_string().contains("TLS is off"), "{err}");
+        let err = load(&all[..2]).expect_err("no key");
+        assert!(err.to_string().contains("tls.key must be set with tls.cert"), "{err}");
+        let err = load(&all[1..]).expect_err("no CA");
+        assert!(err.to_string().contains("tls.ca must be set too"), "{err}");
+        let err = load(&all[..1]).expect_err("a CA alone");
+        assert!(err.to_string().contains("SERVER_TLS_CA"), "{err}");
+        let err = load(&[("SERVER_TLS_REQUIRED", "yes")]).expect_err("not a bool");
+        assert!(err.to_string().contains("expected true, false or auto"), "{err}");
+        let err = load(&[("SERVER_TLS_CA", "a\nb")]).expect_err("a line break");
+        assert!(err.to_string().contains("control character"), "{err}");
+
+        let path = write_temp("client-tls", CLIENT);
+        let load = |vars: &[(&str, &str)]| ClientConfig::load_with_env(&path, &env(vars));
+        assert!(load(&[]).expect("off").summary().ends_with("tls: off"));
+        let ca_only = load(&[("CLI_TLS_CA", "certs/ca.pem")]).expect("CA only");
+        assert!(ca_only.summary().ends_with("tls: on (no certificate)"));
+        let err = load(&[("CLI_TLS_CERT", "c.pem"), ("CLI_TLS_KEY", "c.key")])
+            .expect_err("no CA to check the server");
+        assert!(err.to_string().contains("checks the server's certificate"), "{err}");
+        let err = load(&[("CLI_TLS_CA", "ca.pem"), ("CLI_TLS_KEY", "c.key")])
+            .expect_err("a key alone");
+        assert!(err.to_string().contains("tls.cert must be set with tls.key"), "{err}");
     }
 
     #[test]

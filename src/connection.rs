@@ -20,6 +20,8 @@ use std::net::{Shutdown as Both, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::{CertificateDer, ServerName};
+
 use crate::protocol::{self, DecodeError, EncodeError, Frame, FrameError, Message};
 
 /// The longest line of plain text served, in bytes, not counting its `\n`.
@@ -48,38 +50,204 @@ pub enum TextLine {
     End,
 }
 
-/// A protocol connection over TCP.
+/// A protocol connection over TCP, in the clear or inside TLS.
 #[derive(Debug)]
 pub struct Connection {
-    reader: BufReader<DeadlineReader>,
+    reader: BufReader<Wire>,
     stream: Arc<TcpStream>,
     frame_timeout: Option<Duration>,
     out: Vec<u8>,
 }
 
-/// Reads from the shared stream, failing with `TimedOut` once `deadline` has passed.
-#[derive(Debug)]
-struct DeadlineReader {
+/// The bytes under the frames: the shared stream, and the TLS session when there is
+/// one. Reads fail with `TimedOut` once `deadline` has passed; writes go through
+/// [`Wire::write_all`].
+struct Wire {
     stream: Arc<TcpStream>,
+    deadline: Option<Instant>,
+    tls: Option<Box<rustls::Connection>>,
+}
+
+impl fmt::Debug for Wire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wire")
+            .field("stream", &self.stream)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// The socket with a deadline on every read and write (what rustls reads TLS records
+/// from and writes them to).
+struct Timed<'a> {
+    stream: &'a TcpStream,
     deadline: Option<Instant>,
 }
 
-impl Read for DeadlineReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let timeout = match self.deadline {
-            None => None,
+impl Timed<'_> {
+    /// The time left before the deadline (`None`: no deadline), or `TimedOut`.
+    fn left(&self) -> io::Result<Option<Duration>> {
+        match self.deadline {
+            None => Ok(None),
             Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => Some(left),
-                _ => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "frame deadline passed",
-                    ));
-                }
+                Some(left) if !left.is_zero() => Ok(Some(left)),
+                _ => Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed")),
             },
+        }
+    }
+}
+
+impl Read for Timed<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Always set: another handle may have left a short timeout (a probe).
+        self.stream.set_read_timeout(self.left()?)?;
+        self.stream.read(buf).map_err(timed_out)
+    }
+}
+
+impl Write for Timed<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.deadline.is_some() {
+            self.stream.set_write_timeout(self.left()?)?;
+        }
+        self.stream.write(buf).map_err(timed_out)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A socket timeout reads as `WouldBlock` on Unix: rustls would take it for a
+/// non-blocking socket, so it is reported as what it is.
+fn timed_out(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        io::Error::new(io::ErrorKind::TimedOut, e)
+    } else {
+        e
+    }
+}
+
+/// A TLS failure (bad record, refused certificate, alert from the peer) as an
+/// `io::Error` of kind `InvalidData` that carries the rustls error; see
+/// [`tls_failure`].
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// The TLS failure inside `e`, if it is one ([`ConnectionError::tls_failure`]).
+pub fn tls_failure(e: &io::Error) -> Option<&rustls::Error> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
+impl Wire {
+    fn timed(&self) -> Timed<'_> {
+        Timed {
+            stream: &self.stream,
+            deadline: self.deadline,
+        }
+    }
+
+    /// Writes the TLS records rustls has queued.
+    fn flush_tls(tls: &mut rustls::Connection, io: &mut Timed<'_>) -> io::Result<()> {
+        while tls.wants_write() {
+            if tls.write_tls(io)? == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes all of `buf` (encrypted when in TLS) before `deadline` if one is given,
+    /// else under the stream's write timeout.
+    fn write_all(&mut self, mut buf: &[u8], deadline: Option<Instant>) -> io::Result<()> {
+        let mut io = Timed {
+            stream: &self.stream,
+            deadline,
         };
-        self.stream.set_read_timeout(timeout)?;
-        (&*self.stream).read(buf)
+        let Some(tls) = self.tls.as_deref_mut() else {
+            while !buf.is_empty() {
+                match io.write(buf) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => buf = &buf[n..],
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(());
+        };
+        while !buf.is_empty() {
+            // rustls buffers a bounded amount: write records out until it takes more.
+            let taken = tls.writer().write(buf)?;
+            buf = &buf[taken..];
+            if taken == 0 && !tls.wants_write() {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            Wire::flush_tls(tls, &mut io)?;
+        }
+        Wire::flush_tls(tls, &mut io)
+    }
+
+    /// Reads decrypted bytes: from what rustls holds, else one more read of TLS
+    /// records from the socket. A peer that ends the TCP stream without TLS'
+    /// `close_notify` ends the stream all the same (our frames carry their own lengths,
+    /// so a frame cut short is still an error).
+    fn read_tls(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut io = Timed {
+            stream: &self.stream,
+            deadline: self.deadline,
+        };
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return io.read(buf);
+        };
+        loop {
+            match tls.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            let read = tls.read_tls(&mut io)?;
+            if let Err(e) = tls.process_new_packets() {
+                // Tell the peer why (best effort), then fail.
+                let _ = Wire::flush_tls(tls, &mut io);
+                return Err(tls_error(e));
+            }
+            // A key update or an alert may want an answer.
+            Wire::flush_tls(tls, &mut io)?;
+            if read == 0 {
+                // End of stream: the reader now says whether it was clean.
+                match tls.reader().read(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+
+    /// Runs the TLS handshake on `tls` before `deadline`, then keeps it.
+    fn handshake(&mut self, mut tls: rustls::Connection, deadline: Instant) -> io::Result<()> {
+        let mut io = Timed {
+            stream: &self.stream,
+            deadline: Some(deadline),
+        };
+        while tls.is_handshaking() {
+            // On a failure complete_io has already sent the alert, if any.
+            tls.complete_io(&mut io)?;
+        }
+        Wire::flush_tls(&mut tls, &mut io)?;
+        self.tls = Some(Box::new(tls));
+        Ok(())
+    }
+}
+
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let _ = self.timed().left()?;
+        self.read_tls(buf)
     }
 }
 
@@ -107,6 +275,9 @@ pub enum ConnectionError {
     Encode(EncodeError),
     /// Writing failed.
     Write(io::Error),
+    /// The TLS handshake failed (a refused or unknown certificate, a peer that does
+    /// not speak TLS, a timeout).
+    Handshake(io::Error),
 }
 
 impl ConnectionError {
@@ -114,13 +285,24 @@ impl ConnectionError {
     pub fn is_timeout(&self) -> bool {
         match self {
             ConnectionError::Frame(e) => e.is_timeout(),
-            ConnectionError::Write(e) => {
+            ConnectionError::Write(e) | ConnectionError::Handshake(e) => {
                 matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 )
             }
             _ => false,
+        }
+    }
+
+    /// The TLS failure behind this error, if it is one: a certificate the peer
+    /// refused or that could not be verified, a bad record, an alert.
+    pub fn tls_failure(&self) -> Option<&rustls::Error> {
+        match self {
+            ConnectionError::Frame(FrameError::Io(e))
+            | ConnectionError::Write(e)
+            | ConnectionError::Handshake(e) => tls_failure(e),
+            _ => None,
         }
     }
 }
@@ -132,6 +314,7 @@ impl fmt::Display for ConnectionError {
             ConnectionError::Decode(e) => write!(f, "{e}"),
             ConnectionError::Encode(e) => write!(f, "{e}"),
             ConnectionError::Write(e) => write!(f, "write failed: {e}"),
+            ConnectionError::Handshake(e) => write!(f, "TLS handshake failed: {e}"),
         }
     }
 }
@@ -142,7 +325,7 @@ impl std::error::Error for ConnectionError {
             ConnectionError::Frame(e) => Some(e),
             ConnectionError::Decode(e) => Some(e),
             ConnectionError::Encode(e) => Some(e),
-            ConnectionError::Write(e) => Some(e),
+            ConnectionError::Write(e) | ConnectionError::Handshake(e) => Some(e),
         }
     }
 }
@@ -158,9 +341,10 @@ impl Connection {
     pub fn new(stream: TcpStream) -> io::Result<Connection> {
         let stream = Arc::new(stream);
         Ok(Connection {
-            reader: BufReader::new(DeadlineReader {
+            reader: BufReader::new(Wire {
                 stream: Arc::clone(&stream),
                 deadline: None,
+                tls: None,
             }),
             stream,
             frame_timeout: None,
@@ -241,8 +425,9 @@ impl Connection {
 
     /// Writes raw bytes (a line of plain text) in one `write_all`.
     pub fn write_bytes(&mut self, bytes: &[u8]) -> Result<(), ConnectionError> {
-        (&*self.stream)
-            .write_all(bytes)
+        self.reader
+            .get_mut()
+            .write_all(bytes, None)
             .map_err(ConnectionError::Write)
     }
 
@@ -260,8 +445,9 @@ impl Connection {
         message
             .encode_into(&mut self.out)
             .map_err(ConnectionError::Encode)?;
-        (&*self.stream)
-            .write_all(&self.out)
+        self.reader
+            .get_mut()
+            .write_all(&self.out, None)
             .map_err(ConnectionError::Write)
     }
 
@@ -280,47 +466,117 @@ impl Connection {
                 .encode_into(&mut self.out)
                 .map_err(ConnectionError::Encode)?;
         }
-        let written = write_all_before(&self.stream, &self.out, deadline);
+        let written = self.reader.get_mut().write_all(&self.out, Some(deadline));
         let restored = self.stream.set_write_timeout(self.frame_timeout);
         written.and(restored).map_err(ConnectionError::Write)
     }
 
     /// Writes an already encoded frame (used to echo a frame back unchanged).
     pub fn write_frame(&mut self, frame: &Frame) -> Result<(), ConnectionError> {
-        (&*self.stream)
-            .write_all(&frame.to_bytes())
+        self.reader
+            .get_mut()
+            .write_all(&frame.to_bytes(), None)
             .map_err(ConnectionError::Write)
     }
 
-    /// Shuts both directions of the stream down; blocked reads on any handle return.
-    pub fn close(&self) {
+    /// Ends the conversation: in TLS, a `close_notify` (best effort, within a short
+    /// bound), then both directions of the stream are shut down; blocked reads on any
+    /// handle return.
+    pub fn close(&mut self) {
+        let wire = self.reader.get_mut();
+        if let Some(tls) = wire.tls.as_deref_mut() {
+            tls.send_close_notify();
+            let mut io = Timed {
+                stream: &wire.stream,
+                deadline: Some(Instant::now() + CLOSE_NOTIFY_LIMIT),
+            };
+            let _ = Wire::flush_tls(tls, &mut io);
+        }
         // Already closed by the peer or by a shutdown hook: nothing left to do.
         let _ = self.stream.shutdown(Both::Both);
     }
-}
 
-/// `write_all` that fails with `TimedOut` once `deadline` has passed, however the
-/// peer paces its reads.
-pub(crate) fn write_all_before(
-    stream: &TcpStream,
-    mut buf: &[u8],
-    deadline: Instant,
-) -> io::Result<()> {
-    while !buf.is_empty() {
-        let left = deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "answer deadline passed"))?;
-        stream.set_write_timeout(Some(left))?;
-        match (&*stream).write(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+    /// Whether the conversation runs inside TLS.
+    pub fn is_tls(&self) -> bool {
+        self.reader.get_ref().tls.is_some()
+    }
+
+    /// The peer's certificate (the end of its chain), which the handshake verified;
+    /// `None` in the clear or when the peer presented none.
+    pub fn peer_certificate(&self) -> Option<&CertificateDer<'static>> {
+        self.reader
+            .get_ref()
+            .tls
+            .as_deref()
+            .and_then(|tls| tls.peer_certificates())
+            .and_then(|chain| chain.first())
+    }
+
+    /// The first byte the peer sends, read from the socket without consuming it and
+    /// before anything is buffered (so that a TLS handshake can still start), waiting
+    /// at most the timeout; `Ok(None)` if the stream ends first.
+    pub fn peek_first_byte(&mut self) -> Result<Option<u8>, FrameError> {
+        let deadline = self.frame_timeout.map(|t| Instant::now() + t);
+        let io = Timed {
+            stream: &self.stream,
+            deadline,
+        };
+        let mut byte = [0u8; 1];
+        loop {
+            self.stream
+                .set_read_timeout(io.left().map_err(FrameError::Io)?)
+                .map_err(FrameError::Io)?;
+            match self.stream.peek(&mut byte) {
+                Ok(0) => return Ok(None),
+                Ok(_) => return Ok(Some(byte[0])),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(FrameError::Io(timed_out(e))),
+            }
         }
     }
-    Ok(())
+
+    /// Server side: runs the TLS handshake (within the timeout) before anything else
+    /// is read; every frame after it is inside TLS.
+    pub fn accept_tls(&mut self, config: Arc<rustls::ServerConfig>) -> Result<(), ConnectionError> {
+        let tls = rustls::ServerConnection::new(config)
+            .map_err(|e| ConnectionError::Handshake(tls_error(e)))?;
+        self.handshake(tls.into())
+    }
+
+    /// Client side: runs the TLS handshake with the server named `name` (its
+    /// certificate must be valid for that name), within the timeout.
+    pub fn connect_tls(
+        &mut self,
+        config: Arc<rustls::ClientConfig>,
+        name: ServerName<'static>,
+    ) -> Result<(), ConnectionError> {
+        let tls = rustls::ClientConnection::new(config, name)
+            .map_err(|e| ConnectionError::Handshake(tls_error(e)))?;
+        self.handshake(tls.into())
+    }
+
+    fn handshake(&mut self, tls: rustls::Connection) -> Result<(), ConnectionError> {
+        if !self.reader.buffer().is_empty() || self.is_tls() {
+            return Err(ConnectionError::Handshake(io::Error::other(
+                "TLS must start before anything is read",
+            )));
+        }
+        let limit = self.frame_timeout.unwrap_or(HANDSHAKE_LIMIT);
+        let handshaken = self
+            .reader
+            .get_mut()
+            .handshake(tls, Instant::now() + limit)
+            .map_err(|e| ConnectionError::Handshake(timed_out(e)));
+        let restored = self.stream.set_write_timeout(self.frame_timeout);
+        handshaken?;
+        restored.map_err(ConnectionError::Write)
+    }
 }
+
+/// How long a `close_notify` may take to write when a TLS connection closes.
+const CLOSE_NOTIFY_LIMIT: Duration = Duration::from_millis(100);
+/// The handshake's bound when the connection has no timeout.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

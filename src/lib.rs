@@ -25,7 +25,9 @@
 //! * [`protocol`] — the wire format of `docs/PROTOCOL.md`, pure: messages to bytes and
 //!   bytes to messages, reading from any [`std::io::Read`].
 //! * [`connection`] — a [`connection::Connection`] owns one `TcpStream` and moves whole
-//!   frames over it.
+//!   frames over it, in the clear or inside TLS.
+//! * [`tls`] — the lottery's certificates, both sides' TLS set-up and the identity
+//!   rule (agency `k`'s certificate names `agency-k`).
 //! * [`storage`] — the `Store` interface and its CSV + commit-journal implementation.
 //! * [`agency_file`] — streams an agency's bets file line by line.
 //! * [`server`] — thread per connection, the ledger over the store, the draw barrier.
@@ -45,3 +47,4 @@ pub mod protocol;
 pub mod server;
 pub mod shutdown;
 pub mod storage;
+pub mod tls;

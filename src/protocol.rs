@@ -120,6 +120,12 @@ pub enum ErrorCode {
     UploadConflict,
     /// 18: a batch that is neither the next one nor a replay of the last stored one.
     BadSeq,
+    /// 19: an agency request (`HELLO`, `BETS`, `FIN`, `WINNERS_QUERY`) in the clear to
+    /// a server that requires TLS.
+    TlsRequired,
+    /// 20: the TLS client certificate does not speak for the agency of the `HELLO`
+    /// (another agency's, or none).
+    NotAuthorized,
     /// A code this version does not know.
     Other(u16),
 }
@@ -146,6 +152,8 @@ impl ErrorCode {
             ErrorCode::Superseded => 16,
             ErrorCode::UploadConflict => 17,
             ErrorCode::BadSeq => 18,
+            ErrorCode::TlsRequired => 19,
+            ErrorCode::NotAuthorized => 20,
             ErrorCode::Other(code) => code,
         }
     }
@@ -171,6 +179,8 @@ impl ErrorCode {
             16 => ErrorCode::Superseded,
             17 => ErrorCode::UploadConflict,
             18 => ErrorCode::BadSeq,
+            19 => ErrorCode::TlsRequired,
+            20 => ErrorCode::NotAuthorized,
             other => ErrorCode::Other(other),
         }
     }
@@ -185,6 +195,8 @@ impl ErrorCode {
                 | ErrorCode::ServerBusy
                 | ErrorCode::ShuttingDown
                 | ErrorCode::Superseded
+                | ErrorCode::TlsRequired
+                | ErrorCode::NotAuthorized
         )
     }
 
@@ -209,6 +221,8 @@ impl ErrorCode {
             ErrorCode::Superseded => "SUPERSEDED",
             ErrorCode::UploadConflict => "UPLOAD_CONFLICT",
             ErrorCode::BadSeq => "BAD_SEQ",
+            ErrorCode::TlsRequired => "TLS_REQUIRED",
+            ErrorCode::NotAuthorized => "NOT_AUTHORIZED",
             ErrorCode::Other(_) => "UNKNOWN_ERROR",
         }
     }
@@ -1378,7 +1392,7 @@ pub(crate) mod tests {
         for (actual, expected) in kinds {
             assert_eq!(actual, expected);
         }
-        for code in 1..=18u16 {
+        for code in 1..=20u16 {
             let known = ErrorCode::from_u16(code);
             assert_ne!(known, ErrorCode::Other(code), "code {code} is named");
             assert_eq!(known.to_u16(), code);
@@ -1388,7 +1402,9 @@ pub(crate) mod tests {
         assert_eq!(ErrorCode::Superseded.to_u16(), 16);
         assert_eq!(ErrorCode::UploadConflict.to_u16(), 17);
         assert_eq!(ErrorCode::BadSeq.to_u16(), 18);
-        assert_eq!(ErrorCode::from_u16(19), ErrorCode::Other(19));
+        assert_eq!(ErrorCode::TlsRequired.to_u16(), 19);
+        assert_eq!(ErrorCode::NotAuthorized.to_u16(), 20);
+        assert_eq!(ErrorCode::from_u16(21), ErrorCode::Other(21));
         assert_eq!(STATUS_PREFIX_LEN, 12);
         assert_eq!(STATUS_ENTRY_LEN, 17);
         assert_eq!(STATUS_ENTRIES_PER_CHUNK, 480);
@@ -1874,10 +1890,10 @@ pub(crate) mod tests {
 
     #[test]
     fn error_codes_that_close_the_connection() {
-        let closing: Vec<u16> = (1..=18)
+        let closing: Vec<u16> = (1..=20)
             .filter(|c| ErrorCode::from_u16(*c).closes_connection())
             .collect();
-        assert_eq!(closing, vec![3, 4, 12, 13, 14, 16]);
+        assert_eq!(closing, vec![3, 4, 12, 13, 14, 16, 19, 20]);
     }
 
     mod fuzz {

@@ -308,13 +308,15 @@ fn a_winner_document_cannot_forge_lines_in_the_client_output() {
     let file = dir.join("agency-1.csv");
     write_agency_file(&file, &mock_agencies(&[3], 2)[0].0);
     let mut client = start_client(1, addr, &file, &[]);
-    assert_eq!(client.exit_code(), 0, "{}", client.dump());
+    // Not a DNI: the answer is refused (issue 9), and the error names it, made safe.
+    assert_eq!(client.exit_code(), 1, "{}", client.dump());
     assert_nothing_forged(&client);
-    let winners = client.log_lines("ganadores", "success");
-    assert_eq!(winners.len(), 1, "{}", client.dump());
+    assert!(client.log_lines("ganadores", "success").is_empty());
+    let end = client.log_lines("end", "fail");
+    assert_eq!(end.len(), 1, "{}", client.dump());
     assert!(
-        winners[0].ends_with("dnis: 1\\n2099-01-01 00:00:00 INFO     action: consulta_ganadores ¦ result: success ¦ cant_ganadores: 9\\nclient1 exited with code 0"),
+        end[0].ends_with("error: winners query: the server's answer is refused after 0 winners: document \"1\\\\n2099-01-01 00:00:00 INFO     action: consulta_ganadores ¦ result: success ¦ cant_ganadores: 9\\\\nclient1 exited with code 0\" is not a DNI (1 to 8 digits)"),
         "{}",
-        winners[0]
+        end[0]
     );
 }

@@ -15,6 +15,15 @@
 //! or a transient server error starts a new session after a backoff (`retry`)
 //! until `server.retry_deadline` passes without a session that made progress (a
 //! `WELCOME` alone is none, nor is a `FIN_ACK` of an agency already finished).
+//! Echo mode and status mode retry the same way (a `SERVER_BUSY` or `SHUTTING_DOWN`
+//! answer, a broken connection); each echo reply is progress, and each status query
+//! has a deadline of its own.
+//!
+//! The client trusts no more of a server's answer than it can check: the winners are
+//! at most the bets its agency can have stored (and [`MAX_WINNERS`]), each a DNI, the
+//! whole answer within `server.io_timeout` of its first chunk
+//! ([`ClientError::BadWinners`], [`ClientError::SlowAnswer`]); and every text of the
+//! server's that reaches a log line or stderr is [`sanitize`]d.
 //!
 //! The file is fingerprinted again at the start of every session and once more
 //! before `FIN`: a file that changed during the run is never resumed by line numbers
@@ -43,6 +52,7 @@ use crate::connection::ConnectionError;
 use crate::logging::sanitize;
 use crate::protocol::{ErrorCode, FrameError, Message};
 use crate::shutdown::Shutdown;
+use crate::tls::ClientTls;
 
 use progress::Progress;
 use retry::Retrier;
@@ -51,6 +61,13 @@ use upload::{Batcher, Resume, Sendable};
 
 /// How long between two progress lines while uploading.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// The most winners the client accepts in one answer, however many bets the server
+/// says the agency stored: a hostile `WELCOME` cannot open the door to an endless
+/// answer. The documents of this many winners take about 40 MB; an agency has as
+/// many winners as bets with the winning number, one in 10 000 on average, so this
+/// bound is far above any real agency's.
+pub const MAX_WINNERS: u64 = 1_000_000;
 
 /// How a run ended without error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,13 +190,23 @@ pub enum ClientError {
         /// How long nothing arrived.
         after: Duration,
     },
-    /// A whole answer (all the chunks of a `STATUS` answer) did not arrive in time: a
+    /// A whole answer (all the chunks of a `STATUS` or `WINNERS` answer) did not arrive in time: a
     /// server that trickles frames cannot keep the client reading forever.
     SlowAnswer {
         /// What the client was doing.
         stage: &'static str,
         /// The time the whole answer may take (`server.io_timeout`).
         limit: Duration,
+    },
+    /// The server's winners answer breaks a bound the client knows (more winners than
+    /// the agency can have, a document that is not a DNI, an empty chunk before the
+    /// last): nothing of it is kept.
+    BadWinners {
+        /// Winners of the answer accepted before the offending chunk (never more than
+        /// the bound).
+        kept: u64,
+        /// What the server sent, its text made safe for a log line.
+        problem: String,
     },
     /// The server does not answer status queries: it is older than protocol version
     /// 3.
@@ -189,6 +216,8 @@ pub enum ClientError {
     },
     /// The status table could not be written to standard output.
     Output(io::Error),
+    /// The TLS material (`[tls]`) cannot be used, or is not this agency's.
+    Tls(crate::tls::TlsError),
     /// No session made progress (a batch acknowledged, the `FIN_ACK` of an agency that
     /// had not finished, the winners) for `server.retry_deadline`.
     RetryDeadline {
@@ -220,6 +249,22 @@ impl fmt::Display for ClientError {
                     "{stage}: {source}: the peer at server.address does not speak this \
                      protocol (its reply starts with byte {first}{seen}); is it the \
                      lottery server's port, and is the server as new as this client?"
+                )
+            }
+            ClientError::Connection {
+                stage,
+                source: source @ ConnectionError::Handshake(_),
+            } => write!(
+                f,
+                "{stage}: {source} (is TLS on at the server, with its tls.ca, tls.cert and \
+                 tls.key? Its certificate must chain to this client's tls.ca and name the \
+                 host of server.address)"
+            ),
+            ClientError::Connection { stage, source } if source.tls_failure().is_some() => {
+                write!(
+                    f,
+                    "{stage}: {source} (did the server refuse this agency's certificate? It \
+                     must be the agency's own, signed by the lottery CA and within its dates)"
                 )
             }
             ClientError::Connection { stage, source } => write!(f, "{stage}: {source}"),
@@ -315,12 +360,17 @@ impl fmt::Display for ClientError {
                 "{stage}: the whole answer did not arrive within {} (server.io_timeout)",
                 format_duration(*limit)
             ),
+            ClientError::BadWinners { kept, problem } => write!(
+                f,
+                "winners query: the server's answer is refused after {kept} winners: {problem}"
+            ),
             ClientError::StatusUnsupported { detail } => write!(
                 f,
                 "the server does not answer status queries ({detail}): it is older than \
                  protocol version 3; upgrade the server to use status mode"
             ),
             ClientError::Output(e) => write!(f, "cannot write the status table: {e}"),
+            ClientError::Tls(e) => write!(f, "tls: {e}"),
             ClientError::RetryDeadline {
                 deadline,
                 last_error,
@@ -341,6 +391,7 @@ impl std::error::Error for ClientError {
             ClientError::Connection { source, .. } => Some(source),
             ClientError::AgencyFile(e) => Some(e),
             ClientError::Output(e) => Some(e),
+            ClientError::Tls(e) => Some(e),
             ClientError::RetryDeadline { last_error, .. } => Some(last_error.as_ref()),
             _ => None,
         }
@@ -349,10 +400,13 @@ impl std::error::Error for ClientError {
 
 /// Runs the client as `config` says until done, failed or shut down.
 pub fn run(config: &ClientConfig, shutdown: &Shutdown) -> Result<Outcome, ClientError> {
+    let uploads = config.single_bet.is_some() || config.mode == Mode::Bets;
+    let tls = load_tls(config, uploads)?;
+    let tls = tls.as_ref();
     let result = match (&config.single_bet, config.mode) {
         (Some(bet), _) => {
             let upload = fingerprint::of_bet(config.id, bet);
-            Run::new(config, shutdown, Work::Single(bet), upload).upload()
+            Run::new(config, shutdown, Work::Single(bet), upload, tls).upload()
         }
         (None, Mode::Bets) => {
             // Fingerprint the file before connecting: a missing file is the user's
@@ -364,15 +418,47 @@ pub fn run(config: &ClientConfig, shutdown: &Shutdown) -> Result<Outcome, Client
                     source,
                 })
             })?;
-            Run::new(config, shutdown, Work::Bets, upload).upload()
+            Run::new(config, shutdown, Work::Bets, upload, tls).upload()
         }
-        (None, Mode::Echo) => Run::new(config, shutdown, Work::Echo, 0).echo_loop(),
-        (None, Mode::Status) => status::run(config, shutdown),
+        (None, Mode::Echo) => Run::new(config, shutdown, Work::Echo, 0, tls).echo_loop(),
+        (None, Mode::Status) => status::run(config, shutdown, tls),
     };
     match result {
         Err(_) if shutdown.is_triggered() => Ok(Outcome::Interrupted),
         other => other,
     }
+}
+
+/// Loads the TLS material of `config` (none: TLS off, with a WARN line) and, when
+/// the run uploads bets (`uploads`), checks that the certificate is this agency's, so
+/// that a wrong file fails at once and clearly instead of at the server.
+fn load_tls(config: &ClientConfig, uploads: bool) -> Result<Option<ClientTls>, ClientError> {
+    let id = config.id;
+    let files = &config.tls;
+    let Some(ca) = &files.ca else {
+        log::warn!(
+            "action: tls | result: success | client_id: {id} | tls: off | note: the server is not authenticated and bets travel in the clear; set tls.ca, tls.cert and tls.key (make certs writes them under certs/)"
+        );
+        return Ok(None);
+    };
+    let identity = files.cert.as_deref().zip(files.key.as_deref());
+    let tls = ClientTls::load(ca, identity).map_err(ClientError::Tls)?;
+    if uploads && tls.speaks_for(id) != Some(true) {
+        return Err(ClientError::Tls(crate::tls::TlsError::NotThisAgency {
+            agency: id,
+            has_cert: identity.is_some(),
+        }));
+    }
+    log::info!(
+        "action: tls | result: success | client_id: {id} | tls: on | ca: {} | cert: {}",
+        sanitize(&ca.display().to_string()),
+        files
+            .cert
+            .as_ref()
+            .map_or("none".to_string(), |c| sanitize(&c.display().to_string())
+                .to_string())
+    );
+    Ok(Some(tls))
 }
 
 /// What a run uploads.
@@ -392,6 +478,8 @@ enum Work<'a> {
 struct Run<'a> {
     config: &'a ClientConfig,
     shutdown: &'a Shutdown,
+    /// The TLS set-up, when `[tls]` is configured.
+    tls: Option<&'a ClientTls>,
     work: Work<'a>,
     /// This run's upload id (see `Message::Hello`).
     upload: u64,
@@ -414,8 +502,12 @@ struct Run<'a> {
     /// A failure to report once the winners are in (bets refused after the draw, or
     /// an agency finished with another file).
     pending: Option<ClientError>,
-    /// Some session of this run got its `WELCOME`.
+    /// Some session of this run got its `WELCOME` (in echo mode: an echo reply).
     ever_welcomed: bool,
+    /// The most bets the agency can have stored as far as the current session knows:
+    /// its `WELCOME`'s `stored_bets` plus every bet acknowledged since. An agency has
+    /// no more winners than that.
+    agency_bets: u64,
     /// The current session got a batch acknowledged, a `FIN_ACK` or the winners.
     progressed: bool,
     /// This run got a `FIN_ACK`: its upload is complete and checked, so a later
@@ -433,11 +525,13 @@ impl<'a> Run<'a> {
         shutdown: &'a Shutdown,
         work: Work<'a>,
         upload: u64,
+        tls: Option<&'a ClientTls>,
     ) -> Run<'a> {
         let now = Instant::now();
         Run {
             config,
             shutdown,
+            tls,
             work,
             upload,
             acked: 0,
@@ -448,6 +542,7 @@ impl<'a> Run<'a> {
             reported_through: 0,
             pending: None,
             ever_welcomed: false,
+            agency_bets: 0,
             progressed: false,
             fin_acked: false,
             started: now,
@@ -526,6 +621,7 @@ impl<'a> Run<'a> {
             connect_timeout,
             config.io_timeout,
             self.shutdown,
+            self.tls,
         )?;
         let result = self.converse(&mut session);
         drop(session);
@@ -540,6 +636,7 @@ impl<'a> Run<'a> {
     fn converse(&mut self, session: &mut Session) -> Result<Outcome, ClientError> {
         let welcome = session.hello(self.upload)?;
         self.ever_welcomed = true;
+        self.agency_bets = welcome.stored_bets;
         match self.work {
             Work::Single(bet) => self.single_bet(session, &welcome, bet),
             Work::Bets => self.bets(session, &welcome),
@@ -578,6 +675,8 @@ impl<'a> Run<'a> {
         bets: Vec<Bet>,
     ) -> Result<(), ClientError> {
         let acked = session.send_batch(seq, line, bets)?;
+        // Replays too: an over-estimate only loosens the bound on the winners.
+        self.agency_bets = self.agency_bets.saturating_add(acked);
         if seq > self.acked_through {
             self.acked_through = seq;
             self.acked += acked;
@@ -814,11 +913,13 @@ impl<'a> Run<'a> {
             self.progressed = true;
         }
         let waiting = Instant::now();
-        let winners = session.winners();
+        let winners = session.winners(self.agency_bets.min(MAX_WINNERS));
         // The wait is held time while the server kept it alive; the silence that
-        // ended it (the server sent nothing when it should have) is failing time.
+        // ended it (the server sent nothing when it should have), like an answer
+        // that took too long, is failing time.
         self.held = match &winners {
             Err(ClientError::Silent { after, .. }) => waiting.elapsed().saturating_sub(*after),
+            Err(ClientError::SlowAnswer { limit, .. }) => waiting.elapsed().saturating_sub(*limit),
             _ => waiting.elapsed(),
         };
         let winners = winners?;
@@ -841,22 +942,32 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Echo mode: connects (retrying like a session would), then sends the messages.
+    /// Echo mode: sessions (retried like upload sessions: a busy or stopping server,
+    /// a broken connection) until every message is echoed; a new session goes on with
+    /// the first message not echoed yet. Each echo reply is progress.
     fn echo_loop(mut self) -> Result<Outcome, ClientError> {
+        let mut next = 1;
+        Ok(self
+            .with_retries(|run, timeout| run.echo_session(timeout, &mut next))?
+            .unwrap_or(Outcome::Interrupted))
+    }
+
+    /// One echo session: connect, then messages `next..=loop.amount`.
+    fn echo_session(
+        &mut self,
+        connect_timeout: Duration,
+        next: &mut u64,
+    ) -> Result<Outcome, ClientError> {
         let config = self.config;
-        let connected = self.with_retries(|run, timeout| {
-            Session::connect(
-                &config.server_address,
-                config.id,
-                timeout,
-                config.io_timeout,
-                run.shutdown,
-            )
-        })?;
-        let Some(mut session) = connected else {
-            return Ok(Outcome::Interrupted);
-        };
-        let result = self.echo_messages(&mut session);
+        let mut session = Session::connect(
+            &config.server_address,
+            config.id,
+            connect_timeout,
+            config.io_timeout,
+            self.shutdown,
+            self.tls,
+        )?;
+        let result = self.echo_messages(&mut session, next);
         drop(session);
         log::info!(
             "action: close_connection | result: success | client_id: {} | bets_acked: 0",
@@ -865,11 +976,18 @@ impl<'a> Run<'a> {
         result
     }
 
-    fn echo_messages(&self, session: &mut Session) -> Result<Outcome, ClientError> {
+    fn echo_messages(
+        &mut self,
+        session: &mut Session,
+        next: &mut u64,
+    ) -> Result<Outcome, ClientError> {
         let id = self.config.id;
-        for k in 1..=self.config.loop_amount {
+        for k in *next..=self.config.loop_amount {
             let text = format!("[CLIENT {id}] Message N°{k}");
             session.echo(&text)?;
+            *next = k + 1;
+            self.progressed = true;
+            self.ever_welcomed = true;
             log::info!("action: receive_message | result: success | client_id: {id} | msg: {text}");
             if k < self.config.loop_amount && self.shutdown.sleep(self.config.loop_period) {
                 return Ok(Outcome::Interrupted);
@@ -1011,6 +1129,7 @@ mod tests {
             },
             batch_max_amount: 2,
             single_bet: None,
+            tls: Default::default(),
         }
     }
 
@@ -1567,6 +1686,7 @@ mod tests {
             &shutdown,
             Work::Bets,
             fingerprint::of_file(&data).expect("reads"),
+            None,
         );
         let result = run.upload();
         let _ = std::fs::remove_file(&data);
@@ -1755,6 +1875,382 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// `WINNERS` chunks of `per_chunk` valid documents each, never the last, one every
+    /// `pause`, for as long as the client reads them: an endless answer. Counts the
+    /// chunks written in `sent`.
+    fn endless_winners(
+        per_chunk: usize,
+        pause: Duration,
+        sent: Arc<Mutex<u64>>,
+    ) -> impl Fn(u32, &mut Connection) + Send + 'static {
+        move |_, conn| {
+            let chunk = Message::Winners {
+                last: false,
+                documents: vec!["12345678".to_string(); per_chunk],
+            };
+            while conn.write_message(&chunk).is_ok() {
+                *sent.lock().expect("lock") += 1;
+                std::thread::sleep(pause);
+            }
+        }
+    }
+
+    #[test]
+    fn an_endless_winners_answer_is_refused_at_the_agencys_bet_count() {
+        // Regression (issue 9): a server streaming WINNERS chunks with last = 0 forever
+        // grew the client without bound. The agency stored 4 bets (the file's 4, all
+        // acknowledged), so a fifth winner is refused at once, whatever the chunk size:
+        // 909 documents (the most a frame holds) or one at a time. The pause keeps
+        // the old client's growth small while it fails this test by its time limit.
+        for (per_chunk, kept) in [(909, 0), (1, 4)] {
+            let sent = Arc::new(Mutex::new(0u64));
+            let (address, sessions) = waiting_server(endless_winners(
+                per_chunk,
+                Duration::from_millis(10),
+                Arc::clone(&sent),
+            ));
+            let data = agency_file(&format!("endless-{per_chunk}"), FOUR);
+            let config = config(address, data.clone(), Duration::from_secs(5));
+            let result = run_bounded(config, Duration::from_secs(10));
+            let _ = std::fs::remove_file(&data);
+            match result {
+                Err(e @ ClientError::BadWinners { .. }) => {
+                    assert!(!retry::is_retryable(&e), "{e}");
+                    let ClientError::BadWinners { kept: k, .. } = &e else {
+                        unreachable!()
+                    };
+                    assert_eq!(*k, kept, "{e}");
+                    assert!(*k <= 4, "it never holds more than the bound: {e}");
+                    assert_eq!(
+                        e.to_string(),
+                        format!(
+                            "winners query: the server's answer is refused after {kept} \
+                             winners: a WINNERS chunk of {per_chunk} documents makes {} \
+                             winners, more than the 4 bets the agency has stored",
+                            kept + per_chunk as u64
+                        )
+                    );
+                }
+                other => panic!("{per_chunk} per chunk: {other:?}"),
+            }
+            assert_eq!(*sessions.lock().expect("lock"), 1, "not retried");
+        }
+    }
+
+    #[test]
+    fn as_many_winners_as_the_agency_has_bets_are_accepted() {
+        // The bound is not too tight: 4 bets stored, 4 winners in 2 chunks.
+        let (address, _) = waiting_server(|_, conn| {
+            for (last, documents) in [(false, ["1", "00000000"]), (true, ["3", "4"])] {
+                let documents = documents.iter().map(|d| d.to_string()).collect();
+                if conn
+                    .write_message(&Message::Winners { last, documents })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let data = agency_file("four-winners", FOUR);
+        let config = config(address, data.clone(), Duration::from_secs(5));
+        let result = run_bounded(config, Duration::from_secs(20));
+        let _ = std::fs::remove_file(&data);
+        assert_eq!(result.ok(), Some(Outcome::Completed { skipped: 0 }));
+    }
+
+    #[test]
+    fn the_winners_bound_is_the_welcomes_bets_plus_the_acknowledged_ones() {
+        // Resumed after 2 stored bets (WELCOME) and 2 acknowledged in the session: 4.
+        // A finished agency's bound is its WELCOME's stored bets alone.
+        let five = Message::Winners {
+            last: true,
+            documents: ["1", "2", "3", "4", "5"].map(String::from).to_vec(),
+        };
+        for (name, stored) in [
+            (
+                "bound-resumed",
+                Stored {
+                    seq: 1,
+                    bets: 2,
+                    line: 2,
+                    ..Stored::default()
+                },
+            ),
+            (
+                "bound-finished",
+                Stored {
+                    seq: 2,
+                    bets: 4,
+                    line: 4,
+                    finished: true,
+                    ..Stored::default()
+                },
+            ),
+        ] {
+            let data = agency_file(name, FOUR);
+            let upload = fingerprint::of_file(&data).expect("reads");
+            let (address, _, _) =
+                stateful_server(Stored { upload, ..stored }, five.clone(), |_, _| true);
+            let config = config(address, data.clone(), Duration::from_secs(5));
+            let result = run(&config, &Shutdown::new());
+            let _ = std::fs::remove_file(&data);
+            match result {
+                Err(ClientError::BadWinners { kept: 0, problem }) => assert!(
+                    problem
+                        .ends_with("makes 5 winners, more than the 4 bets the agency has stored"),
+                    "{name}: {problem}"
+                ),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_winners_chunk_is_checked_before_it_is_kept() {
+        let docs = |d: &[&str]| d.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let problem =
+            |kept, d: &[&str], last, most| match session::check_winners(kept, &docs(d), last, most)
+            {
+                Err(ClientError::BadWinners { problem, .. }) => problem,
+                other => panic!("{d:?}: {other:?}"),
+            };
+        // What passes: DNIs up to the bound, an empty final chunk.
+        assert!(session::check_winners(0, &docs(&["00000000", "1"]), false, 2).is_ok());
+        assert!(session::check_winners(2, &[], true, 2).is_ok());
+        assert!(session::check_winners(0, &[], true, 0).is_ok());
+        // Not DNIs, as the server's validation defines them.
+        for bad in ["", "123456789", "12a", "-1", " 1", "١٢٣"] {
+            let text = problem(0, &["1", bad], true, 10);
+            assert!(
+                text.ends_with("is not a DNI (1 to 8 digits)"),
+                "{bad:?}: {text}"
+            );
+        }
+        // A document that tries to forge a log line is named, made safe.
+        let forged = "1\n2026-12-02 10:00:00 INFO     action: consulta_ganadores | \
+                      result: success | cant_ganadores: 99";
+        let text = problem(0, &[forged], true, 10);
+        assert_eq!(
+            text,
+            "document \"1\\n2026-12-02 10:00:00 INFO     action: consulta_ganadores ¦ \
+             result: success ¦ cant_ganadores: 99\" is not a DNI (1 to 8 digits)"
+        );
+        // Too many, against the agency's bets or the hard cap.
+        assert_eq!(
+            problem(3, &["1", "2"], false, 4),
+            "a WINNERS chunk of 2 documents makes 5 winners, more than the 4 bets the \
+             agency has stored"
+        );
+        assert_eq!(
+            problem(0, &["1"], true, 0),
+            "a WINNERS chunk of 1 documents makes 1 winners, more than the 0 bets the \
+             agency has stored"
+        );
+        assert_eq!(
+            problem(1_000_000, &["1"], false, MAX_WINNERS),
+            "a WINNERS chunk of 1 documents makes 1000001 winners, more than the \
+             client's limit of 1000000 (MAX_WINNERS)"
+        );
+        // An empty chunk before the last only keeps the client reading.
+        assert_eq!(
+            problem(0, &[], false, 4),
+            "an empty WINNERS chunk before the last"
+        );
+    }
+
+    #[test]
+    fn a_trickled_winners_answer_is_bounded_by_io_timeout_from_its_first_chunk() {
+        // Session 1: one winner every 400 ms, never the last chunk (each frame well
+        // within the 6 s silence limit of the wait, so the old client read on
+        // forever); the whole answer may take io_timeout = 1 s, so the session fails
+        // (retryable) and session 2 gets a proper answer.
+        let (address, sessions) = waiting_server(|session, conn| {
+            if session > 1 {
+                let _ = conn.write_message(&no_winners());
+                return;
+            }
+            let chunk = Message::Winners {
+                last: false,
+                documents: vec!["7".to_string()],
+            };
+            while conn.write_message(&chunk).is_ok() {
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        });
+        let data = agency_file("trickled-winners", FOUR);
+        let mut config = config(address, data.clone(), Duration::from_secs(5));
+        config.io_timeout = Duration::from_secs(1);
+        let result = run_bounded(config, Duration::from_secs(20));
+        let _ = std::fs::remove_file(&data);
+        assert_eq!(result.ok(), Some(Outcome::Completed { skipped: 0 }));
+        assert_eq!(*sessions.lock().expect("lock"), 2, "it reconnected");
+        let slow = ClientError::SlowAnswer {
+            stage: "winners query",
+            limit: Duration::from_secs(1),
+        };
+        assert!(retry::is_retryable(&slow));
+    }
+
+    /// A fake server that answers the first `busy` connections with `SERVER_BUSY`
+    /// (right after accepting, as the real one does, then closes) and serves the
+    /// others with `serve`. Returns the address and the connections it accepted.
+    fn busy_server(
+        busy: u32,
+        serve: impl Fn(&mut Connection) + Send + 'static,
+    ) -> (String, Arc<Mutex<u32>>) {
+        let connections = Arc::new(Mutex::new(0u32));
+        let counter = Arc::clone(&connections);
+        let address = fake_server(move |conn| {
+            let n = {
+                let mut n = counter.lock().expect("lock");
+                *n += 1;
+                *n
+            };
+            if n <= busy {
+                let _ = conn.write_message(&Message::Error {
+                    code: ErrorCode::ServerBusy,
+                    reason: "the server already serves 2 connections; try again later".into(),
+                });
+                return;
+            }
+            serve(conn);
+        });
+        (address, connections)
+    }
+
+    /// Serves echo requests until the client closes.
+    fn echo_back(conn: &mut Connection) {
+        while let Ok(Some(message)) = conn.read_message() {
+            if conn.write_message(&message).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn echo_config(address: String, amount: u64, retry_deadline: Duration) -> ClientConfig {
+        ClientConfig {
+            mode: Mode::Echo,
+            loop_amount: amount,
+            ..config(address, PathBuf::from("unused.csv"), retry_deadline)
+        }
+    }
+
+    #[test]
+    fn a_busy_server_is_retried_in_bets_mode() {
+        let (address, connections) = busy_server(3, |conn| {
+            while let Ok(Some(message)) = conn.read_message() {
+                let reply = match message {
+                    Message::Hello { upload, .. } => welcome(upload, 0, 0, 0),
+                    Message::Bets { seq, bets, .. } => Message::BetsAck {
+                        seq,
+                        count: u16::try_from(bets.len()).unwrap_or(u16::MAX),
+                    },
+                    Message::Fin => Message::FinAck {
+                        finished: 1,
+                        agencies: 1,
+                    },
+                    Message::WinnersQuery => no_winners(),
+                    other => panic!("{other:?}"),
+                };
+                if conn.write_message(&reply).is_err() {
+                    return;
+                }
+            }
+        });
+        let data = agency_file("busy-bets", FOUR);
+        let config = config(address, data.clone(), Duration::from_secs(10));
+        let result = run_bounded(config, Duration::from_secs(30));
+        let _ = std::fs::remove_file(&data);
+        assert_eq!(result.ok(), Some(Outcome::Completed { skipped: 0 }));
+        assert_eq!(*connections.lock().expect("lock"), 4);
+    }
+
+    #[test]
+    fn a_busy_server_is_retried_in_echo_mode() {
+        // Regression (issue 9): the echo loop retried only the connection, so the
+        // SERVER_BUSY answer to its first ECHO ended the client at once.
+        let (address, connections) = busy_server(3, echo_back);
+        let config = echo_config(address, 2, Duration::from_secs(10));
+        let result = run_bounded(config, Duration::from_secs(30));
+        assert_eq!(result.ok(), Some(Outcome::Completed { skipped: 0 }));
+        assert_eq!(*connections.lock().expect("lock"), 4);
+    }
+
+    #[test]
+    fn a_forever_busy_server_is_given_up_on_after_the_retry_deadline() {
+        for mode in [Mode::Bets, Mode::Echo] {
+            let (address, connections) = busy_server(u32::MAX, |_| {});
+            let data = agency_file("forever-busy", FOUR);
+            let config = ClientConfig {
+                mode,
+                loop_amount: 2,
+                ..config(address, data.clone(), Duration::from_secs(1))
+            };
+            let result = run_bounded(config, Duration::from_secs(20));
+            let _ = std::fs::remove_file(&data);
+            match result {
+                Err(e @ ClientError::RetryDeadline { .. }) => {
+                    let text = e.to_string();
+                    assert!(
+                        text.starts_with(
+                            "no session with the server made progress for 1s \
+                             (server.retry_deadline), giving up; last error: "
+                        ) && text.contains(
+                            "the server refused with SERVER_BUSY (13): the server \
+                             already serves 2 connections; try again later"
+                        ),
+                        "{mode}: {text}"
+                    );
+                }
+                other => panic!("{mode}: {other:?}"),
+            }
+            assert!(
+                *connections.lock().expect("lock") >= 2,
+                "{mode}: it did retry"
+            );
+        }
+    }
+
+    #[test]
+    fn an_echo_loop_whose_connection_breaks_goes_on_with_the_next_message() {
+        // Session 1 echoes message 1, then closes on message 2: session 2 sends 2
+        // and 3, not 1 again.
+        let received: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+        let log = Arc::clone(&received);
+        let address = fake_server(move |conn| {
+            let session = {
+                let mut log = log.lock().expect("lock");
+                log.push(Vec::new());
+                log.len()
+            };
+            while let Ok(Some(message)) = conn.read_message() {
+                let Message::Echo(bytes) = &message else {
+                    panic!("{message:?}")
+                };
+                let text = String::from_utf8_lossy(bytes).into_owned();
+                let count = {
+                    let mut log = log.lock().expect("lock");
+                    log[session - 1].push(text);
+                    log[session - 1].len()
+                };
+                if session == 1 && count == 2 {
+                    return;
+                }
+                if conn.write_message(&message).is_err() {
+                    return;
+                }
+            }
+        });
+        let config = echo_config(address, 3, Duration::from_secs(5));
+        let result = run_bounded(config, Duration::from_secs(20));
+        assert_eq!(result.ok(), Some(Outcome::Completed { skipped: 0 }));
+        let message = |k| format!("[CLIENT 1] Message N°{k}");
+        assert_eq!(
+            *received.lock().expect("lock"),
+            [vec![message(1), message(2)], vec![message(2), message(3)]]
+        );
     }
 
     #[test]

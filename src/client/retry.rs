@@ -37,8 +37,11 @@ pub fn is_retryable(error: &ClientError) -> bool {
         | ClientError::Closed { .. }
         | ClientError::Silent { .. }
         | ClientError::SlowAnswer { .. } => true,
+        // A TLS failure (a certificate refused or not trusted) would happen again.
+        ClientError::Connection { source, .. } if source.tls_failure().is_some() => false,
         ClientError::Connection { source, .. } => match source {
             ConnectionError::Frame(FrameError::Io(_) | FrameError::Truncated { .. }) => true,
+            ConnectionError::Handshake(_) => true,
             ConnectionError::Write(_) => true,
             // A server speaking another version or sending nonsense would do it again.
             ConnectionError::Frame(FrameError::UnsupportedVersion(_) | FrameError::TooLarge(_))

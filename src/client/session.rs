@@ -5,13 +5,15 @@ use std::net::{Shutdown as Both, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use super::{ClientError, unexpected};
-use crate::bet::{AgencyId, Bet};
+use crate::bet::{self, AgencyId, Bet};
 use crate::config::MAX_AGENCIES;
 use crate::connection::{Connection, ConnectionError};
+use crate::logging::excerpt;
 use crate::protocol::{
     ErrorCode, FrameError, Message, PENDING_INTERVAL, StatusAssembler, StatusSnapshot,
 };
 use crate::shutdown::{HookGuard, Shutdown};
+use crate::tls::ClientTls;
 
 /// The least time between two `waiting_draw` lines (the server's `DRAW_PENDING`
 /// frames come every [`PENDING_INTERVAL`]; a faster server is not logged faster).
@@ -50,14 +52,16 @@ pub struct Session {
 }
 
 impl Session {
-    /// Makes one connection attempt (each resolved address gets `timeout`) and sets
-    /// the reply timeout `io_timeout`.
+    /// Makes one connection attempt (each resolved address gets `timeout`), with the
+    /// TLS handshake when `tls` is given (the server's certificate must be valid for
+    /// the host of `address`), and sets the reply timeout `io_timeout`.
     pub fn connect(
         address: &str,
         agency: AgencyId,
         timeout: Duration,
         io_timeout: Duration,
         shutdown: &Shutdown,
+        tls: Option<&ClientTls>,
     ) -> Result<Session, ClientError> {
         let connect_error = |source: io::Error| ClientError::Connect {
             address: address.to_string(),
@@ -65,14 +69,26 @@ impl Session {
         };
         let stream = try_connect(address, timeout).map_err(connect_error)?;
         let mut conn = Connection::new(stream).map_err(connect_error)?;
-        conn.set_timeouts(Some(io_timeout)).map_err(connect_error)?;
+        // The handshake is bounded by the connection attempt's time too.
+        conn.set_timeouts(Some(timeout.min(io_timeout)))
+            .map_err(connect_error)?;
         let closer = conn.shared_stream();
         let hook = shutdown.on_trigger(move || {
             // Unblocks any read or write in progress; errors mean it is closed already.
             let _ = closer.shutdown(Both::Both);
         });
+        if let Some(tls) = tls {
+            let name = crate::tls::server_name(address).map_err(ClientError::Tls)?;
+            conn.connect_tls(tls.config(), name)
+                .map_err(|source| ClientError::Connection {
+                    stage: "tls handshake",
+                    source,
+                })?;
+        }
+        conn.set_timeouts(Some(io_timeout)).map_err(connect_error)?;
         log::info!(
-            "action: connect | result: success | client_id: {agency} | server_address: {address}"
+            "action: connect | result: success | client_id: {agency} | server_address: {address} | tls: {}",
+            if tls.is_some() { "on" } else { "off" }
         );
         Ok(Session {
             conn,
@@ -173,36 +189,71 @@ impl Session {
     /// `waiting_draw` (at most every [`WAITING_LOG_EVERY`]) and proves the server
     /// alive, so the wait fails with [`ClientError::Silent`] (retryable) when no frame
     /// at all arrives for [`draw_wait_timeout`]. SIGTERM ends the wait too.
-    pub fn winners(&mut self) -> Result<Vec<String>, ClientError> {
+    ///
+    /// The answer is checked as it arrives ([`check_winners`]), so a hostile server
+    /// cannot make the client hold more than `most` winners (the bets the agency can
+    /// have stored, at most [`super::MAX_WINNERS`]): every document must be a DNI and
+    /// every chunk before the last must hold at least one, so the answer is at most
+    /// `most + 1` frames and `8 × most` bytes of documents. From its first `WINNERS`
+    /// chunk the whole answer must arrive within `server.io_timeout`
+    /// ([`ClientError::SlowAnswer`] otherwise).
+    pub fn winners(&mut self, most: u64) -> Result<Vec<String>, ClientError> {
+        const STAGE: &str = "winners query";
         let id = self.agency;
-        self.send("winners query", &Message::WinnersQuery)?;
+        self.send(STAGE, &Message::WinnersQuery)?;
         let silence = draw_wait_timeout(self.io_timeout);
-        self.conn
-            .set_timeouts(Some(silence))
-            .map_err(|source| ClientError::Connection {
-                stage: "winners query",
-                source: ConnectionError::Write(source),
-            })?;
-        let mut winners = Vec::new();
+        let limit = self.io_timeout;
+        let mut winners: Vec<String> = Vec::new();
+        // When the answer's first WINNERS chunk arrived.
+        let mut answering: Option<Instant> = None;
         let mut logged: Option<Instant> = None;
         loop {
-            let reply = match self.receive("winners query") {
+            let wait = match answering {
+                None => silence,
+                Some(first) => {
+                    let left = limit.saturating_sub(first.elapsed());
+                    if left.is_zero() {
+                        return Err(ClientError::SlowAnswer {
+                            stage: STAGE,
+                            limit,
+                        });
+                    }
+                    left
+                }
+            };
+            // The connection's deadline counts per frame: once the answer has begun,
+            // the time left of the whole answer bounds every frame of it.
+            self.conn
+                .set_timeouts(Some(wait))
+                .map_err(|source| ClientError::Connection {
+                    stage: STAGE,
+                    source: ConnectionError::Write(source),
+                })?;
+            let reply = match self.receive(STAGE) {
                 Err(ClientError::Connection { source, .. }) if source.is_timeout() => {
-                    return Err(ClientError::Silent {
-                        stage: "waiting for the draw",
-                        after: silence,
+                    return Err(match answering {
+                        None => ClientError::Silent {
+                            stage: "waiting for the draw",
+                            after: silence,
+                        },
+                        Some(_) => ClientError::SlowAnswer {
+                            stage: STAGE,
+                            limit,
+                        },
                     });
                 }
                 other => other?,
             };
             match reply {
                 Message::Winners { last, documents } => {
+                    answering.get_or_insert_with(Instant::now);
+                    check_winners(winners.len(), &documents, last, most)?;
                     winners.extend(documents);
                     if last {
                         return Ok(winners);
                     }
                 }
-                Message::DrawPending { finished, agencies } if winners.is_empty() => {
+                Message::DrawPending { finished, agencies } if answering.is_none() => {
                     if logged.is_none_or(|at| at.elapsed() >= WAITING_LOG_EVERY) {
                         logged = Some(Instant::now());
                         log::info!(
@@ -210,7 +261,7 @@ impl Session {
                         );
                     }
                 }
-                other => return Err(unexpected("winners query", &other)),
+                other => return Err(unexpected(STAGE, &other)),
             }
         }
     }
@@ -302,6 +353,45 @@ impl Drop for Session {
     }
 }
 
+/// Checks one `WINNERS` chunk of `documents` (`last`: the final one) before it is
+/// kept, after `kept` winners of the same answer: at most `most` winners in all,
+/// every document a DNI as a bet's must be ([`bet::is_document`]), and no empty chunk
+/// before the last (the server fills every chunk it can; an empty one would only
+/// keep the client reading). Fails with [`ClientError::BadWinners`] naming what the
+/// server sent.
+pub fn check_winners(
+    kept: usize,
+    documents: &[String],
+    last: bool,
+    most: u64,
+) -> Result<(), ClientError> {
+    let kept = u64::try_from(kept).unwrap_or(u64::MAX);
+    let bad = |problem: String| ClientError::BadWinners { kept, problem };
+    let total = kept.saturating_add(u64::try_from(documents.len()).unwrap_or(u64::MAX));
+    if total > most {
+        let why = if most >= super::MAX_WINNERS {
+            format!("the client's limit of {} (MAX_WINNERS)", super::MAX_WINNERS)
+        } else {
+            format!("the {most} bets the agency has stored")
+        };
+        return Err(bad(format!(
+            "a WINNERS chunk of {} documents makes {total} winners, more than {why}",
+            documents.len()
+        )));
+    }
+    if let Some(doc) = documents.iter().find(|d| !bet::is_document(d)) {
+        return Err(bad(format!(
+            "document \"{}\" is not a DNI (1 to {} digits)",
+            excerpt(doc.as_bytes()),
+            bet::MAX_DOCUMENT_DIGITS
+        )));
+    }
+    if documents.is_empty() && !last {
+        return Err(bad("an empty WINNERS chunk before the last".to_string()));
+    }
+    Ok(())
+}
+
 /// One connection attempt to each address `address` resolves to, `timeout` each.
 fn try_connect(address: &str, timeout: Duration) -> io::Result<TcpStream> {
     let addrs: Vec<SocketAddr> = address.to_socket_addrs()?.collect();
@@ -356,8 +446,14 @@ mod tests {
     ) -> Result<StatusSnapshot, ClientError> {
         let address = answering(replies, pause);
         let shutdown = Shutdown::new();
-        let mut session =
-            Session::connect(&address, 1, Duration::from_secs(2), io_timeout, &shutdown)?;
+        let mut session = Session::connect(
+            &address,
+            1,
+            Duration::from_secs(2),
+            io_timeout,
+            &shutdown,
+            None,
+        )?;
         session.status()
     }
 

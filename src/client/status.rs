@@ -23,6 +23,7 @@ use crate::bet::AgencyId;
 use crate::config::ClientConfig;
 use crate::protocol::{AgencyStatus, StatusSnapshot};
 use crate::shutdown::Shutdown;
+use crate::tls::ClientTls;
 
 /// The most table rows printed; beyond it only unfinished agencies are listed.
 pub const MAX_ROWS: usize = 40;
@@ -34,9 +35,13 @@ const MAX_RANGES: usize = 20;
 const LINE_WIDTH: usize = 80;
 
 /// Prints the lottery's status once, or every `loop.period` for `loop.amount` times.
-pub(super) fn run(config: &ClientConfig, shutdown: &Shutdown) -> Result<Outcome, ClientError> {
+pub(super) fn run(
+    config: &ClientConfig,
+    shutdown: &Shutdown,
+    tls: Option<&ClientTls>,
+) -> Result<Outcome, ClientError> {
     let rounds = config.loop_amount.max(1);
-    let mut run = Run::new(config, shutdown, Work::Status, 0);
+    let mut run = Run::new(config, shutdown, Work::Status, 0, tls);
     for round in 1..=rounds {
         let snapshot = run.with_retries(|run, timeout| {
             let mut session = Session::connect(
@@ -45,6 +50,7 @@ pub(super) fn run(config: &ClientConfig, shutdown: &Shutdown) -> Result<Outcome,
                 timeout,
                 config.io_timeout,
                 run.shutdown,
+                run.tls,
             )?;
             let snapshot = session.status();
             drop(session);

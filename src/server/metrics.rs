@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::protocol::ErrorCode;
 
 /// Error codes `1..=LAST_CODE` have their own counter; any other is counted as code 0.
-const LAST_CODE: usize = 18;
+const LAST_CODE: usize = 20;
 
 /// The server's counters. Every method is lock-free and may be called from any thread.
 #[derive(Debug, Default)]
@@ -24,6 +24,7 @@ pub struct Metrics {
     errors: [AtomicU64; LAST_CODE + 1],
     connections_accepted: AtomicU64,
     refused_busy: AtomicU64,
+    tls_handshakes_failed: AtomicU64,
     status_queries: AtomicU64,
     draw_pending_sent: AtomicU64,
     /// HTTP answers by status: one counter per code of [`HTTP_CODES`], then others.
@@ -98,6 +99,11 @@ impl Metrics {
     pub fn refused_busy(&self) {
         add(&self.refused_busy, 1);
         self.error_sent(ErrorCode::ServerBusy);
+    }
+
+    /// A TLS handshake failed (a refused certificate, a timeout, TLS off here).
+    pub fn tls_handshake_failed(&self) {
+        add(&self.tls_handshakes_failed, 1);
     }
 
     /// A `STATUS_QUERY` was answered.
@@ -183,6 +189,12 @@ impl Metrics {
             "counter",
             "Connections refused with SERVER_BUSY.",
             get(&self.refused_busy),
+        );
+        metric(
+            "loteria_tls_handshakes_failed_total",
+            "counter",
+            "TLS handshakes that failed (refused certificates, timeouts, TLS off).",
+            get(&self.tls_handshakes_failed),
         );
         metric(
             "loteria_status_queries_total",

@@ -66,6 +66,8 @@ pub enum ServerError {
     },
     /// The status page (`[status] http_port`) could not start.
     StatusPage(HttpError),
+    /// The TLS material (`[tls] ca, cert, key`) could not be used.
+    Tls(crate::tls::TlsError),
     /// A thread of the server could not be started.
     Spawn {
         /// Which thread.
@@ -81,6 +83,7 @@ impl fmt::Display for ServerError {
             ServerError::Storage(e) => write!(f, "storage: {e}"),
             ServerError::Io { action, source } => write!(f, "cannot {action}: {source}"),
             ServerError::StatusPage(e) => write!(f, "{e}"),
+            ServerError::Tls(e) => write!(f, "tls: {e}"),
             ServerError::Spawn { thread, source } => {
                 write!(f, "cannot start the {thread} thread: {source}")
             }
@@ -94,6 +97,7 @@ impl std::error::Error for ServerError {
             ServerError::Storage(e) => Some(e),
             ServerError::Io { source, .. } | ServerError::Spawn { source, .. } => Some(source),
             ServerError::StatusPage(e) => Some(e),
+            ServerError::Tls(e) => Some(e),
         }
     }
 }
@@ -178,6 +182,7 @@ pub fn run_with_store(
         action: "read the listening address",
         source,
     })?;
+    let tls = load_tls(config)?;
     let recovered = store.recovered().clone();
     log::info!(
         "action: recovery | result: success | storage: {} | bets: {} | agencies_with_bets: {} | finished: {} | drawn: {}",
@@ -194,6 +199,7 @@ pub fn run_with_store(
         barrier: DrawBarrier::default(),
         connections: Mutex::new(HashMap::new()),
         metrics: Metrics::default(),
+        tls,
     });
     shared.restore_draw();
     let page = match config.status_port {
@@ -275,6 +281,41 @@ pub fn run_with_store(
     drop(shared);
     log::info!("action: close_storage | result: success | path: {path}");
     Ok(())
+}
+
+/// Loads the TLS material of `config` (none: TLS off) and logs how agencies are
+/// authenticated, with a WARN line when they are not.
+fn load_tls(config: &ServerConfig) -> Result<Option<crate::tls::ServerTls>, ServerError> {
+    use crate::logging::sanitize;
+    let files = &config.tls;
+    let (Some(ca), Some(cert), Some(key)) = (&files.ca, &files.cert, &files.key) else {
+        log::warn!(
+            "action: tls | result: success | tls: off | note: agencies are not authenticated: anyone who reaches the port can act as any agency and bets travel in the clear; set tls.ca, tls.cert and tls.key (make certs writes them under certs/)"
+        );
+        return Ok(None);
+    };
+    let tls = crate::tls::ServerTls::load(ca, cert, key).map_err(|e| {
+        log::error!(
+            "action: tls | result: fail | error: {}",
+            sanitize(&e.to_string())
+        );
+        ServerError::Tls(e)
+    })?;
+    let shown = |p: &std::path::Path| sanitize(&p.display().to_string()).to_string();
+    if config.tls_required {
+        log::info!(
+            "action: tls | result: success | tls: on | required: true | ca: {} | cert: {} | note: agencies must come over TLS with their own certificate",
+            shown(ca),
+            shown(cert)
+        );
+    } else {
+        log::warn!(
+            "action: tls | result: success | tls: on | required: false | ca: {} | cert: {} | note: agencies may also come in the clear, unauthenticated (tls.required = false)",
+            shown(ca),
+            shown(cert)
+        );
+    }
+    Ok(Some(tls))
 }
 
 fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
@@ -389,6 +430,8 @@ struct Shared {
     barrier: DrawBarrier,
     connections: Mutex<HashMap<u64, Registered>>,
     metrics: Metrics,
+    /// The TLS set-up, when `[tls]` is configured.
+    tls: Option<crate::tls::ServerTls>,
 }
 
 impl http::Source for Shared {

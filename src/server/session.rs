@@ -79,9 +79,15 @@ impl Session<'_> {
 
     /// Serves requests until the connection ends; returns why it ended.
     fn conversation(&mut self) -> String {
-        // A first byte that cannot start a frame but is text: a person with netcat
-        // (docs/PROTOCOL.md, "Plain-text echo"). Peeking leaves it for `read_frame`.
-        match self.conn.peek_byte() {
+        // The first byte tells a TLS handshake, a person with netcat (text, see
+        // docs/PROTOCOL.md "Plain-text echo") and our frames apart. It is peeked on
+        // the socket, so it is still there for the handshake or `read_frame`.
+        match self.conn.peek_first_byte() {
+            Ok(Some(crate::tls::HANDSHAKE_BYTE)) => {
+                if let Err(reason) = self.start_tls() {
+                    return reason;
+                }
+            }
             Ok(Some(first)) if crate::connection::starts_plain_text(first) => {
                 return self.plain_text_echo();
             }
@@ -110,6 +116,47 @@ impl Session<'_> {
                 Ok(Flow::Close) => return "closed after error".into(),
                 Err(e) if self.shared.shutdown.is_triggered() => return format!("shutdown ({e})"),
                 Err(e) => return format!("write failed: {e}"),
+            }
+        }
+    }
+
+    /// Runs the server side of the TLS handshake; `Err` with the reason the
+    /// connection ends (a refused certificate, a timeout). With TLS off here the
+    /// connection goes on to the frame reader, which refuses its first byte.
+    fn start_tls(&mut self) -> Result<(), String> {
+        let Some(tls) = &self.shared.tls else {
+            // The frame reader answers UNSUPPORTED_VERSION, which the TLS client takes
+            // for a broken handshake: it fails at once either way.
+            log::warn!(
+                "action: tls_handshake | result: fail | peer: {} | error: a TLS client, but TLS is off on this server (tls.ca, tls.cert, tls.key)",
+                self.peer
+            );
+            self.shared.metrics.tls_handshake_failed();
+            return Ok(());
+        };
+        match self.conn.accept_tls(tls.config()) {
+            Ok(()) => {
+                log::debug!(
+                    "action: tls_handshake | result: success | peer: {} | client_certificate: {}",
+                    self.peer,
+                    self.conn.peer_certificate().is_some()
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.shared.metrics.tls_handshake_failed();
+                if self.shared.shutdown.is_triggered() {
+                    return Err("shutdown".into());
+                }
+                log::warn!(
+                    "action: tls_handshake | result: fail | peer: {} | error: {}",
+                    self.peer,
+                    logging::sanitize(&e.to_string())
+                );
+                Err(format!(
+                    "TLS handshake failed: {}",
+                    logging::sanitize(&e.to_string())
+                ))
             }
         }
     }
@@ -155,6 +202,16 @@ impl Session<'_> {
         self.shared
             .metrics
             .frame_received(crate::protocol::HEADER_LEN + frame.payload.len());
+        let agency_request = matches!(
+            frame.kind,
+            kind::HELLO | kind::BETS | kind::FIN | kind::WINNERS_QUERY
+        );
+        if agency_request && self.shared.config.tls_required && !self.conn.is_tls() {
+            return self.reply_error(
+                ErrorCode::TlsRequired,
+                "this server requires TLS for agencies: connect with TLS and the agency's certificate (client keys tls.ca, tls.cert, tls.key)".into(),
+            );
+        }
         let needs_hello = matches!(frame.kind, kind::BETS | kind::FIN | kind::WINNERS_QUERY);
         if needs_hello && self.agency.is_none() {
             return self.not_identified();
@@ -238,6 +295,21 @@ impl Session<'_> {
                 ErrorCode::AlreadyIdentified,
                 format!("this connection already belongs to agency {bound}"),
             );
+        }
+        if self.conn.is_tls() {
+            let refusal = match self.conn.peer_certificate() {
+                None => Some(format!(
+                    "a HELLO for agency {agency} needs that agency's client certificate; this TLS connection presented none"
+                )),
+                Some(cert) if !crate::tls::speaks_for(cert, agency) => Some(format!(
+                    "the client certificate does not speak for agency {agency} (it must be valid for the name {})",
+                    crate::tls::agency_name(agency)
+                )),
+                Some(_) => None,
+            };
+            if let Some(reason) = refusal {
+                return self.reply_error(ErrorCode::NotAuthorized, reason);
+            }
         }
         self.agency = Some(agency);
         self.upload = upload;

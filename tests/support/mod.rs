@@ -75,6 +75,31 @@ pub fn server_config(dir: &Path, agencies: u32) -> ServerConfig {
         winning_number: 7574,
         storage_path: dir.join("bets.csv"),
         status_port: None,
+        tls: Default::default(),
+        tls_required: false,
+    }
+}
+
+/// A client configuration for in-process runs (`loteria::client::run`): agency `id`
+/// uploading `data` to `addr`, with short timeouts, TLS off.
+pub fn client_config(addr: SocketAddr, id: u32, data: &Path) -> loteria::config::ClientConfig {
+    loteria::config::ClientConfig {
+        id,
+        mode: loteria::config::Mode::Bets,
+        data: data.to_path_buf(),
+        server_address: addr.to_string(),
+        connect_timeout: Duration::from_secs(5),
+        retry_deadline: Duration::from_secs(10),
+        io_timeout: Duration::from_secs(20),
+        loop_amount: 0,
+        loop_period: Duration::ZERO,
+        log_level: LogLevel {
+            name: "INFO".into(),
+            filter: log::LevelFilter::Info,
+        },
+        batch_max_amount: 100,
+        single_bet: None,
+        tls: Default::default(),
     }
 }
 
@@ -200,6 +225,22 @@ impl Peer {
         conn.set_timeouts(Some(Duration::from_secs(20)))
             .expect("timeouts");
         Peer { conn }
+    }
+
+    /// Connects and runs the TLS handshake with `tls`, the server named `localhost`.
+    pub fn connect_tls(addr: SocketAddr, tls: &loteria::tls::ClientTls) -> Peer {
+        Peer::try_connect_tls(addr, tls).expect("TLS handshake")
+    }
+
+    /// Like [`Peer::connect_tls`], returning a failed handshake.
+    pub fn try_connect_tls(
+        addr: SocketAddr,
+        tls: &loteria::tls::ClientTls,
+    ) -> Result<Peer, loteria::connection::ConnectionError> {
+        let mut peer = Peer::connect(addr);
+        let name = loteria::tls::server_name("localhost:1").expect("a name");
+        peer.conn.connect_tls(tls.config(), name)?;
+        Ok(peer)
     }
 
     pub fn send(&mut self, message: &Message) {
@@ -389,6 +430,7 @@ pub fn mock_agencies(per_agency: &[usize], winner_every: usize) -> Vec<(Vec<Bet>
         })
         .collect()
 }
+pub mod certs;
 pub mod process;
 pub mod wire;
 

@@ -1,0 +1,186 @@
+//! A throw-away lottery PKI for the TLS tests, made with rcgen: a CA, the server's
+//! certificate (for `localhost` and `127.0.0.1`), and agency certificates — good ones,
+//! expired ones, and ones from a foreign CA — as PEM files in a temporary directory.
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use std::path::PathBuf;
+
+use loteria::tls::{ClientTls, TlsFiles, agency_name};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, date_time_ymd,
+};
+
+use super::TempDir;
+
+/// A certificate and its key, as files.
+#[derive(Debug, Clone)]
+pub struct Pair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A CA that can issue certificates, and where its certificate is.
+pub struct Authority {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    pub cert: PathBuf,
+}
+
+/// The lottery's PKI for one test.
+pub struct TestPki {
+    pub dir: TempDir,
+    pub ca: Authority,
+    pub server: Pair,
+}
+
+fn ca_params(name: &str) -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+}
+
+impl Authority {
+    fn new(dir: &TempDir, name: &str) -> Authority {
+        let key = KeyPair::generate().expect("CA key");
+        let issuer = CertifiedIssuer::self_signed(ca_params(name), key).expect("CA cert");
+        let cert = dir.join(&format!("{name}.pem"));
+        std::fs::write(&cert, issuer.pem()).expect("write CA");
+        Authority { issuer, cert }
+    }
+
+    /// Issues a leaf for `names` with `usage`, valid from `from` to `until` (years),
+    /// written as `<file>.pem` / `<file>.key` in `dir`.
+    fn issue(
+        &self,
+        dir: &TempDir,
+        file: &str,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        (from, until): (i32, i32),
+    ) -> Pair {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names.clone()).expect("leaf params");
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = date_time_ymd(from, 1, 1);
+        params.not_after = date_time_ymd(until, 1, 1);
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
+        let pair = Pair {
+            cert: dir.join(&format!("{file}.pem")),
+            key: dir.join(&format!("{file}.key")),
+        };
+        std::fs::write(&pair.cert, cert.pem()).expect("write cert");
+        std::fs::write(&pair.key, key.serialize_pem()).expect("write key");
+        pair
+    }
+}
+
+/// Validity of a good certificate: from last year for a long time.
+const GOOD: (i32, i32) = (2020, 2090);
+/// Validity of an expired one.
+const EXPIRED: (i32, i32) = (2010, 2011);
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let dir = TempDir::new("pki");
+        let ca = Authority::new(&dir, "lottery-ca");
+        let server = ca.issue(
+            &dir,
+            "server",
+            &["localhost", "127.0.0.1"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            GOOD,
+        );
+        TestPki { dir, ca, server }
+    }
+
+    /// Agency `k`'s certificate and key, signed by the lottery CA.
+    pub fn agency(&self, k: u32) -> Pair {
+        let name = agency_name(k);
+        self.ca.issue(
+            &self.dir,
+            &name,
+            &[&name],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            GOOD,
+        )
+    }
+
+    /// Agency `k`'s certificate, but expired.
+    pub fn expired_agency(&self, k: u32) -> Pair {
+        let name = agency_name(k);
+        self.ca.issue(
+            &self.dir,
+            &format!("{name}-expired"),
+            &[&name],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            EXPIRED,
+        )
+    }
+
+    /// A certificate naming agency `k`, signed by another CA.
+    pub fn foreign_agency(&self, k: u32) -> Pair {
+        let other = Authority::new(&self.dir, "foreign-ca");
+        let name = agency_name(k);
+        other.issue(
+            &self.dir,
+            &format!("{name}-foreign"),
+            &[&name],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            GOOD,
+        )
+    }
+
+    /// A server certificate for `localhost` signed by another CA.
+    pub fn foreign_server(&self) -> (PathBuf, Pair) {
+        let other = Authority::new(&self.dir, "foreign-server-ca");
+        let pair = other.issue(
+            &self.dir,
+            "foreign-server",
+            &["localhost", "127.0.0.1"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            GOOD,
+        );
+        (other.cert.clone(), pair)
+    }
+
+    /// The server's `[tls]` files.
+    pub fn server_files(&self) -> TlsFiles {
+        TlsFiles {
+            ca: Some(self.ca.cert.clone()),
+            cert: Some(self.server.cert.clone()),
+            key: Some(self.server.key.clone()),
+        }
+    }
+
+    /// An agency's `[tls]` files for `pair` (or none: CA only).
+    pub fn client_files(&self, pair: Option<&Pair>) -> TlsFiles {
+        TlsFiles {
+            ca: Some(self.ca.cert.clone()),
+            cert: pair.map(|p| p.cert.clone()),
+            key: pair.map(|p| p.key.clone()),
+        }
+    }
+
+    /// A loaded client TLS set-up for `pair` (or none: CA only).
+    pub fn client_tls(&self, pair: Option<&Pair>) -> ClientTls {
+        ClientTls::load(
+            &self.ca.cert,
+            pair.map(|p| (p.cert.as_path(), p.key.as_path())),
+        )
+        .expect("client TLS loads")
+    }
+}
