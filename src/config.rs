@@ -73,7 +73,7 @@ pub const SERVER_KEYS: &[Key] = &[
         "server.max_connections",
         "SERVER_MAX_CONNECTIONS",
         Some("512"),
-        "connections served at once; more are refused with SERVER_BUSY",
+        "connections served at once that own no agency (no HELLO yet); more are refused with SERVER_BUSY. An agency's own connection is not counted: at most this + lottery.agencies are open",
     ),
     key(
         "log.level",
@@ -419,7 +419,8 @@ pub struct ServerConfig {
     pub listen_backlog: i32,
     /// Idle/write timeout per connection.
     pub io_timeout: Duration,
-    /// Connections served at once.
+    /// Connections served at once that own no agency (each agency's own connection,
+    /// the last to say `HELLO` for it, is not counted).
     pub max_connections: usize,
     /// Log level.
     pub log_level: LogLevel,
@@ -1122,13 +1123,20 @@ mod tests {
         assert!(err.to_string().contains("SERVER_TLS_REQUIRED"), "{err}");
         assert!(err.to_string().contains("TLS is off"), "{err}");
         let err = load(&all[..2]).expect_err("no key");
-        assert!(err.to_string().contains("tls.key must be set with tls.cert"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("tls.key must be set with tls.cert"),
+            "{err}"
+        );
         let err = load(&all[1..]).expect_err("no CA");
         assert!(err.to_string().contains("tls.ca must be set too"), "{err}");
         let err = load(&all[..1]).expect_err("a CA alone");
         assert!(err.to_string().contains("SERVER_TLS_CA"), "{err}");
         let err = load(&[("SERVER_TLS_REQUIRED", "yes")]).expect_err("not a bool");
-        assert!(err.to_string().contains("expected true, false or auto"), "{err}");
+        assert!(
+            err.to_string().contains("expected true, false or auto"),
+            "{err}"
+        );
         let err = load(&[("SERVER_TLS_CA", "a\nb")]).expect_err("a line break");
         assert!(err.to_string().contains("control character"), "{err}");
 
@@ -1139,10 +1147,17 @@ mod tests {
         assert!(ca_only.summary().ends_with("tls: on (no certificate)"));
         let err = load(&[("CLI_TLS_CERT", "c.pem"), ("CLI_TLS_KEY", "c.key")])
             .expect_err("no CA to check the server");
-        assert!(err.to_string().contains("checks the server's certificate"), "{err}");
-        let err = load(&[("CLI_TLS_CA", "ca.pem"), ("CLI_TLS_KEY", "c.key")])
-            .expect_err("a key alone");
-        assert!(err.to_string().contains("tls.cert must be set with tls.key"), "{err}");
+        assert!(
+            err.to_string().contains("checks the server's certificate"),
+            "{err}"
+        );
+        let err =
+            load(&[("CLI_TLS_CA", "ca.pem"), ("CLI_TLS_KEY", "c.key")]).expect_err("a key alone");
+        assert!(
+            err.to_string()
+                .contains("tls.cert must be set with tls.key"),
+            "{err}"
+        );
     }
 
     #[test]

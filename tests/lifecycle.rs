@@ -238,8 +238,9 @@ fn a_connection_over_max_connections_gets_server_busy() {
     let mut config = server_config(dir.path(), 3);
     config.max_connections = 2;
     let server = TestServer::start(config);
-    let mut one = Peer::hello(server.addr, 1);
-    let mut two = Peer::hello(server.addr, 2);
+    // Two connections that have not said HELLO take both places.
+    let mut one = Peer::connect(server.addr);
+    let two = Peer::connect(server.addr);
 
     // A third, silent connection, and a fourth that speaks first: both refused.
     let mut third = Peer::connect(server.addr);
@@ -254,13 +255,9 @@ fn a_connection_over_max_connections_gets_server_busy() {
     expect_error(&mut fourth, ErrorCode::ServerBusy);
     expect_closed(&mut fourth);
 
-    // The two served connections are undisturbed.
-    one.store(1, vec![bet("Ana", "1", 7574)]);
-    two.store(1, vec![bet("Luis", "2", 7574)]);
-
     // Once one leaves, there is room again (the server notices the close on its own
     // schedule: retry, bounded).
-    drop(one);
+    drop(two);
     let mut admitted = None;
     for _ in 0..400 {
         let mut peer = Peer::connect(server.addr);
@@ -282,8 +279,20 @@ fn a_connection_over_max_connections_gets_server_busy() {
         }
     }
     let mut three = admitted.expect("a freed slot is reused");
+    // The served connection is undisturbed.
+    one.say_hello(1, 0);
+    one.store(1, vec![bet("Ana", "1", 7574)]);
     three.store(1, vec![bet("Eva", "3", 7574)]);
-    assert_eq!(server.stored().len(), 3);
+    assert_eq!(server.stored().len(), 2);
+
+    // A connection that owns its agency (its HELLO was accepted) takes no place: two
+    // more connections without HELLO are served (STATUS_QUERY needs none), a third not.
+    let mut five = Peer::connect(server.addr);
+    let mut six = Peer::connect(server.addr);
+    let mut seven = Peer::connect(server.addr);
+    assert_eq!(five.status().0.agencies, 3);
+    assert_eq!(six.status().0.agencies, 3);
+    expect_error(&mut seven, ErrorCode::ServerBusy);
     stop_bounded(server);
 }
 

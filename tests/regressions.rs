@@ -267,9 +267,12 @@ enum BadReader {
 fn lottery_with_a_bad_reader(name: &str, reader: BadReader) {
     const WINNERS: usize = 100_000;
     let dir = TempDir::new(name);
-    // A regression to "io_timeout per blocked write" would stall 600 s, far past the
-    // 60 s agency 2 waits below (the fixed server answers it in a few seconds).
-    let server = TestServer::start(with_timeout(&dir, 3, Duration::from_secs(600)));
+    // Agency 1's own thread writes its answer under one deadline of io_timeout (5 s)
+    // for the whole answer. A regression to "io_timeout per blocked write" would let
+    // the slow reader take its whole answer (about two minutes). (Many such agencies
+    // ahead of an honest one: `tests/waiters.rs`.)
+    const IO_TIMEOUT: Duration = Duration::from_secs(5);
+    let server = TestServer::start(with_timeout(&dir, 3, IO_TIMEOUT));
 
     // Agency 1: 100 000 winning bets, so its answer is about 900 KB.
     let documents: Vec<String> = (0..WINNERS).map(|i| format!("{i:08}")).collect();
@@ -323,7 +326,10 @@ fn lottery_with_a_bad_reader(name: &str, reader: BadReader) {
         sorted(&flatten(&chunks)),
         vec!["2000001".to_string(), "2000003".into()]
     );
-    // The point is made: a slow reader may now drain the rest at full speed.
+    // The point is made. Agency 1's thread started its answer when the result was
+    // published, before agency 2's arrived: once its deadline (io_timeout) has passed,
+    // a slow reader may drain the rest at full speed.
+    thread::sleep(IO_TIMEOUT + Duration::from_secs(1));
     hurry.store(true, Ordering::SeqCst);
 
     // The server gave up on agency 1: what it had managed to send is followed by a

@@ -1,26 +1,32 @@
-//! The draw barrier: agencies waiting for their winners, the draw's result once
-//! known, and the answering of every waiter.
+//! The draw barrier: the agencies waiting for their winners — at most one connection
+//! per agency — and the draw's result once known.
 //!
-//! [`DrawBarrier`] owns its lock and condition variable. The thread that runs the
-//! draw publishes the result and takes the waiting list in one critical section
-//! ([`DrawBarrier::publish`]), so a query that arrives later sees the result and is
-//! answered by its own thread, and one that arrived earlier is in the list. It then
-//! writes to each waiter with the lock released, under one deadline per waiter's whole
-//! answer, so one agency that reads slowly or not at all cannot hold up the others;
-//! and marks each answered or failed ([`DrawBarrier::delivered`]).
+//! [`DrawBarrier`] owns its lock and condition variable. A waiting connection's own
+//! thread waits in [`DrawBarrier::wait`] and, when that returns, writes its own answer
+//! through its own connection: the winners (or `INTERNAL`), `SHUTTING_DOWN` or
+//! `SUPERSEDED`. **No thread writes another connection's socket**, and no thread holds
+//! the lock while it writes its own.
 //!
-//! While it waits, a waiting thread writes its own `DRAW_PENDING` frames (every
-//! `PENDING_INTERVAL`). Two threads never write one socket at once, and no lock is
-//! held while either writes: the barrier's state says who may write. A waiter starts a
-//! `DRAW_PENDING` only while the result is unknown and marks itself `pending_write`
-//! (in the same critical section as the check); `publish` sets the result, so no new
-//! one starts after it; and the drawing thread waits until a waiter's mark is gone
-//! ([`DrawBarrier::until_quiet`]) before it writes that waiter's winners. Every such
-//! write has a deadline, so that wait is bounded.
+//! The thread that gets the N-th `FIN` runs the draw and answers the waiters by
+//! publishing the result and waking them all ([`DrawBarrier::publish`]): it does no
+//! socket I/O for them. A waiter takes the result and leaves the list in one critical
+//! section, and a query that comes after `publish` finds the result at once. So an
+//! agency that never reads its answer holds up only its own thread, for at most its
+//! answer's deadline.
+//!
+//! The list is keyed by agency, so there are never more waiters than agencies. A newer
+//! connection of an agency (connection ids grow in accept order, as in the ledger's
+//! takeover) takes the place of an older one, which is woken and ends as superseded;
+//! an older connection never takes a newer one's place.
+//!
+//! While it waits, a thread writes its own `DRAW_PENDING` every `pending_every` and,
+//! every [`PROBE_WAITER_EVERY`], checks whether its agency has left — both with the
+//! lock released ([`WaitingPeer`]). [`DrawBarrier::close`] (shutdown) wakes every
+//! waiter to answer `SHUTTING_DOWN` and names the waiting sockets to spare for that:
+//! those not in the middle of a `DRAW_PENDING` (shutting such a socket down ends the
+//! write at once, and a half-written frame could not be followed by an answer).
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, Write};
-use std::net::TcpStream;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -32,46 +38,86 @@ use crate::shutdown::lock;
 pub type DrawOutcome = Result<Arc<DrawResult>, String>;
 
 /// How often an agency waiting for the draw is checked for having left, so that its
-/// thread and connection slot are freed instead of being held until the draw.
+/// thread and connection are freed instead of being held until the draw.
 pub const PROBE_WAITER_EVERY: Duration = Duration::from_millis(250);
 
-/// An agency waiting for the draw.
+/// How long a waiter that shutdown spared may take to write its `SHUTTING_DOWN`
+/// (stop waits for it).
+pub const STOP_ANSWER_LIMIT: Duration = Duration::from_secs(2);
+
+/// A connection that asks to wait for the draw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Waiter {
     /// The waiting connection.
     pub conn_id: u64,
     /// Its agency.
     pub agency: AgencyId,
-    /// Its socket, for the drawing thread to write the answer to.
-    pub stream: Arc<TcpStream>,
 }
 
-/// How a wait for the draw ended.
+/// What the barrier needs from a waiting connection; its own thread calls these.
+pub trait WaitingPeer {
+    /// Whether a newer connection of the agency took over. Called with the barrier's
+    /// lock held: it must not block.
+    fn superseded(&self) -> bool;
+    /// Whether the agency has closed its connection (called with the lock released).
+    fn has_left(&mut self) -> bool;
+    /// Writes one `DRAW_PENDING` (lock released); `false` if the write failed.
+    fn send_pending(&mut self) -> bool;
+}
+
+/// How a wait for the draw ended; the waiting thread answers accordingly.
+#[derive(Debug)]
 pub enum WaitEnd {
-    /// The result was known already: the caller answers itself.
-    Known(DrawOutcome),
-    /// The drawing thread answered this connection (`true`) or failed to (`false`:
-    /// the stream is unusable).
-    Delivered(bool),
-    /// `stop` asked to end the wait (shutdown, superseded); the caller answers.
-    Stopped(&'static str),
-    /// The agency closed its connection before the draw.
+    /// The draw's result, known at once or published during the wait: write the
+    /// answer ([`winners_reply`]).
+    Result(DrawOutcome),
+    /// The server is stopping: answer `SHUTTING_DOWN`.
+    ShuttingDown,
+    /// A newer connection of the agency took over: answer `SUPERSEDED`.
+    Superseded,
+    /// The agency left, or a `DRAW_PENDING` could not be written: close.
     Left,
+}
+
+/// The place of an agency's waiting connection.
+struct Place {
+    conn_id: u64,
+    /// Writing a `DRAW_PENDING` right now.
+    writing: bool,
 }
 
 /// The barrier's state.
 #[derive(Default)]
 struct State {
     result: Option<DrawOutcome>,
-    waiting: Vec<Waiter>,
-    /// Connections the drawing thread is writing winners to right now.
-    sending: HashSet<u64>,
-    /// Connections answered (`true`) or whose answer failed (`false`), not yet noticed.
-    answered: HashMap<u64, bool>,
-    /// Waiting connections writing a `DRAW_PENDING` right now (their own thread).
-    pending_write: HashSet<u64>,
-    /// Handed-over connections whose `DRAW_PENDING` write failed (maybe after part of
-    /// the frame went out): their stream is broken, the drawing thread must not write.
-    broken: HashSet<u64>,
+    /// The agencies waiting for the draw: one connection each.
+    waiting: HashMap<AgencyId, Place>,
+    /// Shutdown began: every waiter answers `SHUTTING_DOWN`.
+    closing: bool,
+}
+
+impl State {
+    /// Whether `waiter` still holds its agency's place.
+    fn holds(&self, waiter: Waiter) -> bool {
+        self.waiting
+            .get(&waiter.agency)
+            .is_some_and(|p| p.conn_id == waiter.conn_id)
+    }
+
+    /// Gives `waiter`'s place up (if it still holds it).
+    fn leave(&mut self, waiter: Waiter) {
+        if self.holds(waiter) {
+            self.waiting.remove(&waiter.agency);
+        }
+    }
+
+    fn set_writing(&mut self, waiter: Waiter, writing: bool) {
+        if let Some(place) = self.waiting.get_mut(&waiter.agency)
+            && place.conn_id == waiter.conn_id
+        {
+            place.writing = writing;
+        }
+    }
 }
 
 /// Where agencies wait for the draw.
@@ -79,9 +125,6 @@ struct State {
 pub struct DrawBarrier {
     state: Mutex<State>,
     changed: Condvar,
-    /// Signalled when a `DRAW_PENDING` write ends (only the drawing thread waits on
-    /// it, so a thousand waiters' keep-alives do not wake each other).
-    quiet: Condvar,
 }
 
 impl DrawBarrier {
@@ -90,131 +133,127 @@ impl DrawBarrier {
         lock(&self.state).result.clone()
     }
 
-    /// Publishes the draw's result and hands over every agency waiting for it (each
-    /// marked as being answered by the caller, who must call [`Self::delivered`]).
-    pub fn publish(&self, outcome: DrawOutcome) -> Vec<Waiter> {
+    /// Publishes the draw's result and wakes every waiter to answer itself; returns
+    /// how many agencies were waiting.
+    pub fn publish(&self, outcome: DrawOutcome) -> usize {
         let mut state = lock(&self.state);
         state.result = Some(outcome);
-        let waiters = std::mem::take(&mut state.waiting);
-        state.sending.extend(waiters.iter().map(|w| w.conn_id));
-        waiters
-    }
-
-    /// Records which handed-over waiters were answered, and wakes them.
-    pub fn delivered(&self, results: &[(u64, bool)]) {
-        let mut state = lock(&self.state);
-        for &(conn_id, ok) in results {
-            state.sending.remove(&conn_id);
-            state.answered.insert(conn_id, ok);
-        }
         self.changed.notify_all();
+        state.waiting.len()
     }
 
-    /// Wakes every waiting thread, to look at its stop condition (shutdown, superseded).
+    /// Wakes every waiting thread, to look at its stop condition (superseded).
     pub fn wake_all(&self) {
         let _state = lock(&self.state);
         self.changed.notify_all();
     }
 
-    /// The connections waiting now.
-    pub fn waiting_ids(&self) -> HashSet<u64> {
-        lock(&self.state)
+    /// Shutdown: every waiter (now or later) ends its wait with
+    /// [`WaitEnd::ShuttingDown`]. Returns the connections that wait now and are not
+    /// writing: they answer `SHUTTING_DOWN` themselves, so their sockets must stay
+    /// open; every other socket may be shut down.
+    pub fn close(&self) -> HashSet<u64> {
+        let mut state = lock(&self.state);
+        state.closing = true;
+        self.changed.notify_all();
+        state
             .waiting
-            .iter()
-            .map(|w| w.conn_id)
+            .values()
+            .filter(|p| !p.writing)
+            .map(|p| p.conn_id)
             .collect()
     }
 
-    /// Blocks until connection `conn_id` is not writing a `DRAW_PENDING` (bounded by
-    /// that write's deadline), then says whether its stream may still be written:
-    /// `false` if that write failed, when the caller must not write the winners (the
-    /// peer may hold part of a frame) and delivers `false`. Called by the drawing
-    /// thread after [`Self::publish`], before it writes the connection's winners.
-    pub fn until_quiet(&self, conn_id: u64) -> bool {
-        let mut state = lock(&self.state);
-        while state.pending_write.contains(&conn_id) {
-            let (guard, _) = self
-                .quiet
-                .wait_timeout(state, PROBE_WAITER_EVERY)
-                .unwrap_or_else(PoisonError::into_inner);
-            state = guard;
-        }
-        !state.broken.remove(&conn_id)
+    /// How many agencies wait now.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        lock(&self.state).waiting.len()
     }
 
-    /// Waits until `waiter` is answered, `stop` returns a reason, or `peer_left`
-    /// (probed every [`PROBE_WAITER_EVERY`], with the lock released) says the agency
-    /// has gone. If the result is already known, returns it at once. Every
-    /// `pending_every` while the result is unknown it calls `pending` (with the lock
-    /// released) to write a `DRAW_PENDING`; `false` from it (the write failed) ends
-    /// the wait as [`WaitEnd::Left`].
+    /// Waits for the draw's result as `waiter`, in its agency's place (taking it from an
+    /// older connection of the agency; a newer one keeps it and this wait ends
+    /// superseded at once). Returns the result at once if it is known. While the
+    /// result is unknown, writes a `DRAW_PENDING` through `peer` every
+    /// `pending_every` and checks every [`PROBE_WAITER_EVERY`] whether the agency has
+    /// left (both with the lock released).
     pub fn wait(
         &self,
         waiter: Waiter,
-        stop: &dyn Fn() -> Option<&'static str>,
-        peer_left: &mut dyn FnMut() -> bool,
+        peer: &mut dyn WaitingPeer,
         pending_every: Duration,
-        pending: &mut dyn FnMut() -> bool,
     ) -> WaitEnd {
-        let id = waiter.conn_id;
         let mut state = lock(&self.state);
-        if let Some(outcome) = state.result.clone() {
-            return WaitEnd::Known(outcome);
+        if state.closing {
+            return WaitEnd::ShuttingDown;
         }
-        state.waiting.push(waiter);
-        let mut next_pending = Instant::now() + pending_every;
+        if peer.superseded() {
+            return WaitEnd::Superseded;
+        }
+        if let Some(outcome) = state.result.clone() {
+            return WaitEnd::Result(outcome);
+        }
+        match state.waiting.get(&waiter.agency) {
+            Some(place) if place.conn_id > waiter.conn_id => return WaitEnd::Superseded,
+            // An older connection of the agency waits: it loses its place and is woken.
+            Some(_) => self.changed.notify_all(),
+            None => {}
+        }
+        state.waiting.insert(
+            waiter.agency,
+            Place {
+                conn_id: waiter.conn_id,
+                writing: false,
+            },
+        );
+        let started = Instant::now();
+        let mut next_pending = started + pending_every;
+        let mut next_probe = started + PROBE_WAITER_EVERY;
         loop {
-            if let Some(delivered) = state.answered.remove(&id) {
-                return WaitEnd::Delivered(delivered);
+            if !state.holds(waiter) {
+                return WaitEnd::Superseded; // A newer connection of the agency waits.
             }
-            // While the drawing thread writes to this socket, only it may touch it.
-            let mine = !state.sending.contains(&id);
-            if mine && let Some(reason) = stop() {
-                state.waiting.retain(|w| w.conn_id != id);
-                return WaitEnd::Stopped(reason);
+            let end = if state.closing {
+                Some(WaitEnd::ShuttingDown)
+            } else if peer.superseded() {
+                Some(WaitEnd::Superseded)
+            } else {
+                state.result.clone().map(WaitEnd::Result)
+            };
+            if let Some(end) = end {
+                state.leave(waiter);
+                return end;
             }
-            let (guard, wait) = self
-                .changed
-                .wait_timeout(state, PROBE_WAITER_EVERY)
-                .unwrap_or_else(PoisonError::into_inner);
-            state = guard;
-            if state.sending.contains(&id) || state.answered.contains_key(&id) {
-                continue;
-            }
-            if state.result.is_none() && Instant::now() >= next_pending {
-                // Checked and marked under the lock `publish` takes: the drawing thread
-                // waits for this write to end before it writes the winners.
-                state.pending_write.insert(id);
+            let now = Instant::now();
+            if now >= next_pending {
+                state.set_writing(waiter, true);
                 drop(state);
-                let written = pending();
+                let written = peer.send_pending();
                 state = lock(&self.state);
-                state.pending_write.remove(&id);
-                self.quiet.notify_all();
+                state.set_writing(waiter, false);
                 next_pending = Instant::now() + pending_every;
                 if !written {
-                    if state.sending.contains(&id) {
-                        // Handed over during the write: the drawing thread waits in
-                        // `until_quiet` and learns from this mark not to write.
-                        state.broken.insert(id);
-                    } else if !state.answered.contains_key(&id) {
-                        state.waiting.retain(|w| w.conn_id != id);
-                        return WaitEnd::Left;
-                    }
+                    state.leave(waiter);
+                    return WaitEnd::Left;
                 }
                 continue;
             }
-            if !wait.timed_out() {
+            if now >= next_probe {
+                drop(state);
+                let left = peer.has_left();
+                state = lock(&self.state);
+                next_probe = Instant::now() + PROBE_WAITER_EVERY;
+                if left {
+                    state.leave(waiter);
+                    return WaitEnd::Left;
+                }
                 continue;
             }
-            drop(state);
-            let left = peer_left();
-            state = lock(&self.state);
-            let answered_meanwhile =
-                state.answered.contains_key(&id) || state.sending.contains(&id);
-            if left && !answered_meanwhile {
-                state.waiting.retain(|w| w.conn_id != id);
-                return WaitEnd::Left;
-            }
+            let until = next_pending.min(next_probe);
+            state = self
+                .changed
+                .wait_timeout(state, until.saturating_duration_since(now))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 }
@@ -230,306 +269,231 @@ pub fn winners_reply(outcome: &DrawOutcome, agency: AgencyId) -> Vec<Message> {
     }
 }
 
-/// Writes `agency`'s answer to `stream` within `limit` (however the peer paces its
-/// reads), restores the stream's write timeout to `io_timeout` and logs the outcome.
-pub fn send_winners(
-    stream: &TcpStream,
-    outcome: &DrawOutcome,
-    agency: AgencyId,
-    limit: Duration,
-    io_timeout: Duration,
-) -> io::Result<()> {
-    let deadline = Instant::now() + limit;
-    let sent = winners_reply(outcome, agency).iter().try_for_each(|m| {
-        let bytes = m
-            .encode()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        write_all_before(stream, &bytes, deadline)
-    });
-    let restored = stream.set_write_timeout(Some(io_timeout));
-    let sent = sent.and(restored);
-    let count = outcome.as_ref().map_or(0, |d| d.winners_of(agency).len());
-    match &sent {
-        Ok(()) => log::info!(
-            "action: winners_sent | result: success | agency: {agency} | cant_ganadores: {count}"
-        ),
-        Err(e) => {
-            log::warn!("action: winners_sent | result: fail | agency: {agency} | error: {e}")
-        }
-    }
-    sent
-}
-
-/// Writes one `DRAW_PENDING` (`finished` of `agencies`) to `stream` within `limit`,
-/// then restores the stream's write timeout to `io_timeout`.
-pub fn send_pending(
-    stream: &TcpStream,
-    finished: u32,
-    agencies: u32,
-    limit: Duration,
-    io_timeout: Duration,
-) -> io::Result<()> {
-    let bytes = Message::DrawPending { finished, agencies }
-        .encode()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let sent = write_all_before(stream, &bytes, Instant::now() + limit);
-    let restored = stream.set_write_timeout(Some(io_timeout));
-    sent.and(restored)
-}
-
-/// `write_all` that fails with `TimedOut` once `deadline` has passed, however the
-/// peer paces its reads.
-pub(crate) fn write_all_before(
-    stream: &TcpStream,
-    mut buf: &[u8],
-    deadline: Instant,
-) -> io::Result<()> {
-    while !buf.is_empty() {
-        let left = deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "answer deadline passed"))?;
-        stream.set_write_timeout(Some(left))?;
-        match (&*stream).write(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::mpsc;
     use std::thread;
 
     /// A `DRAW_PENDING` interval no test reaches.
     const LONG: Duration = Duration::from_secs(3600);
 
-    fn stream() -> (Arc<TcpStream>, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (server, _) = listener.accept().expect("accept");
-        (Arc::new(server), client)
+    /// A waiting connection as a test drives it.
+    #[derive(Clone, Default)]
+    struct Mock {
+        superseded: Arc<AtomicBool>,
+        left: Arc<AtomicBool>,
+        pendings: Arc<AtomicUsize>,
+        /// `DRAW_PENDING` writes fail.
+        broken: bool,
+        /// Each `DRAW_PENDING` write lasts this long.
+        slow: Duration,
+        /// If set, each `DRAW_PENDING` write lasts until it is `true`.
+        hold: Option<Arc<AtomicBool>>,
     }
 
-    fn waiter(conn_id: u64) -> (Waiter, TcpStream) {
-        let (stream, peer) = stream();
-        (
-            Waiter {
-                conn_id,
-                agency: 1,
-                stream,
-            },
-            peer,
-        )
+    impl WaitingPeer for Mock {
+        fn superseded(&self) -> bool {
+            self.superseded.load(Ordering::SeqCst)
+        }
+        fn has_left(&mut self) -> bool {
+            self.left.load(Ordering::SeqCst)
+        }
+        fn send_pending(&mut self) -> bool {
+            self.pendings.fetch_add(1, Ordering::SeqCst);
+            thread::sleep(self.slow);
+            if let Some(hold) = &self.hold {
+                while !hold.load(Ordering::SeqCst) {
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+            !self.broken
+        }
+    }
+
+    fn waiter(conn_id: u64, agency: AgencyId) -> Waiter {
+        Waiter { conn_id, agency }
+    }
+
+    /// How a wait ended, as text (for assertions).
+    fn label(end: &WaitEnd) -> String {
+        match end {
+            WaitEnd::Result(Ok(_)) => "Result(Ok)".into(),
+            WaitEnd::Result(Err(reason)) => format!("Result(Err({reason}))"),
+            WaitEnd::ShuttingDown => "ShuttingDown".into(),
+            WaitEnd::Superseded => "Superseded".into(),
+            WaitEnd::Left => "Left".into(),
+        }
+    }
+
+    /// Runs a wait on its own thread; its end arrives on the channel.
+    fn spawn_wait(
+        barrier: &Arc<DrawBarrier>,
+        w: Waiter,
+        mut peer: Mock,
+        every: Duration,
+    ) -> (thread::JoinHandle<()>, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel();
+        let barrier = Arc::clone(barrier);
+        let handle = thread::spawn(move || {
+            let _ = tx.send(label(&barrier.wait(w, &mut peer, every)));
+        });
+        (handle, rx)
+    }
+
+    fn until(what: &str, cond: impl Fn() -> bool) {
+        for _ in 0..2000 {
+            if cond() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        panic!("timed out waiting until {what}");
+    }
+
+    fn end_of(rx: &mpsc::Receiver<String>) -> String {
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("the wait ended")
     }
 
     #[test]
     fn a_known_result_is_returned_at_once() {
         let barrier = DrawBarrier::default();
-        assert!(barrier.publish(Err("x".into())).is_empty());
-        let (w, _peer) = waiter(1);
-        let end = barrier.wait(w, &|| None, &mut || false, LONG, &mut || true);
-        assert!(matches!(end, WaitEnd::Known(Err(reason)) if reason == "x"));
+        assert_eq!(barrier.publish(Err("x".into())), 0);
+        let end = barrier.wait(waiter(1, 1), &mut Mock::default(), LONG);
+        assert_eq!(label(&end), "Result(Err(x))");
+        assert_eq!(barrier.waiting(), 0);
     }
 
     #[test]
-    fn a_waiter_is_handed_over_to_the_drawing_thread_and_woken() {
+    fn publishing_wakes_each_waiter_to_take_the_result_itself() {
         let barrier = Arc::new(DrawBarrier::default());
-        let (w, _peer) = waiter(7);
-        let waiting = {
-            let barrier = Arc::clone(&barrier);
-            thread::spawn(move || {
-                matches!(
-                    barrier.wait(w, &|| None, &mut || false, LONG, &mut || true),
-                    WaitEnd::Delivered(true)
+        let waits: Vec<_> = (1..=3)
+            .map(|agency: u32| {
+                spawn_wait(
+                    &barrier,
+                    waiter(u64::from(agency), agency),
+                    Mock::default(),
+                    LONG,
                 )
             })
-        };
-        // Wait until the waiter is registered, then publish and deliver.
-        let mut handed = Vec::new();
-        for _ in 0..200 {
-            if barrier.waiting_ids().contains(&7) {
-                handed = barrier.publish(Err("done".into()));
-                break;
-            }
-            thread::sleep(Duration::from_millis(5));
+            .collect();
+        until("three agencies wait", || barrier.waiting() == 3);
+        assert_eq!(barrier.publish(Err("done".into())), 3);
+        for (handle, rx) in waits {
+            assert_eq!(end_of(&rx), "Result(Err(done))");
+            handle.join().expect("waiter thread");
         }
-        assert_eq!(handed.len(), 1);
-        barrier.delivered(&[(7, true)]);
-        assert!(waiting.join().expect("waiter thread"));
+        assert_eq!(barrier.waiting(), 0, "each waiter left the list");
     }
 
     #[test]
-    fn a_stop_condition_ends_the_wait_and_frees_the_place() {
+    fn a_superseded_waiter_ends_its_wait_and_frees_the_place() {
         let barrier = Arc::new(DrawBarrier::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let (w, _peer) = waiter(3);
-        let waiting = {
-            let (barrier, stop) = (Arc::clone(&barrier), Arc::clone(&stop));
-            thread::spawn(move || {
-                let stop_fn = move || stop.load(Ordering::SeqCst).then_some("superseded");
-                matches!(
-                    barrier.wait(w, &stop_fn, &mut || false, LONG, &mut || true),
-                    WaitEnd::Stopped("superseded")
-                )
-            })
-        };
-        while !barrier.waiting_ids().contains(&3) {
-            thread::sleep(Duration::from_millis(5));
-        }
-        stop.store(true, Ordering::SeqCst);
+        let peer = Mock::default();
+        let (handle, rx) = spawn_wait(&barrier, waiter(3, 1), peer.clone(), LONG);
+        until("the agency waits", || barrier.waiting() == 1);
+        peer.superseded.store(true, Ordering::SeqCst);
         barrier.wake_all();
-        assert!(waiting.join().expect("waiter thread"));
-        assert!(barrier.waiting_ids().is_empty());
+        assert_eq!(end_of(&rx), "Superseded");
+        handle.join().expect("waiter thread");
+        assert_eq!(barrier.waiting(), 0);
+    }
+
+    #[test]
+    fn an_agency_has_one_waiter_the_newest_connection() {
+        let barrier = Arc::new(DrawBarrier::default());
+        let (old, old_end) = spawn_wait(&barrier, waiter(5, 7), Mock::default(), LONG);
+        until("connection 5 waits", || barrier.waiting() == 1);
+        // A newer connection of agency 7 takes the place; the older one is woken.
+        let (new, new_end) = spawn_wait(&barrier, waiter(9, 7), Mock::default(), LONG);
+        assert_eq!(end_of(&old_end), "Superseded");
+        old.join().expect("old waiter");
+        assert_eq!(barrier.waiting(), 1);
+        // An older connection (a stale HELLO) never takes a newer one's place.
+        let stale = barrier.wait(waiter(6, 7), &mut Mock::default(), LONG);
+        assert_eq!(label(&stale), "Superseded");
+        assert_eq!(barrier.waiting(), 1);
+        // Another agency has a place of its own.
+        let (other, other_end) = spawn_wait(&barrier, waiter(2, 8), Mock::default(), LONG);
+        until("agency 8 waits too", || barrier.waiting() == 2);
+        assert_eq!(barrier.publish(Err("done".into())), 2);
+        assert_eq!(end_of(&new_end), "Result(Err(done))");
+        assert_eq!(end_of(&other_end), "Result(Err(done))");
+        new.join().expect("new waiter");
+        other.join().expect("other waiter");
     }
 
     #[test]
     fn a_waiter_that_left_gives_up_its_place() {
         let barrier = DrawBarrier::default();
-        let (w, _peer) = waiter(4);
-        let end = barrier.wait(w, &|| None, &mut || true, LONG, &mut || true);
-        assert!(matches!(end, WaitEnd::Left));
-        assert!(barrier.waiting_ids().is_empty());
+        let peer = Mock::default();
+        peer.left.store(true, Ordering::SeqCst);
+        let end = barrier.wait(waiter(4, 1), &mut peer.clone(), LONG);
+        assert_eq!(label(&end), "Left");
+        assert_eq!(barrier.waiting(), 0);
     }
 
     #[test]
-    fn pending_frames_are_written_by_the_waiter_until_the_draw_and_never_during_it() {
+    fn the_waiter_writes_its_pending_frames_and_a_draw_during_one_does_not_wait_for_it() {
         let barrier = Arc::new(DrawBarrier::default());
-        let (w, _peer) = waiter(9);
-        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let waiting = {
-            let (barrier, writes) = (Arc::clone(&barrier), Arc::clone(&writes));
-            thread::spawn(move || {
-                let mut pending = || {
-                    writes.fetch_add(1, Ordering::SeqCst);
-                    // A slow write: the drawing thread must wait for it to end.
-                    thread::sleep(Duration::from_millis(30));
-                    true
-                };
-                matches!(
-                    barrier.wait(
-                        w,
-                        &|| None,
-                        &mut || false,
-                        Duration::from_millis(10),
-                        &mut pending
-                    ),
-                    WaitEnd::Delivered(true)
-                )
-            })
+        let peer = Mock {
+            slow: Duration::from_millis(30),
+            ..Mock::default()
         };
-        while writes.load(Ordering::SeqCst) < 3 {
-            thread::sleep(Duration::from_millis(5));
-        }
-        let handed = barrier.publish(Err("done".into()));
-        assert_eq!(handed.len(), 1);
-        assert!(
-            barrier.until_quiet(9),
-            "a waiter whose writes succeed stays writable"
-        );
-        let after_quiet = writes.load(Ordering::SeqCst);
-        assert!(lock(&barrier.state).pending_write.is_empty());
-        thread::sleep(Duration::from_millis(60));
-        assert_eq!(
-            writes.load(Ordering::SeqCst),
-            after_quiet,
-            "no DRAW_PENDING starts once the result is published"
-        );
-        barrier.delivered(&[(9, true)]);
-        assert!(waiting.join().expect("waiter thread"));
+        let writes = Arc::clone(&peer.pendings);
+        let (handle, rx) = spawn_wait(&barrier, waiter(9, 1), peer, Duration::from_millis(10));
+        until("three DRAW_PENDINGs", || writes.load(Ordering::SeqCst) >= 3);
+        // Published while the waiter may be writing: publish returns at once, and the
+        // waiter takes the result when its write ends.
+        assert_eq!(barrier.publish(Err("done".into())), 1);
+        assert_eq!(end_of(&rx), "Result(Err(done))");
+        handle.join().expect("waiter thread");
+        let after = writes.load(Ordering::SeqCst);
+        let again = barrier.wait(waiter(10, 1), &mut Mock::default(), Duration::ZERO);
+        assert_eq!(label(&again), "Result(Err(done))");
+        assert_eq!(writes.load(Ordering::SeqCst), after);
     }
 
     #[test]
     fn a_failed_pending_write_ends_the_wait() {
         let barrier = DrawBarrier::default();
-        let (w, _peer) = waiter(5);
-        let end = barrier.wait(w, &|| None, &mut || false, Duration::ZERO, &mut || false);
-        assert!(matches!(end, WaitEnd::Left));
-        assert!(barrier.waiting_ids().is_empty());
-    }
-
-    #[test]
-    fn send_pending_writes_one_whole_frame() {
-        let (server, mut client) = stream();
-        send_pending(
-            &server,
-            2,
-            5,
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-        )
-        .expect("written");
-        let frame = crate::protocol::read_frame(&mut client)
-            .expect("reads")
-            .expect("frame");
-        assert_eq!(
-            frame.decode(),
-            Ok(Message::DrawPending {
-                finished: 2,
-                agencies: 5
-            })
-        );
-    }
-
-    #[test]
-    fn a_pending_write_that_fails_after_the_hand_over_breaks_the_stream() {
-        // The waiter's DRAW_PENDING write fails (e.g. timed out after part of the frame
-        // went out) while the draw is being published: the drawing thread must learn
-        // of it and not write WINNERS after the broken frame.
-        let barrier = Arc::new(DrawBarrier::default());
-        let (w, _peer) = waiter(11);
-        let started = Arc::new(AtomicBool::new(false));
-        let waiting = {
-            let (barrier, started) = (Arc::clone(&barrier), Arc::clone(&started));
-            thread::spawn(move || {
-                let mut pending = || {
-                    started.store(true, Ordering::SeqCst);
-                    thread::sleep(Duration::from_millis(200));
-                    false // the write failed
-                };
-                let end = barrier.wait(
-                    w,
-                    &|| None,
-                    &mut || false,
-                    Duration::from_millis(10),
-                    &mut pending,
-                );
-                match end {
-                    WaitEnd::Delivered(ok) => format!("Delivered({ok})"),
-                    WaitEnd::Left => "Left".into(),
-                    WaitEnd::Known(_) => "Known".into(),
-                    WaitEnd::Stopped(r) => format!("Stopped({r})"),
-                }
-            })
+        let mut peer = Mock {
+            broken: true,
+            ..Mock::default()
         };
-        while !started.load(Ordering::SeqCst) {
-            thread::sleep(Duration::from_millis(1));
-        }
-        let handed = barrier.publish(Err("done".into()));
-        assert_eq!(
-            handed.len(),
-            1,
-            "the waiter whose write is failing is handed over"
-        );
-        let writable = barrier.until_quiet(11);
-        assert!(!writable, "the drawing thread is told the stream is broken");
-        barrier.delivered(&[(11, writable)]);
-        let end = waiting.join().expect("waiter thread");
-        assert_eq!(
-            end, "Delivered(false)",
-            "a broken stream is closed, not answered"
-        );
-        assert!(
-            lock(&barrier.state).broken.is_empty(),
-            "the mark is consumed"
-        );
-        // A waiter whose writes succeed stays writable.
-        assert!(barrier.until_quiet(12));
+        let end = barrier.wait(waiter(5, 1), &mut peer, Duration::ZERO);
+        assert_eq!(label(&end), "Left");
+        assert_eq!(barrier.waiting(), 0);
+    }
+
+    #[test]
+    fn close_wakes_every_waiter_and_spares_only_those_not_writing() {
+        let barrier = Arc::new(DrawBarrier::default());
+        let (idle, idle_end) = spawn_wait(&barrier, waiter(1, 1), Mock::default(), LONG);
+        let release = Arc::new(AtomicBool::new(false));
+        let writer = Mock {
+            hold: Some(Arc::clone(&release)),
+            ..Mock::default()
+        };
+        let writes = Arc::clone(&writer.pendings);
+        let (busy, busy_end) = spawn_wait(&barrier, waiter(2, 2), writer, Duration::ZERO);
+        until("both wait, one writing", || {
+            barrier.waiting() == 2 && writes.load(Ordering::SeqCst) >= 1
+        });
+        let spared = barrier.close();
+        assert_eq!(spared, HashSet::from([1]), "the writing one is not spared");
+        assert_eq!(end_of(&idle_end), "ShuttingDown");
+        // A draw that races with shutdown: the waiter still answers SHUTTING_DOWN (a
+        // short answer: stop does not wait for a whole list of winners).
+        barrier.publish(Err("done".into()));
+        release.store(true, Ordering::SeqCst);
+        assert_eq!(end_of(&busy_end), "ShuttingDown");
+        idle.join().expect("idle waiter");
+        busy.join().expect("busy waiter");
+        assert_eq!(barrier.waiting(), 0);
+        let late = barrier.wait(waiter(3, 3), &mut Mock::default(), LONG);
+        assert_eq!(label(&late), "ShuttingDown");
     }
 }

@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::draw::write_all_before;
+use crate::connection::write_all_before;
 use crate::protocol::{AgencyStatus, StatusSnapshot};
 use crate::shutdown::lock;
 

@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::bet::{AgencyId, Bet, DrawResult};
 use crate::protocol::{AgencyStatus, StatusSnapshot};
@@ -95,6 +96,10 @@ pub struct Finish {
 pub struct Ledger {
     agencies: u32,
     state: Mutex<State>,
+    /// How many agencies have an owning connection (`State::owners.len()`, stored
+    /// under the lock at each change), readable without the lock: the accept loop
+    /// must not wait for a commit's `fsync`s.
+    owned: AtomicUsize,
 }
 
 struct State {
@@ -123,6 +128,7 @@ impl Ledger {
                 bets: recovered.bets,
                 owners: HashMap::new(),
             }),
+            owned: AtomicUsize::new(0),
         }
     }
 
@@ -144,6 +150,7 @@ impl Ledger {
             _ => None,
         };
         state.owners.insert(agency, conn);
+        self.owned.store(state.owners.len(), Ordering::SeqCst);
         let (stored_upload, stored_seq, stored_bets, stored_line) =
             match state.progress.get(&agency) {
                 // Bets adopted from an older, journal-less run belong to no known
@@ -168,7 +175,14 @@ impl Ledger {
         let mut state = lock(&self.state);
         if state.owners.get(&agency) == Some(&conn) {
             state.owners.remove(&agency);
+            self.owned.store(state.owners.len(), Ordering::SeqCst);
         }
+    }
+
+    /// How many connections own an agency now (at most one per agency): the
+    /// connections whose `HELLO` took their agency over and that are still open.
+    pub fn owners(&self) -> usize {
+        self.owned.load(Ordering::SeqCst)
     }
 
     /// Stores batch `seq` of `agency`'s upload `upload`, sent on connection `conn`, if
@@ -540,6 +554,25 @@ mod tests {
         ));
         // A repeated HELLO on the owning connection changes nothing.
         assert_eq!(l.hello(1, 5, 2).map(|w| w.superseded), Some(None));
+    }
+
+    #[test]
+    fn owners_counts_one_connection_per_agency() {
+        let l = ledger(3);
+        assert_eq!(l.owners(), 0);
+        l.hello(1, 5, 1).expect("first connection");
+        l.hello(2, 5, 2).expect("first connection");
+        assert_eq!(l.owners(), 2);
+        // Takeovers, a stale HELLO and a repeated one: still one owner per agency.
+        l.hello(1, 5, 3).expect("newer connection");
+        assert!(l.hello(1, 5, 2).is_none());
+        l.hello(1, 5, 3).expect("same connection");
+        assert_eq!(l.owners(), 2);
+        // The superseded connection's end releases nothing; the owner's does.
+        l.release(1, 1);
+        assert_eq!(l.owners(), 2);
+        l.release(1, 3);
+        assert_eq!(l.owners(), 1);
     }
 
     #[test]

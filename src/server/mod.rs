@@ -3,14 +3,15 @@
 //!
 //! * [`ledger`](self) — `ledger::Ledger` owns the [`Store`] and the rules over it
 //!   (next batch, replay, upload conflict, FIN, who owns an agency) behind its lock.
-//! * `draw` — `draw::DrawBarrier`: agencies waiting for the winners, the result, and
-//!   answering them.
+//! * `draw` — `draw::DrawBarrier`: the agencies waiting for their winners (one
+//!   connection each) and the result; publishing it wakes them to answer themselves.
 //! * `session` — one connection's conversation.
 //! * `metrics` — lock-free counters, rendered in the Prometheus text format.
 //! * `http` — the opt-in status page (`[status] http_port`): `/`, `/metrics`,
 //!   `/status.json`.
-//! * this module — binding, the accept loop (thread per connection, all joined),
-//!   the registry of live connections (shutdown, superseding), start-up recovery
+//! * this module — binding, the accept loop (thread per connection, all joined; at
+//!   most `max_connections` that own no agency, plus one per agency), the registry
+//!   of live connections (shutdown, superseding), start-up recovery
 //!   of the draw, the progress logger thread and the draw summary.
 //!
 //! No lock is held across socket I/O. [`run`] takes a bound listener and a
@@ -107,9 +108,6 @@ impl From<StorageError> for ServerError {
         ServerError::Storage(e)
     }
 }
-
-/// How long the drawing thread may block writing to one waiting agency.
-const WAITER_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Binds the listening socket with the configured host, port and listen backlog.
 ///
@@ -239,14 +237,20 @@ pub fn run_with_store(
         }
     };
     log::info!("action: listen | result: success | address: {local}");
+    log::info!(
+        "action: connection_limit | result: success | max_connections: {} | agencies: {} | max_open: {} | note: connections that have not said HELLO are capped at max_connections; each agency's own connection is not counted",
+        config.max_connections,
+        config.agencies,
+        max_open(config)
+    );
     let hook = {
         let shared = Arc::clone(&shared);
         shutdown.on_trigger(move || {
             // Agencies waiting for the draw are woken to answer SHUTTING_DOWN
-            // themselves; every other socket is shut down so blocked reads return.
-            let waiting = shared.barrier.waiting_ids();
-            shared.barrier.wake_all();
-            shared.close_connections_except(&waiting);
+            // themselves; every other socket is shut down so blocked reads and writes
+            // return (a waiter writing a DRAW_PENDING or its winners included).
+            let spared = shared.barrier.close();
+            shared.close_connections_except(&spared);
             wake_acceptor(local);
         })
     };
@@ -338,7 +342,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) -> Vec<JoinHandle<(
             break; // Most likely our own wake-up connection.
         }
         workers = reap(workers);
-        if workers.len() >= shared.config.max_connections {
+        if !shared.has_room() {
             shared.metrics.refused_busy();
             refuse_busy(stream, peer, shared.config.max_connections);
             continue;
@@ -389,13 +393,22 @@ fn reap(workers: Vec<JoinHandle<()>>) -> Vec<JoinHandle<()>> {
     running
 }
 
+/// The most connections open at once: `max_connections` not (or no longer) owning
+/// an agency, plus one per agency.
+fn max_open(config: &ServerConfig) -> usize {
+    let agencies = usize::try_from(config.agencies).unwrap_or(usize::MAX);
+    config.max_connections.saturating_add(agencies)
+}
+
 fn refuse_busy(stream: TcpStream, peer: SocketAddr, max: usize) {
     log::warn!(
-        "action: accept | result: fail | peer: {peer} | error: server busy ({max} connections)"
+        "action: accept | result: fail | peer: {peer} | error: server busy ({max} connections that own no agency)"
     );
     let message = Message::Error {
         code: ErrorCode::ServerBusy,
-        reason: format!("the server already serves {max} connections; try again later"),
+        reason: format!(
+            "the server already serves {max} connections that have not said HELLO; try again later"
+        ),
     };
     // Best effort: the peer may already be gone, and the socket closes on drop.
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
@@ -465,6 +478,23 @@ impl Shared {
         lock(&self.connections).remove(&id);
     }
 
+    /// Whether the accept loop may take one more connection: fewer than
+    /// `max_connections` of the open ones own no agency (they have not said `HELLO`,
+    /// or a newer connection of their agency took over and they are closing). A
+    /// connection whose `HELLO` was accepted owns its agency (the ledger's owner, one
+    /// per agency) and is not counted, so agencies that wait for the draw never keep
+    /// the others out, and at most `max_connections + agencies` are open at once.
+    ///
+    /// The open count is read first, then the owners: only this (accept) thread adds
+    /// connections, so between the two reads the open count can only fall and a rise
+    /// of the owners is a move out of the unowned ones — the difference never counts
+    /// fewer unowned connections than there are.
+    fn has_room(&self) -> bool {
+        let open = lock(&self.connections).len();
+        let owning = self.ledger.owners();
+        open.saturating_sub(owning) < self.config.max_connections
+    }
+
     fn close_connections_except(&self, keep: &HashSet<u64>) {
         let connections = lock(&self.connections);
         for (_, conn) in connections.iter().filter(|(id, _)| !keep.contains(id)) {
@@ -496,7 +526,7 @@ impl Shared {
                 );
             }
             let outcome = self.compute_draw("draw_restore");
-            let _ = self.barrier.publish(outcome);
+            self.barrier.publish(outcome);
         } else if let Some(recorded) = self.ledger.draw_pending(self.config.winning_number) {
             log::info!(
                 "action: draw_resume | result: in_progress | reason: every agency had finished but the draw had not run"
@@ -605,10 +635,11 @@ impl Shared {
         }
     }
 
-    /// Runs the draw over everything stored, publishes the result, and answers every
-    /// agency that is already waiting. If the draw could not be journaled
-    /// (`unrecorded`), every agency is answered `INTERNAL` instead: winners that a
-    /// restart might draw differently are never sent.
+    /// Runs the draw over everything stored and publishes the result: every agency
+    /// waiting for it is woken and writes its own answer (this thread writes to no
+    /// other connection). If the draw could not be journaled (`unrecorded`), the
+    /// result is an error and every agency is answered `INTERNAL` instead: winners that
+    /// a restart might draw differently are never sent.
     fn draw_and_answer(&self, unrecorded: Option<String>) {
         let outcome = match unrecorded {
             None => self.compute_draw("sorteo"),
@@ -621,35 +652,12 @@ impl Shared {
                 ))
             }
         };
-        let waiters = self.barrier.publish(outcome.clone());
-        let mut delivered = Vec::with_capacity(waiters.len());
-        for waiter in &waiters {
-            // The waiter may be writing a DRAW_PENDING of its own: let it finish. If
-            // that write failed, the stream may end inside a frame: write nothing more.
-            if !self.barrier.until_quiet(waiter.conn_id) {
-                log::warn!(
-                    "action: winners_sent | result: fail | agency: {} | error: the stream broke while a DRAW_PENDING was written",
-                    waiter.agency
-                );
-                delivered.push((waiter.conn_id, false));
-                continue;
-            }
-            // One deadline for the whole answer, not per write call: a waiter that
-            // reads slowly or not at all must not hold the others up.
-            let limit = self.config.io_timeout.min(WAITER_WRITE_TIMEOUT);
-            let sent = draw::send_winners(
-                &waiter.stream,
-                &outcome,
-                waiter.agency,
-                limit,
-                self.config.io_timeout,
-            );
-            if outcome.is_err() {
-                self.metrics.error_sent(ErrorCode::Internal);
-            }
-            delivered.push((waiter.conn_id, sent.is_ok()));
-        }
-        self.barrier.delivered(&delivered);
+        let drawn = outcome.is_ok();
+        let waiting = self.barrier.publish(outcome);
+        log::info!(
+            "action: draw_published | result: {} | waiting_agencies: {waiting}",
+            if drawn { "success" } else { "fail" }
+        );
     }
 
     /// Logs which agencies the draw still waits for.

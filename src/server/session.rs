@@ -2,13 +2,13 @@
 //! the draw barrier, replies out.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Shared;
-use super::draw::{self, WaitEnd, Waiter};
+use super::draw::{self, WaitEnd, Waiter, WaitingPeer};
 use super::ledger::{Refusal, Stored};
 use crate::bet::{self, AgencyId, Bet};
 use crate::connection::{Connection, ConnectionError};
@@ -501,83 +501,32 @@ impl Session<'_> {
             );
         }
         let shared = self.shared;
-        let waiter = Waiter {
-            conn_id: self.id,
-            agency,
-            stream: self.conn.shared_stream(),
-        };
         if shared.barrier.result().is_none() {
             log::info!("action: winners_wait | result: in_progress | agency: {agency}");
         }
-        let superseded = Arc::clone(&self.superseded);
-        let stop = move || {
-            if shared.shutdown.is_triggered() {
-                Some("shutdown")
-            } else if superseded.load(Ordering::SeqCst) {
-                Some("superseded")
-            } else {
-                None
-            }
+        let waiter = Waiter {
+            conn_id: self.id,
+            agency,
         };
-        let stream = self.conn.shared_stream();
-        let mut left = || peer_has_left(&stream);
-        // DRAW_PENDING, written by this thread while the barrier says it may.
-        let pending_stream = self.conn.shared_stream();
-        let mut pending = || {
-            let (finished, _, _) = shared.ledger.waiting_for(0);
-            let agencies = shared.ledger.agencies();
-            let limit = shared.config.io_timeout.min(super::WAITER_WRITE_TIMEOUT);
-            match draw::send_pending(
-                &pending_stream,
-                finished,
-                agencies,
-                limit,
-                shared.config.io_timeout,
-            ) {
-                Ok(()) => {
-                    shared.metrics.draw_pending_sent();
-                    log::debug!(
-                        "action: draw_pending | result: success | agency: {agency} | finished: {finished} | agencies: {agencies}"
-                    );
-                    true
-                }
-                Err(e) => {
-                    log::warn!(
-                        "action: draw_pending | result: fail | agency: {agency} | error: {e}"
-                    );
-                    false
-                }
-            }
+        let mut peer = WaitingConnection {
+            shared,
+            stream: self.conn.shared_stream(),
+            conn: &mut self.conn,
+            superseded: &self.superseded,
+            agency,
         };
-        match shared.barrier.wait(
-            waiter,
-            &stop,
-            &mut left,
-            crate::protocol::PENDING_INTERVAL,
-            &mut pending,
-        ) {
-            WaitEnd::Known(outcome) => {
-                if outcome.is_err() {
-                    shared.metrics.error_sent(ErrorCode::Internal);
-                }
-                draw::send_winners(
-                    self.conn.stream(),
-                    &outcome,
-                    agency,
-                    shared.config.io_timeout,
-                    shared.config.io_timeout,
-                )
-                .map(|()| Flow::Continue)
-                .map_err(ConnectionError::Write)
+        let end = shared
+            .barrier
+            .wait(waiter, &mut peer, crate::protocol::PENDING_INTERVAL);
+        match end {
+            WaitEnd::Result(outcome) => self.send_winners(agency, &outcome),
+            WaitEnd::Superseded => {
+                // A newer connection of the agency took over (maybe its place in the
+                // barrier before its HELLO's takeover reached this one).
+                self.superseded.store(true, Ordering::SeqCst);
+                Ok(Flow::Continue) // The loop answers SUPERSEDED and closes.
             }
-            // A half-written answer leaves the stream unusable: close it.
-            WaitEnd::Delivered(true) => Ok(Flow::Continue),
-            WaitEnd::Delivered(false) => Ok(Flow::Close),
-            WaitEnd::Stopped("superseded") => Ok(Flow::Continue), // answered by the loop
-            WaitEnd::Stopped(_) => self.reply_error(
-                ErrorCode::ShuttingDown,
-                "the server is stopping before the draw".into(),
-            ),
+            WaitEnd::ShuttingDown => self.shutting_down_reply(),
             WaitEnd::Left if self.is_superseded() => Ok(Flow::Continue),
             WaitEnd::Left => {
                 log::info!(
@@ -586,6 +535,53 @@ impl Session<'_> {
                 Ok(Flow::Close)
             }
         }
+    }
+
+    /// Writes `agency`'s answer (its winners, or `INTERNAL` if the draw failed) within
+    /// one `io_timeout` for the whole answer, however the peer paces its reads. A
+    /// failure may leave part of a frame written: the loop closes the connection.
+    fn send_winners(
+        &mut self,
+        agency: AgencyId,
+        outcome: &draw::DrawOutcome,
+    ) -> Result<Flow, ConnectionError> {
+        if outcome.is_err() {
+            self.shared.metrics.error_sent(ErrorCode::Internal);
+        }
+        let deadline = Instant::now() + self.shared.config.io_timeout;
+        let sent = self
+            .conn
+            .write_messages_before(&draw::winners_reply(outcome, agency), deadline);
+        let count = outcome.as_ref().map_or(0, |d| d.winners_of(agency).len());
+        match &sent {
+            Ok(()) => log::info!(
+                "action: winners_sent | result: success | agency: {agency} | cant_ganadores: {count}"
+            ),
+            Err(e) => {
+                log::warn!("action: winners_sent | result: fail | agency: {agency} | error: {e}")
+            }
+        }
+        sent.map(|()| Flow::Continue)
+    }
+
+    /// Tells a waiting agency that the server stops before the draw, within
+    /// [`draw::STOP_ANSWER_LIMIT`] (shutdown waits for it); then the connection closes.
+    fn shutting_down_reply(&mut self) -> Result<Flow, ConnectionError> {
+        let code = ErrorCode::ShuttingDown;
+        let reason = "the server is stopping before the draw";
+        self.shared.metrics.error_sent(code);
+        log::warn!(
+            "action: request | result: fail | peer: {} | agency: {} | code: {code} | reason: {reason}",
+            self.peer,
+            self.agency_label()
+        );
+        let message = Message::Error {
+            code,
+            reason: reason.into(),
+        };
+        let deadline = Instant::now() + draw::STOP_ANSWER_LIMIT;
+        self.conn.write_messages_before(&[message], deadline)?;
+        Ok(Flow::Close)
     }
 
     /// Serves a plain-text connection: echoes each line back as it came and logs it,
@@ -666,6 +662,49 @@ impl Session<'_> {
     }
 }
 
+/// A connection waiting for the draw, as the barrier sees it: its own thread writes
+/// its `DRAW_PENDING`s through its own [`Connection`] and peeks its socket to see
+/// whether the agency left.
+struct WaitingConnection<'c> {
+    shared: &'c Shared,
+    conn: &'c mut Connection,
+    /// The same socket, for [`peer_has_left`]'s peek (reading, never writing).
+    stream: Arc<TcpStream>,
+    superseded: &'c AtomicBool,
+    agency: AgencyId,
+}
+
+impl WaitingPeer for WaitingConnection<'_> {
+    fn superseded(&self) -> bool {
+        self.superseded.load(Ordering::SeqCst)
+    }
+
+    fn has_left(&mut self) -> bool {
+        peer_has_left(&self.stream)
+    }
+
+    fn send_pending(&mut self) -> bool {
+        let (finished, _, _) = self.shared.ledger.waiting_for(0);
+        let agencies = self.shared.ledger.agencies();
+        let agency = self.agency;
+        let pending = Message::DrawPending { finished, agencies };
+        let deadline = Instant::now() + self.shared.config.io_timeout;
+        match self.conn.write_messages_before(&[pending], deadline) {
+            Ok(()) => {
+                self.shared.metrics.draw_pending_sent();
+                log::debug!(
+                    "action: draw_pending | result: success | agency: {agency} | finished: {finished} | agencies: {agencies}"
+                );
+                true
+            }
+            Err(e) => {
+                log::warn!("action: draw_pending | result: fail | agency: {agency} | error: {e}");
+                false
+            }
+        }
+    }
+}
+
 /// The reply to a request that storage could not record: `INTERNAL`, which the
 /// client retries (nothing was stored).
 fn storage_refusal(agency: AgencyId, seq: Option<u64>, e: &StorageError) -> (ErrorCode, String) {
@@ -683,7 +722,7 @@ fn storage_refusal(agency: AgencyId, seq: Option<u64>, e: &StorageError) -> (Err
 /// Whether the peer has closed its side (or the connection broke). Only for a
 /// connection that is not otherwise reading: it peeks with a 1 ms timeout (the
 /// connection sets its own read timeout again before its next read).
-fn peer_has_left(stream: &std::net::TcpStream) -> bool {
+fn peer_has_left(stream: &TcpStream) -> bool {
     if stream
         .set_read_timeout(Some(Duration::from_millis(1)))
         .is_err()

@@ -432,6 +432,7 @@ pub fn mock_agencies(per_agency: &[usize], winner_every: usize) -> Vec<(Vec<Bet>
 }
 pub mod certs;
 pub mod process;
+pub mod shm;
 pub mod wire;
 
 /// A loopback port that was free a moment ago (for `status_port`, which takes a
