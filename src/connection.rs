@@ -473,6 +473,26 @@ impl Connection {
         }
     }
 
+    /// Whether the peer has ended the stream — a TCP close, TLS' `close_notify`, or a
+    /// broken connection — looking for at most `wait`. Bytes the peer sent meanwhile
+    /// stay buffered for the next read (for a connection that is not otherwise
+    /// reading: an agency waiting for the draw).
+    pub fn peer_has_closed(&mut self, wait: Duration) -> bool {
+        self.reader.get_mut().deadline = Some(Instant::now() + wait);
+        loop {
+            match self.reader.fill_buf() {
+                Ok(buf) => return buf.is_empty(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return !matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    );
+                }
+            }
+        }
+    }
+
     /// Reads one line of plain text (see [`TextLine`]); more than `max` bytes before
     /// the `\n` is [`TextLine::TooLong`]. The whole line must arrive within the
     /// timeout, or the error is a timeout ([`FrameError::is_timeout`]).

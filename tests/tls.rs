@@ -368,3 +368,46 @@ fn a_client_with_another_agencys_certificate_stops_before_connecting() {
         "{err}"
     );
 }
+
+/// Regression (issue 9 review): a waiting agency that left over TLS was not noticed by
+/// the probe, which peeked at the socket and saw TLS' `close_notify` record as data;
+/// only a later `DRAW_PENDING` write failing (two of them, about 6 s) freed its place.
+/// The probe now reads through the connection, so the close is noticed at once (the
+/// agency shows as not connected).
+#[test]
+fn a_tls_waiter_that_leaves_is_noticed_at_once() {
+    let dir = TempDir::new("tls-waiter-leaves");
+    let pki = TestPki::new();
+    let server = TestServer::start(tls_server(&dir, &pki, 2));
+    let tls = pki.client_tls(Some(&pki.agency(1)));
+    let mut waiter = Peer::connect_tls(server.addr, &tls);
+    waiter.say_hello(1, 0);
+    waiter.fin();
+    waiter.send(&Message::WinnersQuery);
+    let mut monitor = Peer::connect(server.addr);
+    let connected = |monitor: &mut Peer| monitor.status().0.entries[0].connected;
+    let started = std::time::Instant::now();
+    while !connected(&mut monitor) {
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "agency 1 never showed as connected"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    waiter.conn.close(); // close_notify, then the TCP close
+    drop(waiter);
+    let left = std::time::Instant::now();
+    while connected(&mut monitor) {
+        assert!(
+            left.elapsed() < Duration::from_secs(4),
+            "agency 1 still holds its place {:?} after it left",
+            left.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "a TLS waiter that left was noticed after {:?}",
+        left.elapsed()
+    );
+    stop_bounded(server);
+}

@@ -766,9 +766,11 @@ fn a_server_side_tls_connection_keeps_its_timeouts() {
 }
 
 #[test]
-fn a_resumed_tls_session_is_still_its_agency_and_only_its_agency() {
-    // A client that reconnects in the same process resumes its TLS session (no
-    // certificate is sent again): the server must still know whose it is.
+fn a_reconnecting_agency_is_checked_in_full_every_time() {
+    // No session is resumed (a resumed session would skip the certificate check, its
+    // dates included): every connection of one client process is a full handshake,
+    // and its certificate decides whose it is. (Before, the second connection resumed
+    // and sent no certificate again.)
     let dir = TempDir::new("review-tls-resume");
     let pki = TestPki::new();
     let server = TestServer::start(tls_server(&dir, &pki, 2));
@@ -784,8 +786,8 @@ fn a_resumed_tls_session_is_still_its_agency_and_only_its_agency() {
     let mut again = RawTls::connect(server.addr, &one);
     assert_eq!(
         again.tls.handshake_kind(),
-        Some(rustls::HandshakeKind::Resumed),
-        "the second connection resumes"
+        Some(rustls::HandshakeKind::Full),
+        "the second connection does not resume"
     );
     again.send(&Message::Hello {
         agency: 2,
@@ -799,12 +801,12 @@ fn a_resumed_tls_session_is_still_its_agency_and_only_its_agency() {
                 ..
             }))
         ),
-        "a resumed session of agency 1 is not agency 2"
+        "agency 1's certificate is not agency 2"
     );
     let mut third = RawTls::connect(server.addr, &one);
     assert_eq!(
         third.tls.handshake_kind(),
-        Some(rustls::HandshakeKind::Resumed)
+        Some(rustls::HandshakeKind::Full)
     );
     third.send(&Message::Hello {
         agency: 1,
@@ -812,7 +814,7 @@ fn a_resumed_tls_session_is_still_its_agency_and_only_its_agency() {
     });
     assert!(
         matches!(third.recv(), Ok(Some(Message::Welcome { agency: 1, .. }))),
-        "a resumed session of agency 1 is agency 1"
+        "agency 1's certificate is agency 1"
     );
     stop_bounded(server);
 }
