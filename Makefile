@@ -39,6 +39,7 @@ test: test-web test-rust test-scripts test-docker
 # --show-output: the fault and crash tests print their figures (kills survived, bets
 # lost, duplicates, faults injected); a passing test's output is shown after its binary.
 test-rust:
+	@scripts/ensure-tools.sh openssl
 	cargo test --locked -- --show-output
 
 # The status page of a real server in headless Chromium (CHROMIUM=path, or chromium,
