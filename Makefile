@@ -38,6 +38,7 @@ test: test-web test-rust test-scripts test-docker
 
 # --show-output: the fault and crash tests print their figures (kills survived, bets
 # lost, duplicates, faults injected); a passing test's output is shown after its binary.
+# tests/e2e_tls.rs makes its certificates with scripts/make-certs.sh, hence openssl.
 test-rust:
 	@scripts/ensure-tools.sh openssl
 	cargo test --locked -- --show-output
