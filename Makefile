@@ -1,13 +1,13 @@
 # Entry points; README.md explains each.
 .PHONY: demo demo-watch demo-local test test-rust test-web test-scripts test-docker check lint bench agencies \
-        docker-prepare docker-image docker-compose-up docker-compose-down \
+        certs certs-brief docker-prepare docker-image docker-compose-up docker-compose-down \
         docker-compose-logs status
 
 # Compose v2 (`docker compose`) where installed, else the v1 `docker-compose`.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
 # The whole lottery in containers: server + 5 agencies (agencies/), winners table.
-demo: docker-image
+demo: docker-image certs-brief
 	scripts/docker_demo.sh docker-compose.yaml
 
 # A lottery big enough to watch: 5 agencies of WATCH_BETS generated bets each (in
@@ -16,7 +16,7 @@ demo: docker-image
 # the server stays up until Ctrl-C; then the table, and everything is removed.
 WATCH_DIR ?= /tmp/loteria-watch
 WATCH_BETS ?= 1000000
-demo-watch: docker-image $(WATCH_DIR)/.bets-$(WATCH_BETS)
+demo-watch: docker-image certs-brief $(WATCH_DIR)/.bets-$(WATCH_BETS)
 	python3 compose_maker.py 5 --data-dir $(WATCH_DIR) -o $(WATCH_DIR)/docker-compose.yaml
 	HOLD=1 scripts/docker_demo.sh $(WATCH_DIR)/docker-compose.yaml
 
@@ -26,7 +26,7 @@ $(WATCH_DIR)/.bets-%:
 	python3 scripts/gen_agencies.py --bets $* -o $(WATCH_DIR) >/dev/null
 	touch $@
 
-# The same on this host, without Docker.
+# The same on this host, without Docker (in plaintext: the server logs a WARN).
 demo-local:
 	scripts/run_local.sh agencies
 
@@ -38,7 +38,9 @@ test: test-web test-rust test-scripts test-docker
 
 # --show-output: the fault and crash tests print their figures (kills survived, bets
 # lost, duplicates, faults injected); a passing test's output is shown after its binary.
+# tests/e2e_tls.rs makes its certificates with scripts/make-certs.sh, hence openssl.
 test-rust:
+	@scripts/ensure-tools.sh openssl
 	cargo test --locked -- --show-output
 
 # The status page of a real server in headless Chromium (CHROMIUM=path, or chromium,
@@ -51,12 +53,15 @@ test-web:
 	python3 tests/web/test_status_page.py
 
 # scripts/build_image.sh, docker_demo.sh, check_names.sh and `make status` fed canned Docker output by a
-# fake `docker` on PATH (no Docker engine needed; seconds).
+# fake `docker` on PATH (no Docker engine needed; seconds); scripts/make-certs.sh
+# (openssl, installed with apt-get when missing) and compose_maker.py's mounts.
 test-scripts:
+	@scripts/ensure-tools.sh openssl
 	python3 tests/scripts/test_scripts.py
 
-# nc_test.sh is also checked under dash (installed with apt-get when missing).
-test-docker: docker-image
+# nc_test.sh is also checked under dash (installed with apt-get when missing). The
+# lotteries run over mutual TLS with certs/.
+test-docker: docker-image certs-brief
 	@scripts/ensure-tools.sh dash
 	python3 tests/docker/test_compose.py
 
@@ -79,6 +84,23 @@ bench:
 agencies:
 	python3 scripts/gen_agencies.py -o agencies
 
+# The certificates for mutual TLS (scripts/make-certs.sh): the lottery CA, the server's
+# and agencies 1..CERTS_AGENCIES' keys and certificates in CERTS_DIR, one line per file.
+# Idempotent: valid files are kept as they are; what is missing, broken, expiring or
+# not of this CA is made again. The compose files mount certs/.
+CERTS_DIR ?= certs
+CERTS_AGENCIES ?= 5
+certs:
+	@scripts/ensure-tools.sh openssl
+	CERTS_DIR="$(CERTS_DIR)" CERTS_AGENCIES=$(CERTS_AGENCIES) scripts/make-certs.sh
+
+# The same for the targets that start a lottery, always in certs/ (what the compose
+# files mount): one line when every file is kept, else the files made (a fraction of a
+# second when they are there).
+certs-brief:
+	@scripts/ensure-tools.sh openssl
+	@CERTS_DIR=certs CERTS_AGENCIES=$(CERTS_AGENCIES) scripts/make-certs.sh --brief
+
 # The base images the Dockerfiles name, made locally when no registry has them
 # (idempotent: does nothing when they are there).
 docker-prepare:
@@ -93,7 +115,7 @@ docker-image: docker-prepare
 
 # Refuses (creating nothing) while another lottery holds the container names, naming
 # its Compose project and the command that removes it (scripts/check_names.sh).
-docker-compose-up: docker-image
+docker-compose-up: docker-image certs-brief
 	@CHECK_NAMES_AS="make docker-compose-up" scripts/check_names.sh --allow-own docker-compose.yaml
 	$(COMPOSE) -f docker-compose.yaml up --detach --no-build
 	@echo "status page: http://127.0.0.1:$${LOTERIA_STATUS_PORT:-8080}/ (make status: the same as a table)"
@@ -111,7 +133,9 @@ docker-compose-logs:
 # container (`docker run --rm`) on the running `server` container's network (the one
 # whose name ends in _lottery, as nc_test.sh picks it), with this checkout's config/;
 # once, or LOOP=N times, one every loop.period (PERIOD=2s sets it). Any lottery whose
-# server container is named `server` (the line on stderr says whose).
+# server container is named `server` (the line on stderr says whose). A server with
+# SERVER_TLS_CERT in its environment is asked over TLS as agency 1, with this
+# checkout's certs/ca.pem, agency-1.pem and agency-1.key mounted read-only.
 LOOP ?= 0
 status:
 	@id=$$(docker inspect --type container -f '{{if .State.Running}}{{.Id}}{{end}}' server 2>/dev/null); \
@@ -126,7 +150,20 @@ status:
 	owner=$$(docker inspect --type container -f '{{index .Config.Labels "com.docker.compose.project"}}' server); \
 	if [ -n "$$owner" ]; then whose="the Compose project '$$owner'"; else whose="a server made outside Compose"; fi; \
 	echo "make status: the lottery of $$whose (network $$net)" >&2; \
-	exec docker run --rm --pull never --network "$$net" -v "$(CURDIR)/config:/app/config:ro" \
+	set --; \
+	if docker inspect --type container -f '{{range .Config.Env}}{{println .}}{{end}}' server 2>/dev/null \
+	        | grep -q '^SERVER_TLS_CERT='; then \
+	    for file in ca.pem agency-1.pem agency-1.key; do \
+	        if [ ! -f "$(CURDIR)/certs/$$file" ]; then \
+	            echo "make status: the server uses TLS, and certs/$$file is missing (make certs)" >&2; \
+	            exit 1; \
+	        fi; \
+	        set -- "$$@" --mount "type=bind,source=$(CURDIR)/certs/$$file,target=/app/certs/$$file,readonly"; \
+	    done; \
+	    set -- "$$@" -e CLI_TLS_CA=/app/certs/ca.pem -e CLI_TLS_CERT=/app/certs/agency-1.pem \
+	        -e CLI_TLS_KEY=/app/certs/agency-1.key; \
+	fi; \
+	exec docker run --rm --pull never --network "$$net" -v "$(CURDIR)/config:/app/config:ro" "$$@" \
 	    -e CLI_MODE=status -e CLI_ID=1 -e CLI_SERVER_ADDRESS=server:12345 \
 	    -e CLI_LOOP_AMOUNT=$(LOOP) $(if $(PERIOD),-e CLI_LOOP_PERIOD=$(PERIOD)) \
 	    -e CLI_RETRY_DEADLINE=10s loteria-client:latest

@@ -2,6 +2,7 @@
 """Writes the Docker Compose file for a lottery with n agencies.
 
     python3 compose_maker.py [n] [-o FILE|-] [--data-dir DIR] [--config-dir DIR]
+                             [--certs-dir DIR | --no-tls]
 
 n (default 1) is the number of agencies. The file (default `docker-compose.yaml`)
 holds one `server` container and containers `client1` … `clientN` on the private
@@ -19,6 +20,19 @@ container bind-mounts the configuration directory (`config/`) read-only, so an e
 `server.toml` / `client.toml` takes effect on the next container start without
 rebuilding an image; `clientK` also gets `DATA_DIR/agency-K.csv`, read-only (a
 missing one is warned about here, and Docker refuses to start that client).
+
+Mutual TLS is on (the files come from `make certs`, in CERTS_DIR, default `certs/`
+next to this script): every container bind-mounts `ca.pem` read-only at
+/app/certs/ca.pem; the server alone also `server.pem` and `server.key`, and `clientK`
+alone `agency-K.pem` and `agency-K.key` (read-only, at /app/certs/ under the same
+names), so no container holds another's key, and the CA key is never mounted. The
+server gets `SERVER_TLS_CA`, `SERVER_TLS_CERT`, `SERVER_TLS_KEY` and
+`SERVER_TLS_REQUIRED=true` (an agency without a certificate of this CA naming it,
+`DNS:agency-K`, is refused), each client `CLI_TLS_CA`, `CLI_TLS_CERT`, `CLI_TLS_KEY`.
+n = 0 keeps TLS on (the plain-text and `ECHO` check of `nc_test.sh` is answered
+without TLS by design). A missing certificate file is warned about here (Docker then
+refuses to start that container). `--no-tls` writes the plaintext deployment (no
+certificates, no TLS variables).
 
 Paths on the command line are taken relative to the current directory and written
 relative to the compose file (Compose resolves them from the file's directory).
@@ -43,6 +57,9 @@ CLIENT_IMAGE = "loteria-client:latest"
 APP = "/app"
 DEFAULT_DATA_DIR = str(ROOT / "agencies")
 DEFAULT_CONFIG_DIR = str(ROOT / "config")
+DEFAULT_CERTS_DIR = str(ROOT / "certs")
+# Where the containers find their certificates and keys.
+CERTS = f"{APP}/certs"
 # Every container joins one bridge network, and a Linux bridge holds at most 1024
 # interfaces: more agencies than this cannot run from one compose file anyway.
 MAX_AGENCIES = 1000
@@ -130,10 +147,30 @@ def service_lines(name: str, image: str, dockerfile: str, context: str,
     return lines
 
 
+def tls_files(n: int) -> list[str]:
+    """The files of CERTS_DIR a lottery of n agencies mounts."""
+    return (["ca.pem", "server.pem", "server.key"]
+            + [f"agency-{k}.{ext}" for k in range(1, n + 1) for ext in ("pem", "key")])
+
+
+def tls_setup(prefix: str, certs_dir: Path | None, compose_dir: Path,
+              name: str) -> tuple[list[str], list[Mount]]:
+    """The TLS variables (`prefix`: SERVER or CLI) and read-only mounts of a container
+    whose certificate and key are `name`.pem / `name`.key: the CA certificate, its own
+    certificate and key. None and none without TLS (`certs_dir` None)."""
+    if certs_dir is None:
+        return [], []
+    files = {"CA": "ca.pem", "CERT": f"{name}.pem", "KEY": f"{name}.key"}
+    environment = [f"{prefix}_TLS_{var}={CERTS}/{file}" for var, file in files.items()]
+    mounts: list[Mount] = [("bind", mount_source(certs_dir / file, compose_dir),
+                            f"{CERTS}/{file}", True) for file in files.values()]
+    return environment, mounts
+
+
 def render(n: int, compose_dir: Path, data_dir: Path, config_dir: Path,
-           options: str) -> str:
-    """The compose file's text for n agencies; `options` are the generator's options
-    besides n and -o, for the header."""
+           certs_dir: Path | None, options: str) -> str:
+    """The compose file's text for n agencies, with mutual TLS unless `certs_dir` is
+    None; `options` are the generator's options besides n and -o, for the header."""
     context = mount_source(ROOT, compose_dir)
     config: Mount = ("bind", mount_source(config_dir, compose_dir), f"{APP}/config", True)
     lines = [
@@ -143,22 +180,32 @@ def render(n: int, compose_dir: Path, data_dir: Path, config_dir: Path,
     if n == 0:
         lines.append("# No agencies: the server waits for config/server.toml's "
                      "lottery.agencies.")
+    if certs_dir is None:
+        lines.append("# No TLS (--no-tls): agencies connect in plaintext.")
+    else:
+        lines.append("# Mutual TLS with the certificates of `make certs`: each container "
+                     "mounts the CA's certificate and its own key and certificate only.")
     lines.append("services:")
     # n = 0: no SERVER_AGENCIES, the configuration's lottery.agencies applies.
     agencies = [f"SERVER_AGENCIES={n}"] if n > 0 else []
+    tls_environment, tls_mounts = tls_setup("SERVER", certs_dir, compose_dir, "server")
+    if certs_dir is not None:
+        tls_environment.append("SERVER_TLS_REQUIRED=true")
     lines += service_lines(
         "server", SERVER_IMAGE, "Dockerfile.server", context,
-        environment=agencies + [f"SERVER_STATUS_PORT={STATUS_PORT}"],
-        mounts=[config, ("volume", "bets-data", f"{APP}/data", False)],
+        environment=agencies + [f"SERVER_STATUS_PORT={STATUS_PORT}"] + tls_environment,
+        mounts=[config, ("volume", "bets-data", f"{APP}/data", False)] + tls_mounts,
         depends_on=[], networks=["lottery", "status"],
         ports=[f"127.0.0.1:{STATUS_HOST_PORT}:{STATUS_PORT}"])
     for k in range(1, n + 1):
         data = mount_source(data_dir / f"agency-{k}.csv", compose_dir)
+        tls_environment, tls_mounts = tls_setup("CLI", certs_dir, compose_dir, f"agency-{k}")
         lines.append("")
         lines += service_lines(
             f"client{k}", CLIENT_IMAGE, "Dockerfile.client", context,
-            environment=[f"CLI_ID={k}"],
-            mounts=[config, ("bind", data, f"{APP}/agencies/agency-{k}.csv", True)],
+            environment=[f"CLI_ID={k}"] + tls_environment,
+            mounts=[config, ("bind", data, f"{APP}/agencies/agency-{k}.csv", True)]
+            + tls_mounts,
             depends_on=["server"], networks=["lottery"], ports=[])
     lines += [
         "",
@@ -191,11 +238,18 @@ def main(argv: list[str]) -> int:
                         help="directory of agency-K.csv files (default agencies/)")
     parser.add_argument("--config-dir", default=DEFAULT_CONFIG_DIR,
                         help="directory with server.toml and client.toml (default config/)")
+    tls = parser.add_mutually_exclusive_group()
+    tls.add_argument("--certs-dir", default=DEFAULT_CERTS_DIR,
+                     help="directory of `make certs`'s ca.pem, server.pem/.key and "
+                          "agency-K.pem/.key (default certs/)")
+    tls.add_argument("--no-tls", action="store_true",
+                     help="no TLS: no certificates mounted, agencies connect in plaintext")
     args = parser.parse_args(argv)
 
     output = Path(args.output).absolute()
     data_dir = Path(args.data_dir).absolute()
     config_dir = Path(args.config_dir).absolute()
+    certs_dir = None if args.no_tls else Path(args.certs_dir).absolute()
     for name in ("server.toml", "client.toml"):
         if not (config_dir / name).is_file():
             parser.error(f"--config-dir {args.config_dir}: no {name} there")
@@ -207,13 +261,27 @@ def main(argv: list[str]) -> int:
         print(f"compose_maker.py: warning: {args.data_dir} has no {shown}{more}; "
               f"generate a data set with `python3 scripts/gen_agencies.py "
               f"--agencies {args.n} -o DIR` and pass --data-dir DIR", file=sys.stderr)
+    if certs_dir is not None:
+        absent = [name for name in tls_files(args.n) if not (certs_dir / name).is_file()]
+        if absent:
+            shown = ", ".join(absent[:3])
+            more = f" and {len(absent) - 3} more" if len(absent) > 3 else ""
+            how = ("make certs" if args.n <= 5 else f"make certs CERTS_AGENCIES={args.n}")
+            if args.certs_dir != DEFAULT_CERTS_DIR:
+                how += f" CERTS_DIR={shlex.quote(args.certs_dir)}"
+            print(f"compose_maker.py: warning: {args.certs_dir} has no {shown}{more}; "
+                  f"make them with `{how}` (or write a plaintext lottery with --no-tls)",
+                  file=sys.stderr)
 
     to_stdout = args.output == "-"
     compose_dir = Path.cwd() if to_stdout else output.parent
     options = "".join(f" {flag} {shlex.quote(value)}" for flag, value, default in [
         ("--data-dir", args.data_dir, DEFAULT_DATA_DIR),
-        ("--config-dir", args.config_dir, DEFAULT_CONFIG_DIR)] if value != default)
-    text = render(args.n, compose_dir, data_dir, config_dir, options)
+        ("--config-dir", args.config_dir, DEFAULT_CONFIG_DIR),
+        ("--certs-dir", args.certs_dir, DEFAULT_CERTS_DIR)] if value != default)
+    if args.no_tls:
+        options += " --no-tls"
+    text = render(args.n, compose_dir, data_dir, config_dir, certs_dir, options)
     if to_stdout:
         sys.stdout.write(text)
         return 0
@@ -224,9 +292,10 @@ def main(argv: list[str]) -> int:
         return 1
     if args.n == 0:
         print(f"{args.output}: the server alone (it waits for the configuration's "
-              f"lottery.agencies)")
+              f"lottery.agencies){'' if certs_dir is None else ', mutual TLS'}")
     else:
-        print(f"{args.output}: server + {args.n} client(s)")
+        print(f"{args.output}: server + {args.n} client(s)"
+              f"{' (no TLS)' if certs_dir is None else ', mutual TLS'}")
     return 0
 
 

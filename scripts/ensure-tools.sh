@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure the commands the tests use are installed: each missing one is installed
 # with apt-get (as root, or through sudo) from the Debian package of the same name
-# (`chromium`, `dash`, `shellcheck`, `make`), so that `make test` works on a fresh
-# Debian machine with only the clone, Docker and the Rust toolchain.
+# (`chromium`, `dash`, `shellcheck`, `make`, `openssl` for `make certs`), so that
+# `make test` works on a fresh Debian machine with only the clone, Docker and the Rust
+# toolchain.
 #
 #   scripts/ensure-tools.sh COMMAND...
 #

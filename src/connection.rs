@@ -220,19 +220,29 @@ impl Wire {
         }
     }
 
-    /// Runs the TLS handshake on `tls` before `deadline`, then keeps it.
-    fn handshake(&mut self, mut tls: rustls::Connection, deadline: Instant) -> io::Result<()> {
+    /// Runs the TLS handshake on `tls` before `deadline`, then keeps it. `Ok(false)`:
+    /// a client whose server answered the ClientHello with a frame in the clear (its
+    /// first byte is our version, never a TLS record's); nothing of it is read yet.
+    fn handshake(&mut self, mut tls: rustls::Connection, deadline: Instant) -> io::Result<bool> {
         let mut io = Timed {
             stream: &self.stream,
             deadline: Some(deadline),
         };
+        if matches!(tls, rustls::Connection::Client(_)) {
+            // A server refuses a connection it will not serve (`SERVER_BUSY`) in the
+            // clear, before it reads anything: that is an answer, not a bad record.
+            Wire::flush_tls(&mut tls, &mut io)?;
+            if peek_before(&self.stream, Some(deadline))? == Some(protocol::VERSION) {
+                return Ok(false);
+            }
+        }
         while tls.is_handshaking() {
             // On a failure complete_io has already sent the alert, if any.
             tls.complete_io(&mut io)?;
         }
         Wire::flush_tls(&mut tls, &mut io)?;
         self.tls = Some(Box::new(tls));
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -264,6 +274,48 @@ pub(crate) fn write_all_before(
         buf,
     )
 }
+
+/// The next byte on `stream`, not consumed, waiting until `deadline` at most;
+/// `Ok(None)` if the stream ends first.
+fn peek_before(stream: &TcpStream, deadline: Option<Instant>) -> io::Result<Option<u8>> {
+    let io = Timed { stream, deadline };
+    let mut byte = [0u8; 1];
+    loop {
+        stream.set_read_timeout(io.left()?)?;
+        match stream.peek(&mut byte) {
+            Ok(0) => return Ok(None),
+            Ok(_) => return Ok(Some(byte[0])),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(timed_out(e)),
+        }
+    }
+}
+
+/// What a server answered a TLS client's handshake with in the clear: a frame of our
+/// protocol instead of TLS records (an `ERROR`: `SERVER_BUSY` from a server that
+/// refuses the connection before reading it, `UNSUPPORTED_VERSION` from a server
+/// without TLS). Carried inside [`ConnectionError::Handshake`]; see
+/// [`ConnectionError::clear_answer`].
+#[derive(Debug)]
+pub struct ClearAnswer(pub Message);
+
+impl fmt::Display for ClearAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Message::Error { code, reason } => write!(
+                f,
+                "the server answered in the clear, without TLS: {code}: {reason}"
+            ),
+            other => write!(
+                f,
+                "the server answered in the clear, without TLS, with a frame of kind 0x{:02x}",
+                other.kind()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ClearAnswer {}
 
 impl Read for Wire {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -313,6 +365,18 @@ impl ConnectionError {
                 )
             }
             _ => false,
+        }
+    }
+
+    /// The frame a server answered this client's TLS handshake with in the clear,
+    /// if that is why the handshake failed ([`ClearAnswer`]).
+    pub fn clear_answer(&self) -> Option<&Message> {
+        match self {
+            ConnectionError::Handshake(e) => e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<ClearAnswer>())
+                .map(|answer| &answer.0),
+            _ => None,
         }
     }
 
@@ -405,6 +469,26 @@ impl Connection {
                 Ok(buf) => return Ok(buf.first().copied()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(FrameError::Io(e)),
+            }
+        }
+    }
+
+    /// Whether the peer has ended the stream — a TCP close, TLS' `close_notify`, or a
+    /// broken connection — looking for at most `wait`. Bytes the peer sent meanwhile
+    /// stay buffered for the next read (for a connection that is not otherwise
+    /// reading: an agency waiting for the draw).
+    pub fn peer_has_closed(&mut self, wait: Duration) -> bool {
+        self.reader.get_mut().deadline = Some(Instant::now() + wait);
+        loop {
+            match self.reader.fill_buf() {
+                Ok(buf) => return buf.is_empty(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return !matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    );
+                }
             }
         }
     }
@@ -538,22 +622,7 @@ impl Connection {
     /// at most the timeout; `Ok(None)` if the stream ends first.
     pub fn peek_first_byte(&mut self) -> Result<Option<u8>, FrameError> {
         let deadline = self.frame_timeout.map(|t| Instant::now() + t);
-        let io = Timed {
-            stream: &self.stream,
-            deadline,
-        };
-        let mut byte = [0u8; 1];
-        loop {
-            self.stream
-                .set_read_timeout(io.left().map_err(FrameError::Io)?)
-                .map_err(FrameError::Io)?;
-            match self.stream.peek(&mut byte) {
-                Ok(0) => return Ok(None),
-                Ok(_) => return Ok(Some(byte[0])),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(FrameError::Io(timed_out(e))),
-            }
-        }
+        peek_before(&self.stream, deadline).map_err(FrameError::Io)
     }
 
     /// Server side: runs the TLS handshake (within the timeout) before anything else
@@ -583,14 +652,32 @@ impl Connection {
             )));
         }
         let limit = self.frame_timeout.unwrap_or(HANDSHAKE_LIMIT);
-        let handshaken = self
-            .reader
-            .get_mut()
-            .handshake(tls, Instant::now() + limit)
-            .map_err(|e| ConnectionError::Handshake(timed_out(e)));
+        let deadline = Instant::now() + limit;
+        let handshaken = match self.reader.get_mut().handshake(tls, deadline) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(self.read_clear_answer(deadline)),
+            Err(e) => Err(ConnectionError::Handshake(timed_out(e))),
+        };
         let restored = self.stream.set_write_timeout(self.frame_timeout);
         handshaken?;
         restored.map_err(ConnectionError::Write)
+    }
+
+    /// Reads the frame a server sent in the clear instead of its handshake (before
+    /// `deadline`): a [`ClearAnswer`], or why it could not be read.
+    fn read_clear_answer(&mut self, deadline: Instant) -> ConnectionError {
+        self.reader.get_mut().deadline = Some(deadline);
+        match protocol::read_frame(&mut self.reader) {
+            Ok(Some(frame)) => match frame.decode() {
+                Ok(message) => ConnectionError::Handshake(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    ClearAnswer(message),
+                )),
+                Err(e) => ConnectionError::Decode(e),
+            },
+            Ok(None) => ConnectionError::Handshake(io::ErrorKind::UnexpectedEof.into()),
+            Err(e) => ConnectionError::Frame(e),
+        }
     }
 }
 

@@ -247,6 +247,7 @@ impl ServerTls {
     /// without one can still ask for the status or echo), but one that is presented
     /// must chain to the CA, be within its dates and be meant for client
     /// authentication, or the handshake fails; a `HELLO` needs one ([`speaks_for`]).
+    /// Sessions are never resumed: every connection is checked in full.
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<ServerTls, TlsError> {
         let provider = provider();
         let verifier =
@@ -257,7 +258,7 @@ impl ServerTls {
                     what: "the check of the agencies' certificates",
                     reason: e.to_string(),
                 })?;
-        let config = ServerConfig::builder_with_provider(provider)
+        let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(setup("TLS 1.3"))?
             .with_client_cert_verifier(verifier)
@@ -268,6 +269,11 @@ impl ServerTls {
             .map_err(setup(
                 "the server's certificate and key (tls.cert, tls.key)",
             ))?;
+        // No session resumption: a resumed session would skip the check of the
+        // agency's certificate (its dates included) on that connection. Agencies
+        // connect a few times per lottery; a full handshake each time costs nothing.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Ok(ServerTls {
             config: Arc::new(config),
         })

@@ -475,3 +475,56 @@ fn the_server_logs_who_it_waits_for_and_a_draw_summary() {
     );
     again.stop();
 }
+
+/// Regression (issue 9 review): a status answer was written chunk by chunk with only
+/// the per-write timeout, so a reader that kept taking it at a steady pace held the
+/// server thread for as long as the answer took (1 000 000 agencies: 17 MB; at
+/// 40 kB/s, seven minutes with the default 60 s timeout). The whole answer now has one
+/// deadline, `server.io_timeout`: a reader taking it at about 3 MB/s with a 2 s
+/// timeout gets the first part and then the end of the stream, never all of it.
+#[test]
+fn a_status_answer_slower_than_the_io_timeout_is_cut() {
+    use std::io::Read;
+    let dir = TempDir::new("status-trickle");
+    let agencies = 1_000_000;
+    let mut config = server_config(dir.path(), agencies);
+    config.io_timeout = Duration::from_secs(2);
+    let server = TestServer::start(config);
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .set_recv_buffer_size(64 * 1024)
+        .expect("a small window");
+    socket.connect(&server.addr.into()).expect("connect");
+    let mut stream: TcpStream = socket.into();
+    std::io::Write::write_all(
+        &mut stream,
+        &Message::StatusQuery.encode().expect("encodes"),
+    )
+    .expect("ask");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let whole: usize = agencies as usize / STATUS_ENTRIES_PER_CHUNK * 8_000;
+    let started = Instant::now();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "still reading");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "status answer at ~3 MB/s: {got} bytes in {:?} (the whole answer is over {whole})",
+        started.elapsed()
+    );
+    assert!(got > 0, "the answer started");
+    assert!(
+        got < whole * 5 / 6,
+        "the whole answer went out: {got} bytes"
+    );
+    wire::stop_bounded(server);
+}

@@ -31,6 +31,23 @@ fn tls_server(dir: &TempDir, pki: &TestPki, agencies: u32) -> ServerConfig {
     config
 }
 
+/// Agency 1 with one bet to upload to `addr` (named `localhost`, as the server's
+/// certificate says) over TLS with `files`, giving up after `retry_deadline`.
+fn one_bet_agency(
+    dir: &TempDir,
+    addr: std::net::SocketAddr,
+    files: loteria::tls::TlsFiles,
+    retry_deadline: Duration,
+) -> loteria::config::ClientConfig {
+    let data = dir.join("agency-1.csv");
+    support::write_agency_file(&data, &[support::bet("A", "1", 1)]);
+    let mut config = client_config(addr, 1, &data);
+    config.server_address = format!("localhost:{}", addr.port());
+    config.retry_deadline = retry_deadline;
+    config.tls = files;
+    config
+}
+
 /// The reply to `message`, expected to be `ERROR` with `code`; then the server closes.
 fn refused_and_closed(peer: &mut Peer, message: &Message, code: ErrorCode) -> String {
     match peer.request(message) {
@@ -216,12 +233,12 @@ fn an_expired_or_foreign_certificate_is_refused() {
     assert!(server.stored().is_empty());
     // The client binary's own run fails fast and clearly, not after its retry
     // deadline: a refused certificate is not worth retrying.
-    let data = dir.join("agency-1.csv");
-    support::write_agency_file(&data, &[support::bet("A", "1", 1)]);
-    let mut config = client_config(server.addr, 1, &data);
-    config.server_address = format!("localhost:{}", server.addr.port());
-    config.retry_deadline = Duration::from_secs(60);
-    config.tls = pki.client_files(Some(&pki.expired_agency(1)));
+    let config = one_bet_agency(
+        &dir,
+        server.addr,
+        pki.client_files(Some(&pki.expired_agency(1))),
+        Duration::from_secs(60),
+    );
     let started = std::time::Instant::now();
     let err = client::run(&config, &Shutdown::new()).expect_err("refused");
     assert!(
@@ -243,12 +260,12 @@ fn the_client_refuses_a_server_that_is_not_the_lotterys() {
     config.tls.key = Some(foreign_server.key);
     config.tls.ca = Some(foreign_ca);
     let server = TestServer::start(config);
-    let data = dir.join("agency-1.csv");
-    support::write_agency_file(&data, &[support::bet("A", "1", 1)]);
-    let mut client = client_config(server.addr, 1, &data);
-    client.server_address = format!("localhost:{}", server.addr.port());
-    client.retry_deadline = Duration::from_secs(60);
-    client.tls = pki.client_files(Some(&pki.agency(1)));
+    let client = one_bet_agency(
+        &dir,
+        server.addr,
+        pki.client_files(Some(&pki.agency(1))),
+        Duration::from_secs(60),
+    );
     let err = client::run(&client, &Shutdown::new()).expect_err("an untrusted server");
     let text = err.to_string();
     assert!(
@@ -330,12 +347,12 @@ fn a_tls_client_to_a_server_without_tls_fails_clearly() {
     let dir = TempDir::new("tls-off");
     let pki = TestPki::new();
     let server = TestServer::start(server_config(dir.path(), 1));
-    let data = dir.join("agency-1.csv");
-    support::write_agency_file(&data, &[support::bet("A", "1", 1)]);
-    let mut client = client_config(server.addr, 1, &data);
-    client.server_address = format!("localhost:{}", server.addr.port());
-    client.retry_deadline = Duration::from_secs(1);
-    client.tls = pki.client_files(Some(&pki.agency(1)));
+    let client = one_bet_agency(
+        &dir,
+        server.addr,
+        pki.client_files(Some(&pki.agency(1))),
+        Duration::from_secs(1),
+    );
     let err = client::run(&client, &Shutdown::new()).expect_err("no TLS there");
     let text = err.to_string();
     assert!(text.contains("is TLS on at the server"), "{text}");
@@ -350,12 +367,14 @@ fn a_tls_client_to_a_server_without_tls_fails_clearly() {
 fn a_client_with_another_agencys_certificate_stops_before_connecting() {
     let dir = TempDir::new("tls-own-cert");
     let pki = TestPki::new();
-    let data = dir.join("agency-1.csv");
-    support::write_agency_file(&data, &[support::bet("A", "1", 1)]);
     // Nothing listens there: the check comes first.
     let addr = "127.0.0.1:9".parse().expect("addr");
-    let mut client = client_config(addr, 1, &data);
-    client.tls = pki.client_files(Some(&pki.agency(2)));
+    let mut client = one_bet_agency(
+        &dir,
+        addr,
+        pki.client_files(Some(&pki.agency(2))),
+        Duration::from_secs(1),
+    );
     let err = client::run(&client, &Shutdown::new()).expect_err("not agency 1's");
     assert!(
         err.to_string().contains("not agency 1's certificate"),
@@ -367,4 +386,47 @@ fn a_client_with_another_agencys_certificate_stops_before_connecting() {
         err.to_string().contains("needs agency 1's certificate"),
         "{err}"
     );
+}
+
+/// Regression (issue 9 review): a waiting agency that left over TLS was not noticed by
+/// the probe, which peeked at the socket and saw TLS' `close_notify` record as data;
+/// only a later `DRAW_PENDING` write failing (two of them, about 6 s) freed its place.
+/// The probe now reads through the connection, so the close is noticed at once (the
+/// agency shows as not connected).
+#[test]
+fn a_tls_waiter_that_leaves_is_noticed_at_once() {
+    let dir = TempDir::new("tls-waiter-leaves");
+    let pki = TestPki::new();
+    let server = TestServer::start(tls_server(&dir, &pki, 2));
+    let tls = pki.client_tls(Some(&pki.agency(1)));
+    let mut waiter = Peer::connect_tls(server.addr, &tls);
+    waiter.say_hello(1, 0);
+    waiter.fin();
+    waiter.send(&Message::WinnersQuery);
+    let mut monitor = Peer::connect(server.addr);
+    let connected = |monitor: &mut Peer| monitor.status().0.entries[0].connected;
+    let started = std::time::Instant::now();
+    while !connected(&mut monitor) {
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "agency 1 never showed as connected"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    waiter.conn.close(); // close_notify, then the TCP close
+    drop(waiter);
+    let left = std::time::Instant::now();
+    while connected(&mut monitor) {
+        assert!(
+            left.elapsed() < Duration::from_secs(4),
+            "agency 1 still holds its place {:?} after it left",
+            left.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "a TLS waiter that left was noticed after {:?}",
+        left.elapsed()
+    );
+    stop_bounded(server);
 }

@@ -278,6 +278,16 @@ impl fmt::Display for ClientError {
             }
             ClientError::Refused {
                 stage,
+                code: code @ ErrorCode::UnsupportedVersion,
+                reason,
+            } if stage == session::TLS_HANDSHAKE => write!(
+                f,
+                "{stage}: the server refused with {code}: {reason} (it answered the TLS \
+                 handshake in the clear: is TLS on at the server, with its tls.ca, \
+                 tls.cert and tls.key?)"
+            ),
+            ClientError::Refused {
+                stage,
                 code,
                 reason,
             } => write!(f, "{stage}: the server refused with {code}: {reason}"),

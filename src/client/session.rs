@@ -43,6 +43,9 @@ pub struct Welcome {
     pub drawn: bool,
 }
 
+/// The stage of the TLS handshake, in errors.
+pub(super) const TLS_HANDSHAKE: &str = "tls handshake";
+
 /// A connection to the server; closed when dropped.
 pub struct Session {
     conn: Connection,
@@ -80,9 +83,18 @@ impl Session {
         if let Some(tls) = tls {
             let name = crate::tls::server_name(address).map_err(ClientError::Tls)?;
             conn.connect_tls(tls.config(), name)
-                .map_err(|source| ClientError::Connection {
-                    stage: "tls handshake",
-                    source,
+                .map_err(|source| match source.clear_answer() {
+                    // A refusal in the clear (SERVER_BUSY: retried) is a refusal.
+                    Some(Message::Error { code, reason }) => ClientError::Refused {
+                        stage: TLS_HANDSHAKE.to_string(),
+                        code: *code,
+                        reason: reason.clone(),
+                    },
+                    Some(other) => unexpected(TLS_HANDSHAKE, other),
+                    None => ClientError::Connection {
+                        stage: TLS_HANDSHAKE,
+                        source,
+                    },
                 })?;
         }
         conn.set_timeouts(Some(io_timeout)).map_err(connect_error)?;

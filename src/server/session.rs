@@ -1,8 +1,7 @@
 //! One connection's conversation: frames in, rules applied through the ledger and
 //! the draw barrier, replies out.
 
-use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -510,7 +509,6 @@ impl Session<'_> {
         };
         let mut peer = WaitingConnection {
             shared,
-            stream: self.conn.shared_stream(),
             conn: &mut self.conn,
             superseded: &self.superseded,
             agency,
@@ -648,8 +646,12 @@ impl Session<'_> {
             snapshot.agencies,
             chunks.len()
         );
+        // One deadline for the whole answer (a reader that trickles it cannot hold
+        // this thread past io_timeout), written one chunk at a time.
+        let deadline = Instant::now() + self.shared.config.io_timeout;
         for chunk in chunks {
-            self.conn.write_message(&Message::Status(chunk))?;
+            self.conn
+                .write_messages_before(&[Message::Status(chunk)], deadline)?;
         }
         Ok(Flow::Continue)
     }
@@ -663,13 +665,12 @@ impl Session<'_> {
 }
 
 /// A connection waiting for the draw, as the barrier sees it: its own thread writes
-/// its `DRAW_PENDING`s through its own [`Connection`] and peeks its socket to see
-/// whether the agency left.
+/// its `DRAW_PENDING`s through its own [`Connection`] and looks, through it too,
+/// whether the agency left (a TCP close, or TLS' `close_notify`, which a peek at the
+/// socket could not tell from data).
 struct WaitingConnection<'c> {
     shared: &'c Shared,
     conn: &'c mut Connection,
-    /// The same socket, for [`peer_has_left`]'s peek (reading, never writing).
-    stream: Arc<TcpStream>,
     superseded: &'c AtomicBool,
     agency: AgencyId,
 }
@@ -680,7 +681,7 @@ impl WaitingPeer for WaitingConnection<'_> {
     }
 
     fn has_left(&mut self) -> bool {
-        peer_has_left(&self.stream)
+        self.conn.peer_has_closed(LEFT_PROBE_WAIT)
     }
 
     fn send_pending(&mut self) -> bool {
@@ -719,22 +720,5 @@ fn storage_refusal(agency: AgencyId, seq: Option<u64>, e: &StorageError) -> (Err
     )
 }
 
-/// Whether the peer has closed its side (or the connection broke). Only for a
-/// connection that is not otherwise reading: it peeks with a 1 ms timeout (the
-/// connection sets its own read timeout again before its next read).
-fn peer_has_left(stream: &TcpStream) -> bool {
-    if stream
-        .set_read_timeout(Some(Duration::from_millis(1)))
-        .is_err()
-    {
-        return true;
-    }
-    match stream.peek(&mut [0u8; 1]) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => !matches!(
-            e.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-        ),
-    }
-}
+/// How long a waiting connection looks for the agency having left, each time.
+const LEFT_PROBE_WAIT: Duration = Duration::from_millis(1);

@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -148,19 +149,21 @@ def generate(directory: Path, agencies: int, bets: int) -> Path:
 
 class Lottery:
     """One compose project: a generated compose file in a temporary directory, with
-    its own copy of config/ (so a test may edit it) and an optional override file."""
+    its own copy of config/ (so a test may edit it) and an optional override file; or
+    a given compose file as it is (`compose_file`, e.g. the committed one)."""
 
     def __init__(self, test: unittest.TestCase, n: int, data_dir: Path,
-                 override: str | None = None):
+                 override: str | None = None, compose_file: Path | None = None):
         self.test = test
         self.n = n
         self.dir = Path(tempfile.mkdtemp(prefix="loteria-docker-"))
         test.addCleanup(self.remove)
         self.config = self.dir / "config"
         shutil.copytree(ROOT / "config", self.config)
-        compose_file = self.dir / "docker-compose.yaml"
-        run([sys.executable, ROOT / "compose_maker.py", str(n), "-o", compose_file,
-             "--data-dir", data_dir, "--config-dir", self.config])
+        if compose_file is None:
+            compose_file = self.dir / "docker-compose.yaml"
+            run([sys.executable, ROOT / "compose_maker.py", str(n), "-o", compose_file,
+                 "--data-dir", data_dir, "--config-dir", self.config])
         self.files = ["-f", str(compose_file)]
         # The status page on the host's loopback, on a port of its own (not 8080: the
         # machine may use it).
@@ -464,11 +467,14 @@ class DockerfileTest(unittest.TestCase):
                 self.assertIn(f'ENTRYPOINT ["/usr/local/bin/{binary}"]', runtime)
 
 
-class LotteryTest(DockerTestCase):
-    def run_lottery(self, n: int, data_dir: Path) -> Lottery:
-        """Starts a lottery, waits for every agency, checks each got exactly its own
-        winners, the draw ran once and nothing failed."""
-        lottery = Lottery(self, n, data_dir)
+class LotteryChecks(unittest.TestCase):
+    """A whole lottery run and checked (mixed into the Docker test classes)."""
+
+    def run_lottery(self, n: int, data_dir: Path, lottery: Lottery | None = None) -> Lottery:
+        """Starts a lottery (of compose_maker.py, or the one given), waits for every
+        agency, checks each got exactly its own winners, the draw ran once and nothing
+        failed."""
+        lottery = lottery or Lottery(self, n, data_dir)
         lottery.up()
         for k in range(1, n + 1):
             code = lottery.wait(f"client{k}")
@@ -495,6 +501,8 @@ class LotteryTest(DockerTestCase):
         self.assertEqual(collections.Counter(stored), expected)
         return stored
 
+
+class LotteryTest(LotteryChecks, DockerTestCase):
     def test_three_agencies_on_generated_data(self):
         lottery = self.run_lottery(3, ROOT / "agencies")
         stored = self.assert_all_stored(lottery, ROOT / "agencies")
@@ -528,6 +536,155 @@ class LotteryTest(DockerTestCase):
         winners = [sum(1 for r in stored if r[0] == k and r[5] == WINNING_NUMBER)
                    for k in range(1, 6)]
         self.assertEqual(winners, [2, 3, 3, 2, 0])
+
+
+# ----- talking to the server directly, over TLS or in the clear (TlsTest) -----
+
+HELLO, ERROR = 0x01, 0xFF
+NOT_AUTHORIZED, TLS_REQUIRED = 20, 19
+
+
+def hello_frame(agency: int, upload: int = 0x0102030405060708) -> bytes:
+    """A HELLO frame (docs/PROTOCOL.md): version 3, kind, length, agency u32, upload u64."""
+    return bytes([3, HELLO, 0, 12]) + agency.to_bytes(4, "big") + upload.to_bytes(8, "big")
+
+
+def read_frame(sock) -> tuple[int, bytes]:
+    """One frame: (kind, payload)."""
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise AssertionError(f"the server closed after {len(data)} of {n} bytes")
+            data += chunk
+        return data
+    header = exactly(4)
+    assert header[0] == 3, header
+    return header[1], exactly(int.from_bytes(header[2:4], "big"))
+
+
+def error_of(kind: int, payload: bytes) -> tuple[int, str]:
+    """An ERROR frame's code and reason."""
+    assert kind == ERROR, f"not an ERROR frame: kind {kind:#x}"
+    size = int.from_bytes(payload[2:4], "big")
+    return int.from_bytes(payload[:2], "big"), payload[4:4 + size].decode("utf-8")
+
+
+def ask(port: int, frame: bytes, tls: tuple[Path, Path] | None = None) -> tuple[int, bytes]:
+    """Sends `frame` to 127.0.0.1:port and reads the answer: over TLS with the
+    lottery CA (checking the server's certificate for `localhost`) and the given
+    certificate and key, or in the clear (`tls` None)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        if tls is None:
+            raw.sendall(frame)
+            return read_frame(raw)
+        context = ssl.create_default_context(cafile=str(ROOT / "certs/ca.pem"))
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        context.load_cert_chain(str(tls[0]), str(tls[1]))
+        with context.wrap_socket(raw, server_hostname="localhost") as conn:
+            conn.sendall(frame)
+            return read_frame(conn)
+
+
+class TlsTest(LotteryChecks, DockerTestCase):
+    """Mutual TLS in Docker, with the certificates of `make certs` (certs/): the
+    committed compose file's lottery over TLS, each container with its own key only,
+    and agency 2's certificate unable to act as agency 1."""
+
+    def mounts(self, container: str) -> dict[str, tuple[str, bool]]:
+        """The container's mounts: {destination: (source, writable)}."""
+        out = run(["docker", "inspect", "-f", "{{range .Mounts}}{{.Destination}}|{{.Source}}|"
+                   "{{.RW}}{{println}}{{end}}", container]).stdout
+        found = {}
+        for line in filter(None, out.splitlines()):
+            destination, source, writable = line.split("|")
+            found[destination] = (source, writable == "true")
+        return found
+
+    def assert_own_certificates_only(self, container: str, name: str) -> None:
+        """In /app/certs the container has the CA's certificate, its own certificate
+        and key, read-only, from certs/, and nothing else."""
+        certs = {d: v for d, v in self.mounts(container).items() if d.startswith("/app/certs/")}
+        self.assertEqual(certs, {f"/app/certs/{f}": (str(ROOT / "certs" / f), False)
+                                 for f in ("ca.pem", f"{name}.pem", f"{name}.key")}, container)
+
+    def test_the_committed_compose_files_lottery_runs_over_mutual_tls(self):
+        lottery = Lottery(self, 5, ROOT / "agencies", compose_file=ROOT / "docker-compose.yaml")
+        self.run_lottery(5, ROOT / "agencies", lottery)
+        self.assertEqual(len(self.assert_all_stored(lottery, ROOT / "agencies")), 15000)
+        self.assert_own_certificates_only("server", "server")
+        # TLS on and required: every upload (HELLO, BETS, FIN, WINNERS_QUERY) came over
+        # TLS, with the agency's own certificate, or it would have been refused.
+        server = [l for l in lottery.logs("server") if is_log(l, "tls", "success")]
+        self.assertEqual([(field(l, "tls"), field(l, "required"), field(l, "ca"),
+                           field(l, "cert")) for l in server],
+                         [("on", "true", "/app/certs/ca.pem", "/app/certs/server.pem")], server)
+        for k in range(1, 6):
+            self.assert_own_certificates_only(f"client{k}", f"agency-{k}")
+            client = [l for l in lottery.logs(f"client{k}") if is_log(l, "tls", "success")]
+            self.assertEqual([(field(l, "tls"), field(l, "cert")) for l in client],
+                             [("on", f"/app/certs/agency-{k}.pem")], client)
+        # Nothing refused on the way.
+        self.assertFalse([l for l in lottery.logs("server")
+                          if is_log(l, "tls_handshake", "fail") or is_log(l, "request", "fail")])
+        # The plain-text and ECHO check stays plaintext by design, TLS required or not.
+        check = nc_test()
+        self.assertEqual((check.returncode, check.stdout),
+                         (0, "action: test_echo_server | result: success\n"), check.stderr)
+
+    def test_agency_2s_certificate_cannot_act_as_agency_1(self):
+        # The server's port is also published on the host's loopback (an override), so
+        # that an impostor that skips the client's own checks can talk to it.
+        port = free_port()
+        lottery = Lottery(self, 2, ROOT / "agencies", override=(
+            f'services:\n  server:\n    ports:\n      - "127.0.0.1:{port}:12345"\n'))
+        lottery.up("server")
+        lottery.wait_for_log("server", "listen", "success")
+
+        # client2's container (agency 2's key and certificate) told it is agency 1, with
+        # agency 2's file: it stops before connecting and sends nothing.
+        impostor = lottery.compose("run", "--rm", "--no-deps", "-T", "-e", "CLI_ID=1",
+                                   "-e", "CLI_DATA=/app/agencies/agency-2.csv",
+                                   "-e", "CLI_RETRY_DEADLINE=10s", "client2", check=False)
+        output = (impostor.stdout + impostor.stderr).splitlines()
+        self.assertNotEqual(impostor.returncode, 0, output)
+        ends = [l for l in output if is_log(l, "end", "fail")]
+        self.assertEqual(len(ends), 1, output)
+        self.assertIn("is not agency 1's certificate", ends[0])
+        print(f"\n    the client container: {ends[0]}", file=sys.stderr)
+
+        # The same certificate in a TLS client that does not check itself: the handshake
+        # succeeds (a certificate of the lottery CA), the HELLO for agency 1 is refused
+        # with NOT_AUTHORIZED, and the server logs why.
+        agency_2 = (ROOT / "certs/agency-2.pem", ROOT / "certs/agency-2.key")
+        code, reason = error_of(*ask(port, hello_frame(1), tls=agency_2))
+        self.assertEqual(code, NOT_AUTHORIZED, reason)
+        refusal = lottery.wait_for_line(
+            "server", "the refusal of agency 2's certificate as agency 1",
+            lambda l: is_log(l, "request", "fail") and "NOT_AUTHORIZED" in (field(l, "code") or ""))
+        self.assertIn("does not speak for agency 1", field(refusal, "reason"), refusal)
+        print(f"\n    the server: {refusal}", file=sys.stderr)
+        # Agency 1 in the clear: TLS_REQUIRED. Agency 2's certificate for agency 2: welcome.
+        code, reason = error_of(*ask(port, hello_frame(1)))
+        self.assertEqual(code, TLS_REQUIRED, reason)
+        kind, _ = ask(port, hello_frame(2), tls=agency_2)
+        self.assertEqual(kind, 0x81, "agency 2's certificate is not welcome as agency 2")
+
+        # Nothing stored: no batch, 0 bets for either agency.
+        self.assertFalse([l for l in lottery.logs("server")
+                          if is_log(l, "apuesta_recibida", "success")], "a batch was stored")
+        header, missing, rows, total = parse_status_table(lottery.status_table().stdout)
+        self.assertEqual(([rows[k][1:3] for k in (1, 2)], total[0]),
+                         ([("no", 0), ("no", 0)], 0))
+
+        # The agencies themselves then run the lottery: each its own file, stored once,
+        # and nothing of the impostor (agency 2's file under agency 1).
+        lottery.up("client1", "client2")
+        for k in (1, 2):
+            self.assertEqual(lottery.wait(f"client{k}"), 0,
+                             "\n".join(lottery.logs(f"client{k}")))
+        self.assert_all_stored(lottery, ROOT / "agencies")
 
 
 class EchoCheckTest(DockerTestCase):

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import unittest
 from pathlib import Path
 
@@ -506,6 +507,508 @@ class MakeStatusTest(unittest.TestCase):
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("make status: no running container named 'server'", result.stderr)
         self.assertEqual([c for c in calls if c["argv"][0] == "run"], [])
+
+
+class MakeStatusTlsTest(MakeStatusTest):
+    """`make status` against a server with SERVER_TLS_CERT in its environment: over
+    TLS as agency 1, this checkout's CA certificate, agency-1.pem and agency-1.key
+    mounted read-only (and nothing else of certs/); a clear error without them."""
+
+    SERVER_ENV = "PATH=/usr/bin\nSERVER_TLS_CA=/app/certs/ca.pem\nSERVER_TLS_CERT=/app/certs/server.pem\n"
+
+    def make_status(self, *args: str, networks="tp0_status\ntp0_lottery\n", owner="tp0",
+                    running=True) -> tuple[subprocess.CompletedProcess, list[dict]]:
+        docker = FakeDocker(self, [
+            (["compose", "version"], "Docker Compose version v2.30.0\n", 0),
+            (["inspect", ".State.Running", "server"], self.ID + "\n" if running else "", 0),
+            (["inspect", "NetworkSettings.Networks", "server"], networks, 0),
+            (["inspect", 'com.docker.compose.project"}}', "server"], owner + "\n", 0),
+            (["inspect", ".Config.Env", "server"], self.SERVER_ENV, 0),
+            (["run"], self.TABLE, 0),
+        ])
+        result = run(["make", "--no-print-directory", "-C", ROOT, "status", *args],
+                     docker.env())
+        return result, docker.calls()
+
+    def setUp(self) -> None:
+        missing = [f for f in ("ca.pem", "agency-1.pem", "agency-1.key")
+                   if not (ROOT / "certs" / f).is_file()]
+        if missing:
+            result = subprocess.run([ROOT / "scripts/make-certs.sh", "--brief"],
+                                    capture_output=True, text=True, cwd=ROOT, timeout=120,
+                                    env={k: v for k, v in os.environ.items()
+                                         if k not in ("CERTS_DIR", "CERTS_AGENCIES")})
+            self.assertEqual(result.returncode, 0, result)
+
+    def test_any_projects_server_gets_the_table_once(self):
+        result, calls = self.make_status()
+        self.assertEqual(result.returncode, 0, result)
+        self.assertEqual(result.stdout, self.TABLE)
+        certs = ROOT / "certs"
+        self.assertEqual(self.the_run(calls), [
+            "run", "--rm", "--pull", "never", "--network", "tp0_lottery",
+            "-v", f"{ROOT}/config:/app/config:ro",
+            "--mount", f"type=bind,source={certs}/ca.pem,target=/app/certs/ca.pem,readonly",
+            "--mount", f"type=bind,source={certs}/agency-1.pem,target=/app/certs/agency-1.pem,"
+                       "readonly",
+            "--mount", f"type=bind,source={certs}/agency-1.key,target=/app/certs/agency-1.key,"
+                       "readonly",
+            "-e", "CLI_TLS_CA=/app/certs/ca.pem", "-e", "CLI_TLS_CERT=/app/certs/agency-1.pem",
+            "-e", "CLI_TLS_KEY=/app/certs/agency-1.key",
+            "-e", "CLI_MODE=status", "-e", "CLI_ID=1", "-e", "CLI_SERVER_ADDRESS=server:12345",
+            "-e", "CLI_LOOP_AMOUNT=0", "-e", "CLI_RETRY_DEADLINE=10s",
+            "loteria-client:latest"])
+
+    def test_without_a_lottery_network_the_first_one_and_no_project(self):
+        result, calls = self.make_status(networks="bridge\n", owner="")
+        self.assertEqual(result.returncode, 0, result)
+        self.assertIn("CLI_TLS_KEY=/app/certs/agency-1.key", self.the_run(calls))
+
+    def test_plaintext_server_gets_no_certificates(self):
+        self.SERVER_ENV = "PATH=/usr/bin\nSERVER_AGENCIES=5\n"
+        result, calls = self.make_status()
+        self.assertEqual(result.returncode, 0, result)
+        argv = self.the_run(calls)
+        self.assertNotIn("--mount", argv)
+        self.assertFalse([a for a in argv if "TLS" in a], argv)
+
+
+# ----- scripts/make-certs.sh -----
+
+def openssl(*args: str, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"openssl {' '.join(args)}: {result.stderr}")
+    return result
+
+
+def extensions(cert: Path) -> dict[str, tuple[bool, str]]:
+    """The X509v3 extensions of `openssl x509 -text`: name -> (critical, value), the
+    value's lines joined by a space."""
+    text = openssl("x509", "-in", str(cert), "-noout", "-text").stdout
+    lines = text.splitlines()
+    start = lines.index("        X509v3 extensions:")
+    found: dict[str, tuple[bool, str]] = {}
+    name = None
+    for line in lines[start + 1:]:
+        if not line.startswith("            "):
+            break
+        if not line.startswith("                "):
+            head = line.strip()
+            critical = head.endswith(" critical")
+            name = head.removesuffix(" critical").removesuffix(":")
+            found[name] = (critical, "")
+        else:
+            assert name is not None, text
+            critical, value = found[name]
+            found[name] = (critical, (value + " " + line.strip()).strip())
+    return found
+
+
+def certificate_fields(cert: Path) -> dict[str, str]:
+    """Version, signature algorithm, key curve, subject and issuer of a certificate."""
+    text = openssl("x509", "-in", str(cert), "-noout", "-text", "-nameopt", "RFC2253").stdout
+    fields = {}
+    for line in text.splitlines():
+        line = line.strip()
+        for key in ("Version:", "Signature Algorithm:", "ASN1 OID:", "Subject:", "Issuer:",
+                    "Public Key Algorithm:"):
+            if line.startswith(key) and key not in fields:
+                fields[key] = line[len(key):].strip()
+    return fields
+
+
+KEY_ID = r"^([0-9A-F]{2}:){19}[0-9A-F]{2}$"
+
+
+class MakeCertsTest(unittest.TestCase):
+    """scripts/make-certs.sh: the files and their extensions, exactly; idempotent (a
+    second run leaves every byte and modification time); new agencies added alone;
+    a broken, expiring, foreign or wrong leaf issued again and nothing else; a broken
+    CA makes everything anew; the file modes."""
+
+    def setUp(self) -> None:
+        tmp = tempfile.TemporaryDirectory(prefix="loteria-certs-")
+        self.addCleanup(tmp.cleanup)
+        self.tmp = Path(tmp.name)
+        self.dir = self.tmp / "certs"
+
+    def make(self, *args: str, agencies: int | None = 5, directory: Path | None = None,
+             check=True) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k not in ("CERTS_DIR", "CERTS_AGENCIES")}
+        env["CERTS_DIR"] = str(directory or self.dir)
+        if agencies is not None:
+            env["CERTS_AGENCIES"] = str(agencies)
+        result = subprocess.run([ROOT / "scripts/make-certs.sh", *args], capture_output=True,
+                                text=True, env=env, timeout=120)
+        if check:
+            self.assertEqual(result.returncode, 0, result)
+        return result
+
+    def lines(self, result: subprocess.CompletedProcess) -> dict[str, str]:
+        """What the run said of each file: {file name: the rest of its line}."""
+        said = {}
+        for line in result.stdout.splitlines():
+            path, _, what = line.partition(" ")
+            name = Path(path).name if not path.endswith("/") else "/"
+            self.assertNotIn(name, said, result.stdout)
+            said[name] = what.strip()
+        return said
+
+    def snapshot(self, directory: Path | None = None) -> dict[str, tuple[bytes, int, int]]:
+        """{file name: (bytes, mtime in ns, mode)} of every file of the directory."""
+        directory = directory or self.dir
+        return {p.name: (p.read_bytes(), p.stat().st_mtime_ns, stat.S_IMODE(p.stat().st_mode))
+                for p in sorted(directory.iterdir())}
+
+    @staticmethod
+    def names(agencies: int) -> set[str]:
+        return {"ca.pem", "ca.key", "server.pem", "server.key",
+                *(f"agency-{k}.{ext}" for k in range(1, agencies + 1) for ext in ("pem", "key"))}
+
+    def assert_verifies(self, name: str, purpose: str, directory: Path | None = None) -> None:
+        directory = directory or self.dir
+        result = openssl("verify", "-no-CApath", "-no-CAstore", "-x509_strict", "-purpose",
+                         purpose, "-CAfile", str(directory / "ca.pem"),
+                         str(directory / f"{name}.pem"), check=False)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertEqual(result.stdout, f"{directory / name}.pem: OK\n")
+
+    def test_first_run_makes_every_file_and_a_second_run_changes_nothing(self):
+        first = self.make()
+        self.assertEqual(set(self.lines(first)), self.names(5) | {"/"}, first.stdout)
+        self.assertEqual(self.lines(first)["/"], "created (mode 0700)")
+        for name, what in self.lines(first).items():
+            if name.endswith(".key"):
+                self.assertEqual(what, "created", name)
+            elif name.endswith(".pem"):
+                self.assertRegex(what, r"^issued, valid until ", name)
+        before = self.snapshot()
+        self.assertEqual(set(before), self.names(5))
+        time.sleep(0.05)  # a file written again would get a later mtime
+        second = self.make()
+        self.assertEqual(self.snapshot(), before, "the second run changed a file")
+        said = self.lines(second)
+        self.assertEqual(set(said), self.names(5), second.stdout)
+        self.assertEqual({what.split(",")[0] for what in said.values()}, {"kept"}, second.stdout)
+        # --brief: one line when everything is kept.
+        brief = self.make("--brief")
+        self.assertEqual(brief.stdout, f"{self.dir}/: every key and certificate kept "
+                                       "(CA, server, agencies 1-5)\n")
+        self.assertEqual(self.snapshot(), before)
+
+    def test_modes_guard_the_directory_and_let_the_container_user_read_its_key(self):
+        self.make()
+        self.assertEqual(stat.S_IMODE(self.dir.stat().st_mode), 0o700)
+        modes = {name: mode for name, (_, _, mode) in self.snapshot().items()}
+        self.assertEqual(modes, {name: 0o600 if name == "ca.key" else 0o644
+                                 for name in self.names(5)})
+        # A key or a directory whose mode was changed gets its mode back, not new bytes.
+        (self.dir / "agency-2.key").chmod(0o600)
+        self.dir.chmod(0o755)
+        before = {n: v[:2] for n, v in self.snapshot().items()}
+        said = self.lines(self.make())
+        self.assertEqual(said["agency-2.key"], "kept; mode set to 0644 (was 0600)")
+        self.assertEqual(said["/"], "mode set to 0700 (was 0755)")
+        self.assertEqual({n: v[:2] for n, v in self.snapshot().items()}, before)
+        self.assertEqual(stat.S_IMODE((self.dir / "agency-2.key").stat().st_mode), 0o644)
+        self.assertEqual(stat.S_IMODE(self.dir.stat().st_mode), 0o700)
+
+    def test_more_agencies_add_theirs_and_change_nothing_else(self):
+        self.make()
+        before = self.snapshot()
+        result = self.make(agencies=7)
+        after = self.snapshot()
+        self.assertEqual(set(after), self.names(7))
+        self.assertEqual({n: v for n, v in after.items() if n in before}, before)
+        said = self.lines(result)
+        made = {n for n, what in said.items() if not what.startswith("kept")}
+        self.assertEqual(made, {"agency-6.key", "agency-6.pem", "agency-7.key", "agency-7.pem"},
+                         result.stdout)
+        for k in (6, 7):
+            self.assert_verifies(f"agency-{k}", "sslclient")
+        # Fewer agencies later: the others' files are left alone.
+        self.make(agencies=2)
+        self.assertEqual(self.snapshot(), after)
+
+    def test_a_broken_expiring_foreign_or_wrong_leaf_is_issued_again_alone(self):
+        self.make()
+        other = self.tmp / "other"
+        self.make(directory=other, agencies=3)
+        d = self.dir
+        # agency-1: not a certificate at all.
+        (d / "agency-1.pem").write_text("-----BEGIN CERTIFICATE-----\nbroken\n")
+        # agency-2: its own key and names, signed by this CA, but for 10 days only.
+        csr = openssl("req", "-new", "-key", str(d / "agency-2.key"), "-subj", "/CN=agency-2")
+        subprocess.run(["openssl", "x509", "-req", "-CA", str(d / "ca.pem"), "-CAkey",
+                        str(d / "ca.key"), "-days", "10", "-out", str(d / "agency-2.pem")],
+                       input=csr.stdout, capture_output=True, text=True, check=True, timeout=60)
+        # agency-3: a pair of another CA (the same names and extensions).
+        for ext in ("pem", "key"):
+            (d / f"agency-3.{ext}").write_bytes((other / f"agency-3.{ext}").read_bytes())
+        # agency-4: agency-5's pair (a valid key, the certificate names agency-5).
+        for ext in ("pem", "key"):
+            (d / f"agency-4.{ext}").write_bytes((d / f"agency-5.{ext}").read_bytes())
+        # server: its key cut short; its certificate then belongs to no key there.
+        (d / "server.key").write_bytes((d / "server.key").read_bytes()[:60])
+        before = self.snapshot()
+        time.sleep(0.05)
+        result = self.make()
+        after = self.snapshot()
+        said = self.lines(result)
+        reissued = {"agency-1.pem", "agency-2.pem", "agency-3.pem", "agency-4.pem",
+                    "server.key", "server.pem"}
+        changed = {n for n in after if after[n][:2] != before[n][:2]}
+        self.assertEqual(changed, reissued, result.stdout)
+        self.assertEqual({n for n, what in said.items() if not what.startswith("kept")},
+                         reissued, result.stdout)
+        self.assertRegex(said["agency-1.pem"], r"^issued anew \(not a PEM certificate\)")
+        self.assertRegex(said["agency-2.pem"], r"^issued anew \(expires within 30 days: ")
+        self.assertRegex(said["agency-3.pem"], r"^issued anew \(does not verify against ca\.pem")
+        self.assertRegex(said["agency-4.pem"], r"^issued anew \(wrong subject or extensions: "
+                                               r"has \"subject CN=agency-5\"")
+        self.assertEqual(said["server.key"], "made anew (not a PKCS#8 PEM private key)")
+        self.assertRegex(said["server.pem"], r"^issued anew \(a new key\)")
+        # The keys that were valid are kept (agency-3's foreign key and agency-4's copy
+        # too: a valid key is not renewed; delete it to have it made anew).
+        for k in (1, 2, 3, 4):
+            self.assertEqual(said[f"agency-{k}.key"], "kept")
+        self.assert_verifies("server", "sslserver")
+        for k in range(1, 6):
+            self.assert_verifies(f"agency-{k}", "sslclient")
+            self.assertIn("DNS:agency-%d" % k, extensions(d / f"agency-{k}.pem")[
+                "X509v3 Subject Alternative Name"][1])
+        # A key and certificate that no longer match: the certificate is issued again.
+        (d / "agency-5.key").write_bytes((d / "agency-1.key").read_bytes())
+        said = self.lines(self.make())
+        self.assertRegex(said["agency-5.pem"], r"^issued anew \(not the certificate of the key")
+
+    def test_a_broken_ca_makes_everything_anew_and_says_so(self):
+        self.make(agencies=2)
+        before = self.snapshot()
+        for broken in ("ca.pem", "ca.key"):
+            with self.subTest(broken=broken):
+                before = self.snapshot()
+                (self.dir / broken).write_text("not a PEM file\n")
+                result = self.make(agencies=2)
+                after = self.snapshot()
+                self.assertEqual(set(after), self.names(2))
+                for name in after:
+                    self.assertNotEqual(after[name][0], before[name][0], name)
+                said = self.lines(result)
+                self.assertRegex(said["ca.key"], rf"^made anew: a new CA \({broken}: "
+                                                 r".*every key and certificate is made anew")
+                self.assertEqual(said["agency-1.key"], "made anew (a new CA)")
+                self.assert_verifies("server", "sslserver")
+                self.assert_verifies("agency-2", "sslclient")
+        # --force: the same, asked for.
+        before = self.snapshot()
+        said = self.lines(self.make("--force", agencies=2))
+        self.assertRegex(said["ca.key"], r"^made anew: a new CA \(--force\)")
+        self.assertFalse([n for n, v in self.snapshot().items() if v[0] == before[n][0]])
+
+    def test_extensions_are_exactly_the_identity_rule(self):
+        self.make(agencies=2)
+        d = self.dir
+        fields = certificate_fields(d / "ca.pem")
+        self.assertEqual(fields["Version:"], "3 (0x2)")
+        self.assertEqual(fields["Subject:"], fields["Issuer:"])
+        ca = extensions(d / "ca.pem")
+        self.assertEqual(set(ca), {"X509v3 Basic Constraints", "X509v3 Key Usage",
+                                   "X509v3 Subject Key Identifier"}, ca)
+        self.assertEqual(ca["X509v3 Basic Constraints"], (True, "CA:TRUE"))
+        self.assertEqual(ca["X509v3 Key Usage"], (True, "Certificate Sign, CRL Sign"))
+        self.assertFalse(ca["X509v3 Subject Key Identifier"][0])
+        ca_key_id = ca["X509v3 Subject Key Identifier"][1]
+        self.assertRegex(ca_key_id, KEY_ID)
+        leaves = {"server": ("TLS Web Server Authentication",
+                             "DNS:server, DNS:localhost, IP Address:127.0.0.1, "
+                             "IP Address:0:0:0:0:0:0:0:1", "sslserver"),
+                  "agency-1": ("TLS Web Client Authentication", "DNS:agency-1", "sslclient"),
+                  "agency-2": ("TLS Web Client Authentication", "DNS:agency-2", "sslclient")}
+        for name, (usage, names, purpose) in leaves.items():
+            with self.subTest(certificate=name):
+                cert = d / f"{name}.pem"
+                fields = certificate_fields(cert)
+                self.assertEqual(fields["Version:"], "3 (0x2)")
+                self.assertEqual(fields["Signature Algorithm:"], "ecdsa-with-SHA256")
+                self.assertEqual(fields["Public Key Algorithm:"], "id-ecPublicKey")
+                self.assertEqual(fields["ASN1 OID:"], "prime256v1")
+                self.assertEqual(fields["Subject:"], f"CN={name}")
+                self.assertEqual(fields["Issuer:"], "CN=Loteria Nacional CA")
+                found = extensions(cert)
+                self.assertEqual(set(found), {
+                    "X509v3 Basic Constraints", "X509v3 Key Usage",
+                    "X509v3 Extended Key Usage", "X509v3 Subject Alternative Name",
+                    "X509v3 Authority Key Identifier"}, found)
+                self.assertEqual(found["X509v3 Basic Constraints"], (True, "CA:FALSE"))
+                self.assertEqual(found["X509v3 Key Usage"], (True, "Digital Signature"))
+                self.assertEqual(found["X509v3 Extended Key Usage"], (False, usage))
+                self.assertEqual(found["X509v3 Subject Alternative Name"], (False, names))
+                # keyid only (no issuer name and serial), the CA's own.
+                self.assertEqual(found["X509v3 Authority Key Identifier"], (False, ca_key_id))
+                self.assert_verifies(name, purpose)
+                # The other purpose is refused: a client certificate cannot serve.
+                other = "sslserver" if purpose == "sslclient" else "sslclient"
+                refused = openssl("verify", "-no-CApath", "-no-CAstore", "-purpose", other,
+                                  "-CAfile", str(d / "ca.pem"), str(cert), check=False)
+                self.assertNotEqual(refused.returncode, 0, refused.stdout)
+                # The key: PKCS#8 PEM, ECDSA P-256, the certificate's.
+                key = d / f"{name}.key"
+                self.assertEqual(key.read_text().splitlines()[0], "-----BEGIN PRIVATE KEY-----")
+                self.assertIn("ASN1 OID: prime256v1",
+                              openssl("pkey", "-in", str(key), "-noout", "-text").stdout)
+                self.assertEqual(openssl("pkey", "-in", str(key), "-pubout").stdout,
+                                 openssl("x509", "-in", str(cert), "-noout", "-pubkey").stdout)
+                end = openssl("x509", "-in", str(cert), "-noout", "-checkend",
+                              str(800 * 86400), check=False)
+                self.assertEqual(end.returncode, 0, "valid for less than 800 days")
+
+    def test_help_and_bad_arguments(self):
+        result = self.make("--help", check=False)
+        self.assertEqual(result.returncode, 0)
+        self.assertIn("scripts/make-certs.sh [--brief] [--force] [--help]", result.stdout)
+        self.assertIn("CERTS_AGENCIES", result.stdout)
+        for bad in ("abc", "-1", "1001", "2x"):
+            with self.subTest(agencies=bad):
+                env = {**os.environ, "CERTS_DIR": str(self.dir), "CERTS_AGENCIES": bad}
+                result = subprocess.run([ROOT / "scripts/make-certs.sh"], capture_output=True,
+                                        text=True, env=env, timeout=60)
+                self.assertEqual(result.returncode, 2, result)
+                self.assertIn("CERTS_AGENCIES must be an integer in 0..1000", result.stderr)
+        result = self.make("--bogus", check=False)
+        self.assertEqual((result.returncode, result.stdout), (2, ""))
+        self.assertFalse(self.dir.exists(), "a refused run made files")
+
+
+# ----- compose_maker.py's TLS mounts -----
+
+def compose_services(text: str) -> dict[str, dict]:
+    """compose_maker.py's output, read back: {service: {"environment": {VAR: value},
+    "mounts": [(source, target, read_only)]}} (bind mounts only). Its own format,
+    indented by two spaces a level: a test of the generator, not a YAML parser."""
+    services: dict[str, dict] = {}
+    top = section = None
+    mounts: list[dict] = []
+    for line in text.splitlines():
+        indent = len(line) - len(line.lstrip(" "))
+        if not line.strip() or line.startswith("#"):
+            continue
+        if indent == 0:
+            top = line.rstrip(":")
+        elif top != "services":
+            continue
+        elif indent == 2:
+            name = line.strip().rstrip(":")
+            services[name] = {"environment": {}, "mounts": []}
+            mounts = []
+            services[name]["_mounts"] = mounts
+        elif indent == 4:
+            section = line.strip().rstrip(":")
+        elif section == "environment" and indent == 6:
+            var, _, value = json.loads(line.strip()[2:]).partition("=")
+            services[name]["environment"][var] = value
+        elif section == "volumes" and indent == 6:
+            mounts.append({})
+            line = line.replace("- ", "  ", 1)
+            indent = 8
+        if section == "volumes" and indent == 8:
+            key, _, value = line.strip().partition(": ")
+            mounts[-1][key] = json.loads(value) if value.startswith('"') else value
+    for service in services.values():
+        service["mounts"] = [(m["source"], m["target"], m.get("read_only") == "true")
+                             for m in service.pop("_mounts") if m["type"] == "bind"]
+    return services
+
+
+class ComposeMakerTlsTest(unittest.TestCase):
+    """compose_maker.py: TLS on by default; the CA certificate in every container, the
+    server's key in the server alone, agency K's key in clientK alone, read-only; the
+    variables name the mounted files; --no-tls and --certs-dir; missing files warned."""
+
+    def maker(self, *args: str) -> tuple[subprocess.CompletedProcess, dict[str, dict], Path]:
+        tmp = tempfile.TemporaryDirectory(prefix="loteria-compose-")
+        self.addCleanup(tmp.cleanup)
+        out = Path(tmp.name) / "sub" / "docker-compose.yaml"
+        out.parent.mkdir()
+        result = subprocess.run([sys.executable, ROOT / "compose_maker.py", *args, "-o",
+                                 str(out)], capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 0, result)
+        return result, compose_services(out.read_text()), out.parent
+
+    def cert_mounts(self, service: dict, compose_dir: Path, certs: Path) -> dict[str, str]:
+        """The service's mounts of files of `certs`: {file name: target}, each checked
+        read-only."""
+        found = {}
+        for source, target, read_only in service["mounts"]:
+            path = (compose_dir / source).resolve()
+            if path.parent == certs.resolve():
+                self.assertTrue(read_only, f"{source} is mounted writable")
+                found[path.name] = target
+        return found
+
+    def test_each_container_gets_the_ca_and_its_own_key_only(self):
+        result, services, where = self.maker("3")
+        self.assertIn("server + 3 client(s), mutual TLS", result.stdout)
+        self.assertEqual(set(services), {"server", "client1", "client2", "client3"})
+        certs = ROOT / "certs"
+        server = services["server"]
+        self.assertEqual(self.cert_mounts(server, where, certs), {
+            "ca.pem": "/app/certs/ca.pem", "server.pem": "/app/certs/server.pem",
+            "server.key": "/app/certs/server.key"})
+        env = server["environment"]
+        self.assertEqual({k: v for k, v in env.items() if k.startswith("SERVER_TLS_")}, {
+            "SERVER_TLS_CA": "/app/certs/ca.pem", "SERVER_TLS_CERT": "/app/certs/server.pem",
+            "SERVER_TLS_KEY": "/app/certs/server.key", "SERVER_TLS_REQUIRED": "true"})
+        for k in (1, 2, 3):
+            with self.subTest(client=k):
+                client = services[f"client{k}"]
+                self.assertEqual(self.cert_mounts(client, where, certs), {
+                    "ca.pem": "/app/certs/ca.pem",
+                    f"agency-{k}.pem": f"/app/certs/agency-{k}.pem",
+                    f"agency-{k}.key": f"/app/certs/agency-{k}.key"})
+                self.assertEqual({n: v for n, v in client["environment"].items()
+                                  if "TLS" in n}, {
+                    "CLI_TLS_CA": "/app/certs/ca.pem",
+                    "CLI_TLS_CERT": f"/app/certs/agency-{k}.pem",
+                    "CLI_TLS_KEY": f"/app/certs/agency-{k}.key"})
+                self.assertEqual(client["environment"]["CLI_ID"], str(k))
+        # No key but its own anywhere, the CA's nowhere.
+        for name, service in services.items():
+            keys = [t for _, t, _ in service["mounts"] if t.endswith(".key")]
+            own = "server.key" if name == "server" else f"agency-{name[len('client'):]}.key"
+            self.assertEqual(keys, [f"/app/certs/{own}"], name)
+
+    def test_zero_is_the_server_alone_with_tls(self):
+        result, services, where = self.maker("0")
+        self.assertEqual(set(services), {"server"})
+        self.assertEqual(set(self.cert_mounts(services["server"], where, ROOT / "certs")),
+                         {"ca.pem", "server.pem", "server.key"})
+        self.assertEqual(services["server"]["environment"]["SERVER_TLS_REQUIRED"], "true")
+
+    def test_no_tls_and_another_certs_dir(self):
+        result, services, _ = self.maker("2", "--no-tls")
+        self.assertIn("(no TLS)", result.stdout)
+        for name, service in services.items():
+            self.assertFalse([t for _, t, _ in service["mounts"] if "/certs/" in t], name)
+            self.assertFalse([v for v in service["environment"] if "TLS" in v], name)
+        with tempfile.TemporaryDirectory(prefix="loteria-other-certs-") as other:
+            result, services, where = self.maker("1", "--certs-dir", other)
+            # Nothing there: a warning naming the files and the command.
+            self.assertIn(f"compose_maker.py: warning: {other} has no ca.pem, server.pem, "
+                          "server.key and 2 more; make them with `make certs "
+                          f"CERTS_DIR={other}`", result.stderr)
+            self.assertEqual(set(self.cert_mounts(services["client1"], where, Path(other))),
+                             {"ca.pem", "agency-1.pem", "agency-1.key"})
+
+    def test_committed_compose_file_mounts_certs_of_the_checkout(self):
+        services = compose_services((ROOT / "docker-compose.yaml").read_text())
+        self.assertEqual(len(services), 6)
+        for k in range(1, 6):
+            self.assertIn(("./certs/agency-%d.key" % k, f"/app/certs/agency-{k}.key", True),
+                          services[f"client{k}"]["mounts"])
+        self.assertIn(("./certs/server.key", "/app/certs/server.key", True),
+                      services["server"]["mounts"])
 
 
 if __name__ == "__main__":

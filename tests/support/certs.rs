@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use loteria::tls::{ClientTls, TlsFiles, agency_name};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, date_time_ymd,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, date_time_ymd,
 };
 
 use super::TempDir;
@@ -33,7 +33,7 @@ pub struct TestPki {
     pub server: Pair,
 }
 
-fn ca_params(name: &str) -> CertificateParams {
+pub fn ca_params(name: &str) -> CertificateParams {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
@@ -62,30 +62,77 @@ impl Authority {
         usage: ExtendedKeyUsagePurpose,
         (from, until): (i32, i32),
     ) -> Pair {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names.clone()).expect("leaf params");
-        let mut dn = DistinguishedName::new();
-        dn.push(
-            DnType::CommonName,
-            names.first().cloned().unwrap_or_default(),
-        );
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![usage];
-        params.use_authority_key_identifier_extension = true;
+        let mut params = leaf_params(names, usage);
         params.not_before = date_time_ymd(from, 1, 1);
         params.not_after = date_time_ymd(until, 1, 1);
         let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
-        let pair = Pair {
-            cert: dir.join(&format!("{file}.pem")),
-            key: dir.join(&format!("{file}.key")),
-        };
-        std::fs::write(&pair.cert, cert.pem()).expect("write cert");
-        std::fs::write(&pair.key, key.serialize_pem()).expect("write key");
-        pair
+        self.write_signed(dir, file, &params, &key)
     }
+
+    /// Signs `params` (for `key`) with this CA and writes `<file>.pem` / `<file>.key`.
+    pub fn write_signed(
+        &self,
+        dir: &TempDir,
+        file: &str,
+        params: &CertificateParams,
+        key: &KeyPair,
+    ) -> Pair {
+        let cert = params.signed_by(key, &self.issuer).expect("sign");
+        write_pair(dir, file, &cert.pem(), key)
+    }
+
+    /// The CA's own certificate and key, as a pair of files.
+    pub fn own_pair(&self, dir: &TempDir, file: &str) -> Pair {
+        write_pair(dir, file, &self.issuer.pem(), self.issuer.key())
+    }
+}
+
+/// Writes `cert_pem` and `key` as `<file>.pem` / `<file>.key` in `dir`.
+pub fn write_pair(dir: &TempDir, file: &str, cert_pem: &str, key: &KeyPair) -> Pair {
+    let pair = Pair {
+        cert: dir.join(&format!("{file}.pem")),
+        key: dir.join(&format!("{file}.key")),
+    };
+    std::fs::write(&pair.cert, cert_pem).expect("write cert");
+    std::fs::write(&pair.key, key.serialize_pem()).expect("write key");
+    pair
+}
+
+/// The parameters of a good leaf for `names` (DNS names or IP addresses) and `usage`:
+/// no CA, digital signature, valid for years (tests change what they probe).
+pub fn leaf_params(names: &[&str], usage: ExtendedKeyUsagePurpose) -> CertificateParams {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = CertificateParams::new(names.clone()).expect("leaf params");
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        names.first().cloned().unwrap_or_default(),
+    );
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![usage];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = date_time_ymd(GOOD.0, 1, 1);
+    params.not_after = date_time_ymd(GOOD.1, 1, 1);
+    params
+}
+
+/// Signs `params` (for `key`) with a certificate that is *not* a CA — `issuer_params`
+/// and `issuer_key`, e.g. an agency's own — and writes `<file>.pem` holding the chain
+/// (the leaf, then the issuer's certificate `issuer_pem`).
+pub fn write_signed_by_leaf(
+    dir: &TempDir,
+    file: &str,
+    params: &CertificateParams,
+    key: &KeyPair,
+    issuer_params: &CertificateParams,
+    issuer_key: &KeyPair,
+    issuer_pem: &str,
+) -> Pair {
+    let issuer = Issuer::from_params(issuer_params, issuer_key);
+    let cert = params.signed_by(key, &issuer).expect("sign with a leaf");
+    write_pair(dir, file, &format!("{}{issuer_pem}", cert.pem()), key)
 }
 
 /// Validity of a good certificate: from last year for a long time.
