@@ -7,7 +7,10 @@
 //! itself: replays, takeovers, bad batches, waiters that never read); 7 is the
 //! gate, driven by this test, whose `FIN` comes last so that the attacks meant for
 //! "before the draw" really run before it (a forged `FIN` would show as an early
-//! draw). Every attack states its own expected outcome and checks it (the exact
+//! draw). Twice a flood of idle connections (more than `max_connections`) holds
+//! every slot: as the honest agencies connect (they are refused `SERVER_BUSY` and
+//! retry) and around the draw (connections that own an agency are not counted).
+//! Every attack states its own expected outcome and checks it (the exact
 //! error code, the close, the echo, nothing but an alert, …); at the end the test
 //! checks that every honest agency completed and got exactly its own winners, that
 //! the stored rows are exactly the bets that were acknowledged (0 lost, 0 doubled,
@@ -2457,57 +2460,20 @@ impl Gate {
     }
 }
 
-/// More idle connections than `max_connections` while the agencies hold theirs; the
-/// gate's `FIN` runs the draw in the middle of it, and the gate gets its winners
-/// (connections that own an agency are not counted). Each idle connection is refused
-/// `SERVER_BUSY` at once or cut with `IDLE_TIMEOUT`.
-fn flood_around_the_draw(
-    ctx: &Ctx,
-    tally: &Mutex<Tally>,
-    gate: &mut Gate,
-    gate_winners: &[String],
-) -> usize {
+/// More idle connections than `max_connections` at once, while `during` runs: each
+/// is refused `SERVER_BUSY` at once or cut with `IDLE_TIMEOUT`, and the flood really
+/// exceeded the limit. Returns how many were refused, and what `during` returned.
+fn flood<R>(ctx: &Ctx, tally: &Mutex<Tally>, when: &str, during: impl FnOnce() -> R) -> (usize, R) {
     let mut flood = Vec::new();
     for i in 0..FLOOD {
         match raw(ctx) {
             Ok(s) => flood.push(s),
-            Err(e) => violation(tally, format!("flood connection #{i}: {e}")),
+            Err(e) => violation(tally, format!("flood connection #{i} {when}: {e}")),
         }
     }
+    // Let the server accept (or refuse) them all.
     thread::sleep(Duration::from_millis(500));
-    let drawn = (|| -> Verdict {
-        let chunk = status_of(&mut gate.c)?;
-        if chunk.drawn || chunk.finished != AGENCIES - 1 {
-            return Err(format!(
-                "before the gate's FIN: drawn {}, {} finished (expected {})",
-                chunk.drawn,
-                chunk.finished,
-                AGENCIES - 1
-            ));
-        }
-        send(&mut gate.c, &Message::Fin)?;
-        match reply(&mut gate.c) {
-            Reply::Msg(Message::FinAck {
-                finished: AGENCIES,
-                agencies: AGENCIES,
-            }) => {}
-            other => {
-                return Err(short(format!(
-                    "the gate's FIN: expected FIN_ACK 7/7, got {other:?}"
-                )));
-            }
-        }
-        let got = winners_of(&mut gate.c)?;
-        if got != gate_winners {
-            return Err(format!(
-                "the gate's winners: {got:?}, expected {gate_winners:?}"
-            ));
-        }
-        Ok(())
-    })();
-    if let Err(e) = drawn {
-        violation(tally, format!("the draw during the flood: {e}"));
-    }
+    let result = during();
     let mut busy = 0;
     for (i, mut s) in flood.into_iter().enumerate() {
         let verdict = guarded(|| {
@@ -2536,7 +2502,7 @@ fn flood_around_the_draw(
         record(
             tally,
             Resource,
-            &format!("idle connection #{i} of {FLOOD} (max_connections {MAX_CONNECTIONS})"),
+            &format!("idle connection #{i} of {FLOOD} {when} (max_connections {MAX_CONNECTIONS})"),
             verdict,
         );
     }
@@ -2544,11 +2510,45 @@ fn flood_around_the_draw(
         violation(
             tally,
             format!(
-                "only {busy} of {FLOOD} idle connections were refused: the flood did not exceed the limit"
+                "only {busy} of {FLOOD} idle connections {when} were refused: the flood did not exceed the limit"
             ),
         );
     }
-    busy
+    (busy, result)
+}
+
+/// The gate's `FIN` runs the draw (connections that own an agency are not counted
+/// against `max_connections`, so the gate's, opened before the flood, still serves),
+/// and the gate gets exactly its winners.
+fn draw(gate: &mut Gate, gate_winners: &[String]) -> Verdict {
+    let chunk = status_of(&mut gate.c)?;
+    if chunk.drawn || chunk.finished != AGENCIES - 1 {
+        return Err(format!(
+            "before the gate's FIN: drawn {}, {} finished (expected {})",
+            chunk.drawn,
+            chunk.finished,
+            AGENCIES - 1
+        ));
+    }
+    send(&mut gate.c, &Message::Fin)?;
+    match reply(&mut gate.c) {
+        Reply::Msg(Message::FinAck {
+            finished: AGENCIES,
+            agencies: AGENCIES,
+        }) => {}
+        other => {
+            return Err(short(format!(
+                "the gate's FIN: expected FIN_ACK 7/7, got {other:?}"
+            )));
+        }
+    }
+    let got = winners_of(&mut gate.c)?;
+    if got != gate_winners {
+        return Err(format!(
+            "the gate's winners: {got:?}, expected {gate_winners:?}"
+        ));
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------ after the draw
@@ -2713,28 +2713,42 @@ fn attacks_are_refused_while_honest_agencies_run_a_lottery() {
     }
     let gate_winners = vec!["7000001".to_string(), "7000003".to_string()];
 
-    // The honest agencies, with the real client, over TLS.
+    // The honest agencies, with the real client, over TLS — started while a flood of
+    // idle connections holds every slot: they are refused SERVER_BUSY and retry.
     let data = mock_agencies(&[HONEST_BETS; HONEST as usize], WINNER_EVERY);
     let files = write_files(&dir, &data);
     let (done, results) = mpsc::channel();
-    let honest: Vec<_> = files
-        .iter()
-        .enumerate()
-        .map(|(i, path)| {
-            let id = i as u32 + 1;
-            let mut config = client_config(server.addr, id, path);
-            config.server_address = format!("localhost:{}", server.addr.port());
-            config.tls = pki.client_files(Some(&pairs[i]));
-            config.retry_deadline = Duration::from_secs(60);
-            // Small batches: the uploads go on while the attacks run.
-            config.batch_max_amount = HONEST_BATCH;
-            let done = done.clone();
-            thread::spawn(move || {
-                let outcome = client::run(&config, &Shutdown::new());
-                let _ = done.send((id, outcome.map_err(|e| e.to_string())));
+    let (busy_at_start, honest) = flood(&ctx, &tally, "while the agencies connect", || {
+        let honest: Vec<_> = files
+            .iter()
+            .enumerate()
+            .map(|(i, path)| {
+                let id = i as u32 + 1;
+                let mut config = client_config(server.addr, id, path);
+                config.server_address = format!("localhost:{}", server.addr.port());
+                config.tls = pki.client_files(Some(&pairs[i]));
+                config.retry_deadline = Duration::from_secs(60);
+                // Small batches: the uploads go on while the attacks run.
+                config.batch_max_amount = HONEST_BATCH;
+                let done = done.clone();
+                thread::spawn(move || {
+                    let outcome = client::run(&config, &Shutdown::new());
+                    let _ = done.send((id, outcome.map_err(|e| e.to_string())));
+                })
             })
-        })
-        .collect();
+            .collect();
+        // The flood holds the slots: no agency got in yet.
+        thread::sleep(Duration::from_secs(1));
+        match status_of(&mut gate.c) {
+            Ok(chunk) if chunk.entries[..HONEST as usize].iter().any(|e| e.connected) => violation(
+                &tally,
+                format!("an agency got in through the flood: {chunk:?}"),
+            ),
+            Ok(_) => {}
+            Err(e) => violation(&tally, format!("the gate's status during the flood: {e}")),
+        }
+        honest
+    });
     drop(done);
 
     // Before the draw: the catalogue, the slow peers and the rogue, side by side,
@@ -2793,7 +2807,12 @@ fn attacks_are_refused_while_honest_agencies_run_a_lottery() {
     // The draw, in the middle of a flood of idle connections, from a fresh gate
     // connection (the flood leaves no room for a new one).
     gate = Gate::open(&ctx).expect("the gate connects again");
-    let busy = flood_around_the_draw(&ctx, &tally, &mut gate, &gate_winners);
+    let (busy, drawn) = flood(&ctx, &tally, "around the draw", || {
+        draw(&mut gate, &gate_winners)
+    });
+    if let Err(e) = drawn {
+        violation(&tally, format!("the draw during the flood: {e}"));
+    }
     drop(gate);
 
     // After the draw.
@@ -2886,9 +2905,10 @@ fn attacks_are_refused_while_honest_agencies_run_a_lottery() {
     let (tried, refused) = (Tally::total(&t.tried), Tally::total(&t.refused));
     let total_winners: usize = winners.values().map(Vec::len).sum();
     eprintln!(
-        "attacks: {tried} tried, {refused} refused | honest agencies: {completed} of {HONEST} | bets: {} stored ({honest_rows} honest, {} the rogue's own, 3 the gate's), {lost} lost, {extra} extra | draw: number {WINNING_NUMBER}, {total_winners} winners, each agency exactly its own | flood: {FLOOD} idle connections, {busy} refused SERVER_BUSY, {} cut IDLE_TIMEOUT | stop: {stopped:?} | panics: {panics} | times: honest FINs by {:?}, catalogue by {:?}, slow attacks by {attacks_done:?}, wall {:?}",
+        "attacks: {tried} tried, {refused} refused | honest agencies: {completed} of {HONEST} | bets: {} stored ({honest_rows} honest, {} the rogue's own, 3 the gate's), {lost} lost, {extra} extra | draw: number {WINNING_NUMBER}, {total_winners} winners, each agency exactly its own | floods: {FLOOD} idle connections twice (as the agencies connect: {busy_at_start} refused SERVER_BUSY, {} cut IDLE_TIMEOUT; around the draw: {busy} refused, {} cut) | stop: {stopped:?} | panics: {panics} | times: honest FINs by {:?}, catalogue by {:?}, slow attacks by {attacks_done:?}, wall {:?}",
         stored.len(),
         rogue_acked.len(),
+        FLOOD - busy_at_start,
         FLOOD - busy,
         honest_uploaded.unwrap_or_default(),
         catalogue_done.unwrap_or_default(),
@@ -2925,47 +2945,4 @@ fn sorted(items: &[String]) -> Vec<String> {
     let mut v = items.to_vec();
     v.sort();
     v
-}
-
-/// Defect found by the catalogue (reported, not fixed here): with TLS on, the
-/// server refuses a connection over `max_connections` by writing `SERVER_BUSY` as a
-/// frame in the clear at once, before the peer's handshake. An honest TLS agency
-/// reads that frame as its handshake's answer, rustls fails with
-/// `InvalidMessage(InvalidContentType)`, and the client takes that TLS failure for
-/// final (not retried): it exits at once instead of retrying with backoff as
-/// docs/SECURITY.md promises ("an anonymous flood can delay an agency's new
-/// connections (it is refused SERVER_BUSY and retries with backoff)"). Here 4 idle
-/// connections fill `max_connections = 4` for 2 s; agency 1 starts meanwhile.
-#[test]
-#[ignore = "defect: a TLS agency refused SERVER_BUSY fails at once instead of retrying"]
-fn a_tls_agency_refused_server_busy_retries_and_completes() {
-    let dir = fast_dir("tls-busy");
-    let pki = TestPki::new();
-    let mut config = server_config(dir.path(), 1);
-    config.tls = pki.server_files();
-    config.tls_required = true;
-    config.max_connections = 4;
-    let server = TestServer::start(config);
-    let idle: Vec<TcpStream> = (0..4)
-        .map(|_| TcpStream::connect(server.addr).expect("connect"))
-        .collect();
-    thread::sleep(Duration::from_millis(300));
-    let releaser = thread::spawn(move || {
-        thread::sleep(Duration::from_secs(2));
-        drop(idle);
-    });
-    let data = dir.join("agency-1.csv");
-    support::write_agency_file(&data, &[bet("A", "1", WINNING_NUMBER)]);
-    let mut client = client_config(server.addr, 1, &data);
-    client.server_address = format!("localhost:{}", server.addr.port());
-    client.retry_deadline = Duration::from_secs(30);
-    client.tls = pki.client_files(Some(&pki.agency(1)));
-    let outcome = client::run(&client, &Shutdown::new());
-    releaser.join().expect("releaser");
-    assert!(
-        matches!(outcome, Ok(Outcome::Completed { .. })),
-        "agency 1 over TLS, refused SERVER_BUSY while the idle connections held the slots: {outcome:?}"
-    );
-    assert_eq!(server.stored().len(), 1);
-    stop_bounded(server);
 }
