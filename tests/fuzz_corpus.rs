@@ -14,6 +14,7 @@ mod fuzzing;
 use std::fs;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use chrono::NaiveDate;
 use loteria::bet::Bet;
@@ -59,7 +60,13 @@ fn run(target: &str, what: &str, input: &[u8]) {
     }
 }
 
+/// One replay at a time: `server_session` counts the panics of every thread of the
+/// process (a server thread's panic is only logged by the server), so no other harness
+/// may panic meanwhile.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 fn replay(target: &str) {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     let corpus_dir = root().join("fuzz/corpus").join(target);
     let corpus = files(&corpus_dir);
     assert!(
