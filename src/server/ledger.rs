@@ -401,64 +401,8 @@ fn is_adopted(progress: &AgencyProgress) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::Recovered;
+    use crate::storage::{MemoryStore, Recovered};
     use chrono::NaiveDate;
-
-    /// A store in memory, recording calls; `fail` makes the next write fail.
-    #[derive(Default)]
-    struct MemoryStore {
-        recovered: Recovered,
-        rows: Vec<(AgencyId, Bet)>,
-        fins: Vec<AgencyId>,
-        draws: Vec<DrawRecord>,
-        fail: bool,
-    }
-
-    impl MemoryStore {
-        fn check(&mut self) -> Result<(), StorageError> {
-            if std::mem::take(&mut self.fail) {
-                return Err(StorageError::Io {
-                    path: "memory".into(),
-                    action: "write",
-                    source: std::io::Error::other("disk full"),
-                });
-            }
-            Ok(())
-        }
-    }
-
-    impl Store for MemoryStore {
-        fn recovered(&self) -> &Recovered {
-            &self.recovered
-        }
-        fn commit(&mut self, batches: &[Batch<'_>]) -> Result<(), StorageError> {
-            self.check()?;
-            for b in batches {
-                self.rows
-                    .extend(b.bets.iter().map(|bet| (b.agency, bet.clone())));
-            }
-            Ok(())
-        }
-        fn record_fin(&mut self, agency: AgencyId) -> Result<(), StorageError> {
-            self.check()?;
-            self.fins.push(agency);
-            Ok(())
-        }
-        fn record_draw(&mut self, draw: DrawRecord) -> Result<(), StorageError> {
-            self.check()?;
-            self.draws.push(draw);
-            Ok(())
-        }
-        fn for_each_bet(&mut self, f: &mut dyn FnMut(AgencyId, Bet)) -> Result<u64, StorageError> {
-            for (a, b) in &self.rows {
-                f(*a, b.clone());
-            }
-            Ok(self.rows.len() as u64)
-        }
-        fn describe(&self) -> String {
-            "memory".into()
-        }
-    }
 
     fn bet(doc: &str, number: u16) -> Bet {
         Bet {
@@ -622,10 +566,7 @@ mod tests {
             },
         );
         recovered.bets = 5;
-        let store = MemoryStore {
-            recovered,
-            ..MemoryStore::default()
-        };
+        let store = MemoryStore::with_recovered(recovered);
         let l = Ledger::new(Box::new(store), 1);
         let w = l.hello(1, 0xF11E, 1).expect("first connection");
         assert_eq!(
@@ -678,10 +619,7 @@ mod tests {
 
     #[test]
     fn a_failed_write_records_nothing() {
-        let store = MemoryStore {
-            fail: true,
-            ..MemoryStore::default()
-        };
+        let store = MemoryStore::new().fail_next_write();
         let l = Ledger::new(Box::new(store), 1);
         l.hello(1, 5, 1).expect("newer connection");
         assert!(matches!(
@@ -712,10 +650,7 @@ mod tests {
         recovered.finished.insert(1);
         recovered.finished.insert(2);
         recovered.bets = 6;
-        let store = MemoryStore {
-            recovered,
-            ..MemoryStore::default()
-        };
+        let store = MemoryStore::with_recovered(recovered);
         let l = Ledger::new(Box::new(store), 2);
         let w = l.hello(1, 5, 1).expect("newer connection");
         assert_eq!(

@@ -21,9 +21,11 @@ use crate::bet::{AgencyId, Bet};
 mod csv_journal;
 pub mod faults;
 mod journal;
+pub mod memory;
 
 pub use csv_journal::{CsvJournalStore, for_each_stored, journal_path};
 pub use faults::{FaultAction, Faults, Step};
+pub use memory::MemoryStore;
 
 /// An upload's identity: the client's fingerprint of what it uploads.
 pub type UploadId = u64;
