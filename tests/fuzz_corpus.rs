@@ -5,8 +5,8 @@
 //! the corpus kept them). A missing or empty corpus directory fails the test.
 //!
 //! The seed corpus is made by this file, not by hand:
-//! `cargo test --test fuzz_corpus -- --ignored write_seed_corpus` writes the seeds
-//! into `fuzz/corpus/<target>/seed-*` (see README.md, "Fuzzing").
+//! `LOTERIA_WRITE_SEEDS=1 cargo test --test fuzz_corpus every_target_has_named_seeds`
+//! writes the seeds into `fuzz/corpus/<target>/seed-*` (see README.md, "Fuzzing").
 
 #[path = "support/fuzzing.rs"]
 mod fuzzing;
@@ -143,16 +143,23 @@ fn every_harness_is_a_fuzz_target_with_a_replay_test() {
     }
 }
 
-/// Writes the generated seeds into `fuzz/corpus/<target>/seed-<name>` (run by hand,
-/// before fuzzing from scratch; `cargo fuzz cmin` may drop some later, the replay
-/// above runs all of them anyway).
+/// Every target has seeds, each under its own name (a file name). With
+/// `LOTERIA_WRITE_SEEDS=1` it also writes them into `fuzz/corpus/<target>/seed-<name>`
+/// (by hand, before fuzzing from scratch; `cargo fuzz cmin` may drop some later, the
+/// replay above runs all of them anyway).
 #[test]
-#[ignore = "writes into fuzz/corpus; run by hand to (re)make the seed corpus"]
-fn write_seed_corpus() {
+fn every_target_has_named_seeds_which_can_be_written_out() {
+    let write = std::env::var_os("LOTERIA_WRITE_SEEDS").is_some_and(|v| v == "1");
     for (target, _) in fuzzing::TARGETS {
+        let seeds = seeds(target);
+        assert!(!seeds.is_empty(), "{target} has no seeds");
+        let names: std::collections::HashSet<&String> = seeds.iter().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), seeds.len(), "{target}: two seeds share a name");
+        if !write {
+            continue;
+        }
         let dir = root().join("fuzz/corpus").join(target);
         fs::create_dir_all(&dir).expect("create the corpus directory");
-        let seeds = seeds(target);
         for (name, bytes) in &seeds {
             fs::write(dir.join(format!("seed-{name}")), bytes).expect("write a seed");
         }

@@ -373,6 +373,8 @@ fn session_config(agencies: u32) -> ServerConfig {
         winning_number: WINNING_NUMBER,
         storage_path: PathBuf::from("memory"),
         status_port: None,
+        tls: Default::default(),
+        tls_required: false,
     }
 }
 
