@@ -73,7 +73,7 @@ pub const SERVER_KEYS: &[Key] = &[
         "server.max_connections",
         "SERVER_MAX_CONNECTIONS",
         Some("512"),
-        "connections served at once that own no agency (no HELLO yet); more are refused with SERVER_BUSY. An agency's own connection is not counted: at most this + lottery.agencies are open",
+        "connections served at once that own no agency (no HELLO yet); more are refused with SERVER_BUSY, and each refusal closes the oldest one open two io_timeouts. An agency's own connection is not counted: at most this + lottery.agencies are open",
     ),
     key(
         "log.level",

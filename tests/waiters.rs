@@ -365,3 +365,77 @@ fn hello_retrying_busy(addr: SocketAddr, agency: u32) -> Peer {
         }
     }
 }
+
+/// Regression (issue 9 final review): connections that own no agency but keep asking
+/// (an ECHO every 300 ms) held every slot for ever: `io_timeout` bounds each request,
+/// not a connection's life, so an agency was refused `SERVER_BUSY` at every attempt
+/// (14 of 14 in 4 s). Now a refused connection makes room: the oldest connection that
+/// owns no agency and has been open two `io_timeout`s is closed with `SERVER_BUSY`, so
+/// the agency's next attempt gets in.
+#[test]
+fn anonymous_peers_that_keep_asking_cannot_keep_an_agency_out() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = TempDir::new("waiters-echo-holders");
+    let mut config = with_timeout(&dir, 1, Duration::from_millis(500));
+    config.max_connections = 2;
+    let server = TestServer::start(config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let holders: Vec<_> = (0..2)
+        .map(|i| {
+            let stop = Arc::clone(&stop);
+            let addr = server.addr;
+            thread::spawn(move || {
+                let mut peer = Peer::connect(addr);
+                let echo = Message::Echo(format!("holder {i}").into_bytes());
+                while !stop.load(Ordering::SeqCst) {
+                    if peer.conn.write_message(&echo).is_err() {
+                        return None;
+                    }
+                    match peer.conn.read_message() {
+                        Ok(Some(m)) if m == echo => {}
+                        other => return Some(format!("{other:?}")),
+                    }
+                    thread::sleep(Duration::from_millis(300));
+                }
+                None
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(200)); // Both hold their slots.
+    let started = Instant::now();
+    let mut refused = 0;
+    loop {
+        let mut peer = Peer::connect(server.addr);
+        match peer.request(&Message::Hello {
+            agency: 1,
+            upload: 0,
+        }) {
+            Message::Welcome { agency: 1, .. } => break,
+            Message::Error {
+                code: ErrorCode::ServerBusy,
+                ..
+            } => refused += 1,
+            other => panic!("expected WELCOME or SERVER_BUSY, got {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "agency 1 was refused SERVER_BUSY {refused} times in 10s"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "an agency got in after {refused} refusals and {:?}",
+        started.elapsed()
+    );
+    stop.store(true, Ordering::SeqCst);
+    let ends: Vec<Option<String>> = holders
+        .into_iter()
+        .map(|h| h.join().expect("holder"))
+        .collect();
+    assert!(
+        ends.iter()
+            .any(|e| e.as_deref().is_some_and(|e| e.contains("ServerBusy"))),
+        "a holder was closed with SERVER_BUSY: {ends:?}"
+    );
+    stop_bounded(server);
+}

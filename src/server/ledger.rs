@@ -179,6 +179,11 @@ impl Ledger {
         }
     }
 
+    /// The connections that own an agency now.
+    pub fn owner_connections(&self) -> std::collections::HashSet<u64> {
+        lock(&self.state).owners.values().copied().collect()
+    }
+
     /// How many connections own an agency now (at most one per agency): the
     /// connections whose `HELLO` took their agency over and that are still open.
     pub fn owners(&self) -> usize {

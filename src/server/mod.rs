@@ -345,6 +345,10 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) -> Vec<JoinHandle<(
         if !shared.has_room() {
             shared.metrics.refused_busy();
             refuse_busy(stream, peer, shared.config.max_connections);
+            // Make room for the next attempt: connections that own no agency and
+            // keep a slot past what any honest one needs (an echo or status loop
+            // that never ends) must not keep agencies out.
+            shared.evict_oldest_unowned();
             continue;
         }
         next_id += 1;
@@ -357,14 +361,19 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) -> Vec<JoinHandle<(
             }
         };
         let superseded = Arc::new(AtomicBool::new(false));
-        if !shared.register(id, conn.shared_stream(), Arc::clone(&superseded)) {
+        let evicted = Arc::new(AtomicBool::new(false));
+        let flags = Flags {
+            superseded: Arc::clone(&superseded),
+            evicted: Arc::clone(&evicted),
+        };
+        if !shared.register(id, conn.shared_stream(), flags) {
             break; // Shutdown began between accept and registration.
         }
         let worker_shared = Arc::clone(shared);
         let spawned = thread::Builder::new()
             .name(format!("conn-{id}"))
             .spawn(move || {
-                Session::serve(&worker_shared, conn, id, peer, superseded);
+                Session::serve(&worker_shared, conn, id, peer, superseded, evicted);
                 worker_shared.unregister(id);
             });
         match spawned {
@@ -433,7 +442,23 @@ pub(super) fn wake_acceptor(local: SocketAddr) {
 struct Registered {
     stream: Arc<TcpStream>,
     superseded: Arc<AtomicBool>,
+    /// Set when the accept loop closes this connection to make room (it owned no
+    /// agency and was older than [`EVICTABLE_AFTER`] timeouts).
+    evicted: Arc<AtomicBool>,
+    /// When it was accepted.
+    since: Instant,
 }
+
+/// What the accept loop hands a connection's thread and keeps in the registry.
+struct Flags {
+    superseded: Arc<AtomicBool>,
+    evicted: Arc<AtomicBool>,
+}
+
+/// A connection that owns no agency may be closed to make room once it has been open
+/// this many `server.io_timeout`s: longer than any idle, trickling or unread peer
+/// lives (each is cut at one), so only a peer that keeps asking (echo, status) is.
+const EVICTABLE_AFTER: u32 = 2;
 
 /// State shared by every connection thread.
 struct Shared {
@@ -463,15 +488,53 @@ impl http::Source for Shared {
 
 impl Shared {
     /// Records a stream so shutdown can close it; `false` if shutdown already began.
-    fn register(&self, id: u64, stream: Arc<TcpStream>, superseded: Arc<AtomicBool>) -> bool {
+    fn register(&self, id: u64, stream: Arc<TcpStream>, flags: Flags) -> bool {
         let mut connections = lock(&self.connections);
         // Checked under the lock the shutdown hook takes: either the hook sees this
         // stream, or we see the flag it set before running.
         if self.shutdown.is_triggered() {
             return false;
         }
-        connections.insert(id, Registered { stream, superseded });
+        connections.insert(
+            id,
+            Registered {
+                stream,
+                superseded: flags.superseded,
+                evicted: flags.evicted,
+                since: Instant::now(),
+            },
+        );
         true
+    }
+
+    /// Closes the oldest connection that owns no agency, if it has been open at least
+    /// [`EVICTABLE_AFTER`] × `server.io_timeout`: its thread sees the flag when its
+    /// read returns (the read side is shut down for that), answers `SERVER_BUSY` and
+    /// closes. So anonymous peers that keep asking cannot hold every slot for ever;
+    /// an agency refused `SERVER_BUSY` finds room at its next attempt.
+    fn evict_oldest_unowned(&self) {
+        let owned = self.ledger.owner_connections();
+        let old_enough = self.config.io_timeout.saturating_mul(EVICTABLE_AFTER);
+        let connections = lock(&self.connections);
+        let oldest = connections
+            .iter()
+            .filter(|(id, c)| {
+                !owned.contains(id)
+                    && !c.evicted.load(Ordering::SeqCst)
+                    && !c.superseded.load(Ordering::SeqCst)
+                    && c.since.elapsed() >= old_enough
+            })
+            .min_by_key(|(_, c)| c.since);
+        if let Some((&id, conn)) = oldest {
+            conn.evicted.store(true, Ordering::SeqCst);
+            let _ = conn.stream.shutdown(std::net::Shutdown::Read);
+            log::warn!(
+                "action: evict | result: success | connection: {id} | open_for: {} | reason: the server is full and this connection owns no agency",
+                crate::config::format_duration(Duration::from_millis(
+                    u64::try_from(conn.since.elapsed().as_millis()).unwrap_or(u64::MAX)
+                ))
+            );
+        }
     }
 
     fn unregister(&self, id: u64) {

@@ -33,6 +33,8 @@ pub(super) struct Session<'a> {
     upload: u64,
     /// Set when a newer connection of the same agency took over.
     superseded: Arc<AtomicBool>,
+    /// Set when the accept loop closes this connection to make room.
+    evicted: Arc<AtomicBool>,
 }
 
 impl Session<'_> {
@@ -43,6 +45,7 @@ impl Session<'_> {
         id: u64,
         peer: SocketAddr,
         superseded: Arc<AtomicBool>,
+        evicted: Arc<AtomicBool>,
     ) {
         let configured = conn
             .set_timeouts(Some(shared.config.io_timeout))
@@ -60,6 +63,7 @@ impl Session<'_> {
             agency: None,
             upload: 0,
             superseded,
+            evicted,
         };
         let reason = session.conversation();
         session.conn.close();
@@ -74,6 +78,19 @@ impl Session<'_> {
 
     fn is_superseded(&self) -> bool {
         self.superseded.load(Ordering::SeqCst)
+    }
+
+    fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::SeqCst)
+    }
+
+    /// The reason given to a connection closed to make room.
+    const EVICTED: &'static str = "the server is full and this connection owns no agency: it is closed to make room; try again later";
+
+    /// Tells an evicted connection why it is closed (best effort).
+    fn evicted_reply(&mut self) -> String {
+        let _ = self.reply_error(ErrorCode::ServerBusy, Self::EVICTED.into());
+        "evicted to make room (the server was full)".into()
     }
 
     /// Serves requests until the connection ends; returns why it ended.
@@ -102,12 +119,17 @@ impl Session<'_> {
             if self.is_superseded() {
                 return self.superseded_reply();
             }
+            if self.is_evicted() {
+                return self.evicted_reply();
+            }
             let frame = match self.conn.read_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) if self.shared.shutdown.is_triggered() => return "shutdown".into(),
                 Ok(None) if self.is_superseded() => return self.superseded_reply(),
+                Ok(None) if self.is_evicted() => return self.evicted_reply(),
                 Ok(None) => return "closed by peer".into(),
                 Err(_) if self.is_superseded() => return self.superseded_reply(),
+                Err(_) if self.is_evicted() => return self.evicted_reply(),
                 Err(e) => return self.broken_stream(e),
             };
             match self.handle(frame) {
@@ -599,6 +621,7 @@ impl Session<'_> {
                 return "shutdown".into();
             }
             let problem = match read {
+                _ if self.is_evicted() => Self::EVICTED.to_string(),
                 Ok(TextLine::Complete(line) | TextLine::Unterminated(line)) => {
                     let text = line.strip_suffix(b"\n").unwrap_or(&line);
                     let text = text.strip_suffix(b"\r").unwrap_or(text);
