@@ -288,6 +288,17 @@ impl Session<'_> {
     }
 
     fn reply_error(&mut self, code: ErrorCode, reason: String) -> Result<Flow, ConnectionError> {
+        self.reply_error_before(code, reason, None)
+    }
+
+    /// [`Self::reply_error`], the reply written before `deadline` when one is given
+    /// (else under the connection's write timeout).
+    fn reply_error_before(
+        &mut self,
+        code: ErrorCode,
+        reason: String,
+        deadline: Option<Instant>,
+    ) -> Result<Flow, ConnectionError> {
         self.shared.metrics.error_sent(code);
         log::warn!(
             "action: request | result: fail | peer: {} | agency: {} | code: {code} | reason: {}",
@@ -295,7 +306,11 @@ impl Session<'_> {
             self.agency_label(),
             logging::sanitize(&reason)
         );
-        self.conn.write_message(&Message::Error { code, reason })?;
+        let message = Message::Error { code, reason };
+        match deadline {
+            Some(deadline) => self.conn.write_messages_before(&[message], deadline)?,
+            None => self.conn.write_message(&message)?,
+        }
         Ok(if code.closes_connection() {
             Flow::Close
         } else {
@@ -587,21 +602,12 @@ impl Session<'_> {
     /// Tells a waiting agency that the server stops before the draw, within
     /// [`draw::STOP_ANSWER_LIMIT`] (shutdown waits for it); then the connection closes.
     fn shutting_down_reply(&mut self) -> Result<Flow, ConnectionError> {
-        let code = ErrorCode::ShuttingDown;
-        let reason = "the server is stopping before the draw";
-        self.shared.metrics.error_sent(code);
-        log::warn!(
-            "action: request | result: fail | peer: {} | agency: {} | code: {code} | reason: {reason}",
-            self.peer,
-            self.agency_label()
-        );
-        let message = Message::Error {
-            code,
-            reason: reason.into(),
-        };
-        let deadline = Instant::now() + draw::STOP_ANSWER_LIMIT;
-        self.conn.write_messages_before(&[message], deadline)?;
-        Ok(Flow::Close)
+        // SHUTTING_DOWN closes the connection (`ErrorCode::closes_connection`).
+        self.reply_error_before(
+            ErrorCode::ShuttingDown,
+            "the server is stopping before the draw".into(),
+            Some(Instant::now() + draw::STOP_ANSWER_LIMIT),
+        )
     }
 
     /// Serves a plain-text connection: echoes each line back as it came and logs it,
