@@ -530,9 +530,7 @@ impl Shared {
             let _ = conn.stream.shutdown(std::net::Shutdown::Read);
             log::warn!(
                 "action: evict | result: success | connection: {id} | open_for: {} | reason: the server is full and this connection owns no agency",
-                crate::config::format_duration(Duration::from_millis(
-                    u64::try_from(conn.since.elapsed().as_millis()).unwrap_or(u64::MAX)
-                ))
+                crate::config::format_duration(conn.since.elapsed())
             );
         }
     }
