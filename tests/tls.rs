@@ -48,6 +48,21 @@ fn one_bet_agency(
     config
 }
 
+/// The requests only an agency may make: `HELLO` for `agency`, a first batch of
+/// `bets`, `FIN` and `WINNERS_QUERY`.
+fn agency_requests(agency: u32, bets: Vec<loteria::bet::Bet>) -> [Message; 4] {
+    [
+        Message::Hello { agency, upload: 0 },
+        Message::Bets {
+            seq: 1,
+            line: 0,
+            bets,
+        },
+        Message::Fin,
+        Message::WinnersQuery,
+    ]
+}
+
 /// The reply to `message`, expected to be `ERROR` with `code`; then the server closes.
 fn refused_and_closed(peer: &mut Peer, message: &Message, code: ErrorCode) -> String {
     match peer.request(message) {
@@ -117,19 +132,7 @@ fn agency_2s_certificate_cannot_act_as_agency_1() {
     let batch = vec![support::bet("Impostor", "11111111", 7574)];
     // HELLO as agency 1 is refused and the connection closed; so are BETS, FIN and
     // WINNERS_QUERY sent as agency 1 after it (each on a new connection).
-    for message in [
-        Message::Hello {
-            agency: 1,
-            upload: 0,
-        },
-        Message::Bets {
-            seq: 1,
-            line: 0,
-            bets: batch.clone(),
-        },
-        Message::Fin,
-        Message::WinnersQuery,
-    ] {
+    for message in agency_requests(1, batch.clone()) {
         let mut peer = Peer::connect_tls(server.addr, &second);
         let reason = refused_and_closed(
             &mut peer,
@@ -284,19 +287,7 @@ fn in_the_clear_agencies_get_tls_required_but_echo_and_status_work() {
     let dir = TempDir::new("tls-required");
     let pki = TestPki::new();
     let server = TestServer::start(tls_server(&dir, &pki, 2));
-    for message in [
-        Message::Hello {
-            agency: 1,
-            upload: 0,
-        },
-        Message::Bets {
-            seq: 1,
-            line: 0,
-            bets: vec![support::bet("A", "1", 1)],
-        },
-        Message::Fin,
-        Message::WinnersQuery,
-    ] {
+    for message in agency_requests(1, vec![support::bet("A", "1", 1)]) {
         let mut peer = Peer::connect(server.addr);
         let reason = refused_and_closed(&mut peer, &message, ErrorCode::TlsRequired);
         assert!(reason.contains("TLS"), "{reason}");
