@@ -55,15 +55,7 @@ const BUSY: &str = "the server already serves 2 connections; try again later";
 fn honest(conn: &mut Connection) {
     while let Ok(Some(message)) = conn.read_message() {
         let replies = match message {
-            Message::Hello { agency, upload } => vec![Message::Welcome {
-                agency,
-                upload,
-                stored_seq: 0,
-                stored_bets: 0,
-                stored_line: 0,
-                finished: false,
-                drawn: false,
-            }],
+            Message::Hello { agency, upload } => vec![fresh_welcome(agency, upload)],
             Message::Bets { seq, bets, .. } => vec![Message::BetsAck {
                 seq,
                 count: u16::try_from(bets.len()).expect("a small batch"),
