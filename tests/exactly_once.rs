@@ -20,7 +20,7 @@ use loteria::config::ServerConfig;
 use loteria::protocol::{ErrorCode, Message};
 use loteria::server::{self, ServerError};
 use loteria::shutdown::Shutdown;
-use loteria::storage::{CsvJournalStore, FaultAction, Faults, Step, StorageError, Store};
+use loteria::storage::{FaultAction, Faults, Step, StorageError, Store};
 use support::process;
 use support::wire::*;
 use support::*;
@@ -72,7 +72,7 @@ fn refused(peer: &mut Peer, seq: u64, bets: &[Bet], code: ErrorCode) -> String {
 /// What the store at `path` holds once reopened (the server must have stopped): the
 /// committed rows, as its recovery decides.
 fn committed(path: &Path) -> Vec<(u32, String, u16)> {
-    let mut store = CsvJournalStore::open(path).expect("reopen the store");
+    let mut store = support::reopen_store(path, Faults::none()).expect("reopen the store");
     let mut rows = Vec::new();
     store
         .for_each_bet(&mut |agency, bet| rows.push((agency, bet.document, bet.number)))
@@ -433,7 +433,7 @@ fn all_fins_without_the_draw_record_run_the_draw_at_start_up() {
         })
     };
     let config = server_config(dir.path(), 2);
-    let store = CsvJournalStore::open_with_faults(&config.storage_path, faults).expect("open");
+    let store = support::reopen_store(&config.storage_path, faults).expect("open");
     let server = TestServer::start_with_store(config, Box::new(store));
     let mut a1 = Peer::hello(server.addr, 1);
     a1.store(1, one.clone());
@@ -601,7 +601,7 @@ fn a_full_disk_gets_internal_and_the_same_batch_succeeds_later() {
         Arc::clone(&failures),
     );
     let config = server_config(dir.path(), 1);
-    let store = CsvJournalStore::open_with_faults(&config.storage_path, faults).expect("open");
+    let store = support::reopen_store(&config.storage_path, faults).expect("open");
     let server = TestServer::start_with_store(config, Box::new(store));
     let mut peer = Peer::hello(server.addr, 1);
     peer.store(1, data[..3].to_vec());
@@ -642,7 +642,7 @@ fn a_failed_sync_disables_the_store_but_the_server_keeps_serving() {
         Arc::clone(&failures),
     );
     let config = server_config(dir.path(), 1);
-    let store = CsvJournalStore::open_with_faults(&config.storage_path, faults).expect("open");
+    let store = support::reopen_store(&config.storage_path, faults).expect("open");
     let server = TestServer::start_with_store(config, Box::new(store));
     let mut peer = Peer::hello(server.addr, 1);
     peer.store(1, data[..3].to_vec());

@@ -17,7 +17,7 @@ use loteria::connection::Connection;
 use loteria::protocol::Message;
 use loteria::server::{self, ServerError};
 use loteria::shutdown::Shutdown;
-use loteria::storage::{CsvJournalStore, Store};
+use loteria::storage::{CsvJournalStore, Faults, StorageError, Store};
 
 /// The course dataset: the repository's copy in `tests/data/tp0` (see its README), or
 /// the directory named by `LOTERIA_DATASET`.
@@ -103,6 +103,26 @@ pub fn client_config(addr: SocketAddr, id: u32, data: &Path) -> loteria::config:
     }
 }
 
+/// Opens the CSV + journal store at `path` with `faults`, as a restarted server would.
+///
+/// The store's lock is a `flock`, held by the open file description. While another
+/// test of the same binary spawns a process, the child holds a copy of every open
+/// descriptor between its fork and its exec (close-on-exec closes them only at exec),
+/// so a store that this process has just closed can still read as locked for that
+/// instant. Only `Locked` is retried, for at most two seconds; any other error, or a
+/// lock that lasts, is returned.
+pub fn reopen_store(path: &Path, faults: Faults) -> Result<CsvJournalStore, StorageError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match CsvJournalStore::open_with_faults(path, faults.clone()) {
+            Err(StorageError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// `server::run` on its own thread, stopped (and joined) on `stop` or drop.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -115,7 +135,7 @@ impl TestServer {
     /// Opens the CSV + journal store at `config.storage_path` (failing the test at once,
     /// naming the error, if it cannot be opened) and serves it on its own thread.
     pub fn start(config: ServerConfig) -> TestServer {
-        let store = CsvJournalStore::open(&config.storage_path)
+        let store = reopen_store(&config.storage_path, Faults::none())
             .unwrap_or_else(|e| panic!("open the test server's store: {e}"));
         TestServer::start_with_store(config, Box::new(store))
     }
