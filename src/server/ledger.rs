@@ -14,11 +14,19 @@
 //! * a connection that was superseded by a newer `HELLO` of its agency cannot store or
 //!   finish any more, so two processes of one agency never interleave batches.
 //!
-//! The lock is held for memory work and storage I/O only, never for socket I/O.
+//! The lock is held for memory work only, never for socket I/O. Batches are made
+//! durable by **group commit** (leader/follower, as PostgreSQL's): an accepted batch
+//! joins the group being filled; the first connection to wait for a group that is
+//! not yet syncing leads it — it takes the group, leaves the lock, commits every batch
+//! of the group with one write and one sync per file, and wakes the others. Batches
+//! that arrive meanwhile fill the next group, so one sync covers every batch, of every
+//! agency, that came in while the previous one ran. A batch is answered (stored) only
+//! once its group is durable; a group that fails fails every batch not yet durable
+//! and the ledger's view goes back to what is durable.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use crate::bet::{AgencyId, Bet, DrawResult};
 use crate::protocol::{AgencyStatus, StatusSnapshot};
@@ -76,8 +84,9 @@ pub enum Refusal {
         /// The `seq` that would have been stored.
         expected: u64,
     },
-    /// Storage failed; nothing of the request was recorded.
-    Storage(StorageError),
+    /// Storage failed; nothing of the request was recorded. Shared: every batch of a
+    /// failed group commit carries the same error.
+    Storage(Arc<StorageError>),
 }
 
 /// What recording a `FIN` did.
@@ -96,6 +105,11 @@ pub struct Finish {
 pub struct Ledger {
     agencies: u32,
     state: Mutex<State>,
+    /// Signalled (with `state`'s lock) each time a group commit is settled.
+    settled: Condvar,
+    /// The durable store. Lock order: `state` before `store`; a group's leader takes
+    /// `store` without `state`, so syncing never blocks the accepting of batches.
+    store: Mutex<Box<dyn Store>>,
     /// How many agencies have an owning connection (`State::owners.len()`, stored
     /// under the lock at each change), readable without the lock: the accept loop
     /// must not wait for a commit's `fsync`s.
@@ -103,14 +117,43 @@ pub struct Ledger {
 }
 
 struct State {
-    store: Box<dyn Store>,
+    /// Each agency's progress as accepted: durable, plus its batches in a group
+    /// commit not yet settled. The rules (next seq, replay) are checked against it.
     progress: BTreeMap<AgencyId, AgencyProgress>,
+    /// Each agency's durable progress: what `HELLO` and the status report.
+    durable: BTreeMap<AgencyId, AgencyProgress>,
     finished: BTreeSet<AgencyId>,
     /// Set (under the lock) by the `FIN` that completes the set, or found recorded.
     drawn: Option<DrawRecord>,
+    /// Durable bets.
     bets: u64,
+    /// The accepted batches of the group being filled, in acceptance order.
+    pending: Vec<Pending>,
+    /// The group being filled.
+    filling: Arc<Group>,
+    /// Whether a leader is committing a group now.
+    syncing: bool,
+    /// The group of each agency's last accepted batch.
+    last_group: HashMap<AgencyId, Arc<Group>>,
     /// The connection that owns each agency: the last to say `HELLO` for it.
     owners: HashMap<AgencyId, u64>,
+}
+
+/// One group commit. Its outcome is set once, under the ledger's lock, by its leader
+/// (or by the failure of the group before it).
+#[derive(Default)]
+struct Group {
+    outcome: OnceLock<Result<(), Arc<StorageError>>>,
+}
+
+/// An accepted batch waiting in the group being filled.
+struct Pending {
+    agency: AgencyId,
+    upload: UploadId,
+    seq: u64,
+    line: u64,
+    digest: u32,
+    bets: Vec<Bet>,
 }
 
 impl Ledger {
@@ -121,14 +164,108 @@ impl Ledger {
         Ledger {
             agencies,
             state: Mutex::new(State {
-                store,
+                durable: recovered.agencies.clone(),
                 progress: recovered.agencies,
                 finished: recovered.finished,
                 drawn: recovered.draw,
                 bets: recovered.bets,
+                pending: Vec::new(),
+                filling: Arc::new(Group::default()),
+                syncing: false,
+                last_group: HashMap::new(),
                 owners: HashMap::new(),
             }),
+            settled: Condvar::new(),
+            store: Mutex::new(store),
             owned: AtomicUsize::new(0),
+        }
+    }
+
+    /// Waits, with the state's lock, until `group` is settled, leading its commit if
+    /// no one else is committing and it is the group being filled.
+    fn settle<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        group: &Arc<Group>,
+    ) -> (MutexGuard<'a, State>, Result<(), Arc<StorageError>>) {
+        loop {
+            if let Some(outcome) = group.outcome.get() {
+                return (state, outcome.clone());
+            }
+            // A group is being filled, being committed (`syncing`, not filling) or
+            // settled: here it is one of the first two.
+            if !state.syncing && Arc::ptr_eq(group, &state.filling) {
+                state = self.lead(state);
+            } else {
+                state = self
+                    .settled
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+    }
+
+    /// Commits the group being filled: takes it, commits it without the state's lock
+    /// (others go on filling the next group), then settles it and wakes every waiter.
+    fn lead<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        state.syncing = true;
+        let batches = std::mem::take(&mut state.pending);
+        let group = std::mem::replace(&mut state.filling, Arc::new(Group::default()));
+        drop(state);
+        let views: Vec<Batch<'_>> = batches
+            .iter()
+            .map(|b| Batch {
+                agency: b.agency,
+                upload: b.upload,
+                seq: b.seq,
+                line: b.line,
+                digest: b.digest,
+                bets: &b.bets,
+            })
+            .collect();
+        let result = lock(&self.store).commit(&views);
+        let mut state = lock(&self.state);
+        state.syncing = false;
+        match result {
+            Ok(()) => {
+                for b in &batches {
+                    let count = u32::try_from(b.bets.len()).unwrap_or(u32::MAX);
+                    let durable = state.durable.entry(b.agency).or_default();
+                    durable.upload = b.upload;
+                    durable.last_seq = b.seq;
+                    durable.last_count = count;
+                    durable.last_digest = b.digest;
+                    durable.last_line = b.line;
+                    durable.bets += u64::from(count);
+                    state.bets += u64::from(count);
+                }
+                let _ = group.outcome.set(Ok(()));
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                let _ = group.outcome.set(Err(Arc::clone(&e)));
+                // Batches accepted meanwhile may follow one of the failed group's: none
+                // of them can be stored now. The view goes back to what is durable.
+                let next = std::mem::replace(&mut state.filling, Arc::new(Group::default()));
+                state.pending.clear();
+                let _ = next.outcome.set(Err(e));
+                state.progress = state.durable.clone();
+            }
+        }
+        self.settled.notify_all();
+        state
+    }
+
+    /// Waits until every accepted batch of `agency` is settled (durable, or failed and
+    /// forgotten).
+    fn settle_agency<'a>(
+        &'a self,
+        state: MutexGuard<'a, State>,
+        agency: AgencyId,
+    ) -> (MutexGuard<'a, State>, Result<(), Arc<StorageError>>) {
+        match state.last_group.get(&agency).cloned() {
+            Some(group) => self.settle(state, &group),
+            None => (state, Ok(())),
         }
     }
 
@@ -151,14 +288,17 @@ impl Ledger {
         };
         state.owners.insert(agency, conn);
         self.owned.store(state.owners.len(), Ordering::SeqCst);
-        let (stored_upload, stored_seq, stored_bets, stored_line) =
-            match state.progress.get(&agency) {
-                // Bets adopted from an older, journal-less run belong to no known
-                // upload: they are taken as the first bets of whatever upload goes on.
-                Some(p) if is_adopted(p) => (upload, 0, p.bets, 0),
-                Some(p) if p.bets > 0 => (p.upload, p.last_seq, p.bets, p.last_line),
-                _ => (upload, 0, 0, 0),
-            };
+        // The older connection can store nothing more: once its batches are settled
+        // the durable progress is the whole story (a failure is forgotten and resent).
+        let (state, _) = self.settle_agency(state, agency);
+        let (stored_upload, stored_seq, stored_bets, stored_line) = match state.durable.get(&agency)
+        {
+            // Bets adopted from an older, journal-less run belong to no known
+            // upload: they are taken as the first bets of whatever upload goes on.
+            Some(p) if is_adopted(p) => (upload, 0, p.bets, 0),
+            Some(p) if p.bets > 0 => (p.upload, p.last_seq, p.bets, p.last_line),
+            _ => (upload, 0, 0, 0),
+        };
         Some(Welcome {
             upload: stored_upload,
             stored_seq,
@@ -199,8 +339,10 @@ impl Ledger {
         upload: UploadId,
         seq: u64,
         line: u64,
-        bets: &[Bet],
+        bets: impl Into<Vec<Bet>>,
     ) -> Result<Stored, Refusal> {
+        let bets: Vec<Bet> = bets.into();
+        let digest = storage::digest(agency, &bets);
         let mut state = lock(&self.state);
         if state.owners.get(&agency) != Some(&conn) {
             return Err(Refusal::Superseded);
@@ -211,7 +353,6 @@ impl Ledger {
         if state.finished.contains(&agency) {
             return Err(Refusal::AgencyFinished);
         }
-        let digest = storage::digest(agency, bets);
         let count = u32::try_from(bets.len()).unwrap_or(u32::MAX);
         let last = state.progress.get(&agency).cloned().unwrap_or_default();
         if last.bets > 0 && last.upload != upload && !is_adopted(&last) {
@@ -224,31 +365,38 @@ impl Ledger {
             && seq == last.last_seq
             && count == last.last_count
             && digest == last.last_digest;
-        if replay {
-            return Ok(Stored::Replay);
-        }
-        let expected = last.last_seq.saturating_add(1);
-        if seq != expected {
-            return Err(Refusal::BadSeq { expected });
-        }
-        let batch = Batch {
-            agency,
-            upload,
-            seq,
-            line,
-            digest,
-            bets,
+        let (stored, group) = if replay {
+            // Acknowledged again once the batch is durable (it may be in a group that
+            // is still syncing).
+            (Stored::Replay, state.last_group.get(&agency).cloned())
+        } else {
+            let expected = last.last_seq.saturating_add(1);
+            if seq != expected {
+                return Err(Refusal::BadSeq { expected });
+            }
+            let progress = state.progress.entry(agency).or_default();
+            progress.upload = upload;
+            progress.last_seq = seq;
+            progress.last_count = count;
+            progress.last_digest = digest;
+            progress.last_line = line;
+            progress.bets += u64::from(count);
+            state.pending.push(Pending {
+                agency,
+                upload,
+                seq,
+                line,
+                digest,
+                bets,
+            });
+            let group = Arc::clone(&state.filling);
+            state.last_group.insert(agency, Arc::clone(&group));
+            (Stored::New, Some(group))
         };
-        state.store.commit(&[batch]).map_err(Refusal::Storage)?;
-        let progress = state.progress.entry(agency).or_default();
-        progress.upload = upload;
-        progress.last_seq = seq;
-        progress.last_count = count;
-        progress.last_digest = digest;
-        progress.last_line = line;
-        progress.bets += u64::from(count);
-        state.bets += u64::from(count);
-        Ok(Stored::New)
+        if let Some(group) = group {
+            self.settle(state, &group).1.map_err(Refusal::Storage)?;
+        }
+        Ok(stored)
     }
 
     /// Records `agency`'s `FIN` (durably, once), sent on connection `conn`. The `FIN`
@@ -260,12 +408,21 @@ impl Ledger {
         conn: u64,
         winning_number: u16,
     ) -> Result<Finish, Refusal> {
-        let mut state = lock(&self.state);
+        let state = lock(&self.state);
+        if state.owners.get(&agency) != Some(&conn) {
+            return Err(Refusal::Superseded);
+        }
+        // Every batch of the agency is settled before its FIN: the N-th FIN is
+        // ordered after every acknowledged batch.
+        let (mut state, settled) = self.settle_agency(state, agency);
+        settled.map_err(Refusal::Storage)?;
         if state.owners.get(&agency) != Some(&conn) {
             return Err(Refusal::Superseded);
         }
         if !state.finished.contains(&agency) {
-            state.store.record_fin(agency).map_err(Refusal::Storage)?;
+            lock(&self.store)
+                .record_fin(agency)
+                .map_err(|e| Refusal::Storage(Arc::new(e)))?;
             state.finished.insert(agency);
         }
         let finished = self.count_finished(&state);
@@ -310,7 +467,7 @@ impl Ledger {
         // (the caller is told); the next start-up finds every FIN and no draw, and
         // runs the draw over the same bets.
         state.drawn = Some(record);
-        match state.store.record_draw(record) {
+        match lock(&self.store).record_draw(record) {
             Ok(()) => None,
             Err(e) => {
                 log::error!("action: record_draw | result: fail | error: {e}");
@@ -342,12 +499,10 @@ impl Ledger {
     /// Runs the draw over every stored bet, read through the store. Only once the
     /// draw is marked, so the bets can no longer change.
     pub fn compute_draw(&self) -> Result<(DrawResult, u64), StorageError> {
-        let mut state = lock(&self.state);
-        let winning_number = state.drawn.map_or(0, |d| d.winning_number);
+        let winning_number = lock(&self.state).drawn.map_or(0, |d| d.winning_number);
         let mut draw = DrawResult::new(winning_number);
-        let count = state
-            .store
-            .for_each_bet(&mut |agency, bet| draw.consider(agency, bet))?;
+        let count =
+            lock(&self.store).for_each_bet(&mut |agency, bet| draw.consider(agency, bet))?;
         Ok((draw, count))
     }
 
@@ -378,7 +533,7 @@ impl Ledger {
                 agency,
                 connected: state.owners.contains_key(&agency),
                 finished: state.finished.contains(&agency),
-                bets: state.progress.get(&agency).map_or(0, |p| p.bets),
+                bets: state.durable.get(&agency).map_or(0, |p| p.bets),
                 winners: draw
                     .map(|d| u32::try_from(d.winners_of(agency).len()).unwrap_or(u32::MAX)),
             })
@@ -393,7 +548,7 @@ impl Ledger {
 
     /// The store's description for logs (its path).
     pub fn describe(&self) -> String {
-        lock(&self.state).store.describe()
+        lock(&self.store).describe()
     }
 }
 
@@ -620,6 +775,104 @@ mod tests {
         ));
         let (draw, count) = l.compute_draw().expect("draw");
         assert_eq!((count, draw.winners_of(1).len()), (1, 1));
+    }
+
+    /// A store that blocks its first commit until told, and counts the batches of
+    /// each commit.
+    struct Gated {
+        inner: MemoryStore,
+        commits: Arc<Mutex<Vec<usize>>>,
+        gate: Option<std::sync::mpsc::Receiver<()>>,
+        entered: std::sync::mpsc::Sender<()>,
+    }
+
+    impl Store for Gated {
+        fn recovered(&self) -> &crate::storage::Recovered {
+            self.inner.recovered()
+        }
+        fn commit(&mut self, batches: &[Batch<'_>]) -> Result<(), StorageError> {
+            let _ = self.entered.send(());
+            if let Some(gate) = self.gate.take() {
+                let _ = gate.recv();
+            }
+            lock(&self.commits).push(batches.len());
+            self.inner.commit(batches)
+        }
+        fn record_fin(&mut self, agency: AgencyId) -> Result<(), StorageError> {
+            self.inner.record_fin(agency)
+        }
+        fn record_draw(&mut self, draw: DrawRecord) -> Result<(), StorageError> {
+            self.inner.record_draw(draw)
+        }
+        fn for_each_bet(&mut self, f: &mut dyn FnMut(AgencyId, Bet)) -> Result<u64, StorageError> {
+            self.inner.for_each_bet(f)
+        }
+        fn describe(&self) -> String {
+            "gated".into()
+        }
+    }
+
+    #[test]
+    fn batches_that_arrive_while_a_commit_syncs_share_the_next_commit() {
+        let (open, gate) = std::sync::mpsc::channel();
+        let (entered, entering) = std::sync::mpsc::channel();
+        let commits = Arc::new(Mutex::new(Vec::new()));
+        let store = Gated {
+            inner: MemoryStore::default(),
+            commits: Arc::clone(&commits),
+            gate: Some(gate),
+            entered,
+        };
+        let l = Arc::new(Ledger::new(Box::new(store), 3));
+        for a in 1..=3 {
+            l.hello(a, 5, u64::from(a)).expect("newer connection");
+        }
+        let store_one = |agency: AgencyId| {
+            let l = Arc::clone(&l);
+            std::thread::spawn(move || l.store(agency, u64::from(agency), 5, 1, 0, &[bet("1", 1)]))
+        };
+        // Agency 1 leads the first commit, which blocks in the store.
+        let first = store_one(1);
+        entering.recv().expect("the first commit starts");
+        // Agencies 2 and 3 arrive while it syncs: they fill the next group.
+        let others = [store_one(2), store_one(3)];
+        while lock(&l.state).pending.len() < 2 {
+            std::thread::yield_now();
+        }
+        open.send(()).expect("open the gate");
+        assert!(matches!(first.join().expect("agency 1"), Ok(Stored::New)));
+        for other in others {
+            assert!(matches!(other.join().expect("agency"), Ok(Stored::New)));
+        }
+        assert_eq!(
+            *lock(&commits),
+            vec![1, 2],
+            "one commit for both late batches"
+        );
+        assert_eq!(l.bets(), 3);
+    }
+
+    #[test]
+    fn a_failed_group_fails_the_batches_behind_it_and_the_view_goes_back_to_durable() {
+        let l = Ledger::new(Box::new(MemoryStore::new().fail_next_write()), 2);
+        l.hello(1, 5, 1).expect("newer connection");
+        l.hello(2, 6, 2).expect("newer connection");
+        assert!(matches!(
+            l.store(1, 1, 5, 1, 0, &[bet("1", 1)]),
+            Err(Refusal::Storage(_))
+        ));
+        // Nothing of the failed batch is in the view: seq 1 is expected again.
+        assert!(matches!(
+            l.store(1, 1, 5, 2, 0, &[bet("2", 2)]),
+            Err(Refusal::BadSeq { expected: 1 })
+        ));
+        assert!(matches!(
+            l.store(2, 2, 6, 1, 0, &[bet("3", 3)]),
+            Ok(Stored::New)
+        ));
+        let w = l.hello(1, 5, 3).expect("newer connection");
+        assert_eq!((w.stored_seq, w.stored_bets), (0, 0));
+        assert_eq!(l.bets(), 1);
     }
 
     #[test]

@@ -411,12 +411,17 @@ impl Session<'_> {
                 .err()
                 .map(|e| format!("bet {}: {e}", i + 1))
         });
+        // A single bet is logged by DNI and number once stored.
+        let single = match bets.as_slice() {
+            [b] => Some((b.document.clone(), b.number)),
+            _ => None,
+        };
         let refusal = match invalid {
             Some(reason) => (ErrorCode::InvalidBet, reason),
             None => match self
                 .shared
                 .ledger
-                .store(agency, self.id, self.upload, seq, line, &bets)
+                .store(agency, self.id, self.upload, seq, line, bets)
             {
                 Ok(Stored::New) => {
                     self.shared
@@ -425,11 +430,9 @@ impl Session<'_> {
                     log::info!(
                         "action: apuesta_recibida | result: success | cantidad: {count} | agency: {agency} | seq: {seq}"
                     );
-                    if let [single] = bets.as_slice() {
+                    if let Some((document, number)) = single {
                         log::info!(
-                            "action: apuesta_almacenada | result: success | dni: {} | numero: {}",
-                            single.document,
-                            single.number
+                            "action: apuesta_almacenada | result: success | dni: {document} | numero: {number}"
                         );
                     }
                     self.conn.write_message(&ack)?;
