@@ -230,13 +230,11 @@ impl Ledger {
             Ok(()) => {
                 for b in &batches {
                     let count = u32::try_from(b.bets.len()).unwrap_or(u32::MAX);
-                    let durable = state.durable.entry(b.agency).or_default();
-                    durable.upload = b.upload;
-                    durable.last_seq = b.seq;
-                    durable.last_count = count;
-                    durable.last_digest = b.digest;
-                    durable.last_line = b.line;
-                    durable.bets += u64::from(count);
+                    state
+                        .durable
+                        .entry(b.agency)
+                        .or_default()
+                        .advance(b.upload, b.seq, b.line, count, b.digest);
                     state.bets += u64::from(count);
                 }
                 let _ = group.outcome.set(Ok(()));
@@ -374,13 +372,11 @@ impl Ledger {
             if seq != expected {
                 return Err(Refusal::BadSeq { expected });
             }
-            let progress = state.progress.entry(agency).or_default();
-            progress.upload = upload;
-            progress.last_seq = seq;
-            progress.last_count = count;
-            progress.last_digest = digest;
-            progress.last_line = line;
-            progress.bets += u64::from(count);
+            state
+                .progress
+                .entry(agency)
+                .or_default()
+                .advance(upload, seq, line, count, digest);
             state.pending.push(Pending {
                 agency,
                 upload,
@@ -408,13 +404,10 @@ impl Ledger {
         conn: u64,
         winning_number: u16,
     ) -> Result<Finish, Refusal> {
-        let state = lock(&self.state);
-        if state.owners.get(&agency) != Some(&conn) {
-            return Err(Refusal::Superseded);
-        }
         // Every batch of the agency is settled before its FIN: the N-th FIN is
-        // ordered after every acknowledged batch.
-        let (mut state, settled) = self.settle_agency(state, agency);
+        // ordered after every acknowledged batch. Ownership is checked after the
+        // wait, which releases the lock (a takeover may happen meanwhile).
+        let (mut state, settled) = self.settle_agency(lock(&self.state), agency);
         settled.map_err(Refusal::Storage)?;
         if state.owners.get(&agency) != Some(&conn) {
             return Err(Refusal::Superseded);

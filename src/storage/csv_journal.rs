@@ -675,13 +675,10 @@ impl Rebuild {
                 self.advance(end)?;
                 let r = &mut self.recovered;
                 for e in entries {
-                    let p = r.agencies.entry(e.agency).or_default();
-                    p.upload = e.upload;
-                    p.last_seq = e.seq;
-                    p.last_line = e.line;
-                    p.last_count = e.count;
-                    p.last_digest = e.digest;
-                    p.bets += u64::from(e.count);
+                    r.agencies
+                        .entry(e.agency)
+                        .or_default()
+                        .advance(e.upload, e.seq, e.line, e.count, e.digest);
                     r.bets += u64::from(e.count);
                 }
             }

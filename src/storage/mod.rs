@@ -71,6 +71,19 @@ pub struct AgencyProgress {
     pub bets: u64,
 }
 
+impl AgencyProgress {
+    /// The progress after a committed batch of `count` bets: batch `seq` of upload
+    /// `upload`, ending at file line `line`, with content digest `digest`.
+    pub fn advance(&mut self, upload: UploadId, seq: u64, line: u64, count: u32, digest: u32) {
+        self.upload = upload;
+        self.last_seq = seq;
+        self.last_line = line;
+        self.last_count = count;
+        self.last_digest = digest;
+        self.bets += u64::from(count);
+    }
+}
+
 /// The draw, as recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrawRecord {
