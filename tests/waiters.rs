@@ -387,23 +387,25 @@ fn anonymous_peers_that_keep_asking_cannot_keep_an_agency_out() {
             thread::spawn(move || {
                 let mut peer = Peer::connect(addr);
                 let echo = Message::Echo(format!("holder {i}").into_bytes());
-                while !stop.load(Ordering::SeqCst) {
-                    // An evicted holder may be between its reads: its write then
-                    // fails, and the SERVER_BUSY answer is still there to read.
+                // One echo; `Some(what came back)` unless it was the echo. An evicted
+                // holder may be between its reads: its write then fails, and the
+                // SERVER_BUSY answer is still there to read.
+                let mut exchange = || {
                     let written = peer.conn.write_message(&echo);
                     match peer.conn.read_message() {
-                        Ok(Some(m)) if m == echo && written.is_ok() => {}
-                        other => return Some(format!("{other:?}")),
+                        Ok(Some(m)) if m == echo && written.is_ok() => None,
+                        other => Some(format!("{other:?}")),
+                    }
+                };
+                while !stop.load(Ordering::SeqCst) {
+                    if let Some(end) = exchange() {
+                        return Some(end);
                     }
                     thread::sleep(Duration::from_millis(300));
                 }
                 // Evicted while it slept (the agency got in meanwhile): its answer is
                 // waiting to be read.
-                let written = peer.conn.write_message(&echo);
-                match peer.conn.read_message() {
-                    Ok(Some(m)) if m == echo && written.is_ok() => None,
-                    other => Some(format!("{other:?}")),
-                }
+                exchange()
             })
         })
         .collect();
