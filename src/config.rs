@@ -195,6 +195,12 @@ pub const CLIENT_KEYS: &[Key] = &[
         "bets per batch at most (a batch also stays under 8 KiB)",
     ),
     key(
+        "batch.window",
+        "CLI_BATCH_WINDOW",
+        Some("32"),
+        "batches sent ahead of their acknowledgements, 1..=1024 (1: wait for each ACK)",
+    ),
+    key(
         "tls.ca",
         "CLI_TLS_CA",
         Some(""),
@@ -217,6 +223,10 @@ pub const CLIENT_KEYS: &[Key] = &[
 /// The most agencies a lottery may have (`lottery.agencies`); the client refuses a
 /// `STATUS` answer for more.
 pub const MAX_AGENCIES: u32 = 1_000_000;
+
+/// The largest `batch.window`: batches one client keeps in flight (each at most one
+/// frame, so at most 8 MiB unacknowledged).
+pub const MAX_BATCH_WINDOW: u16 = 1024;
 
 /// The environment variables of single-bet mode, in order.
 pub const SINGLE_BET_VARS: [&str; 5] = ["NOMBRE", "APELLIDO", "DOCUMENTO", "NACIMIENTO", "NUMERO"];
@@ -463,6 +473,8 @@ pub struct ClientConfig {
     pub log_level: LogLevel,
     /// Bets per batch at most.
     pub batch_max_amount: u16,
+    /// Batches sent and not yet acknowledged, at most (1: stop-and-wait).
+    pub batch_window: u16,
     /// The bet of single-bet mode (`NOMBRE` … `NUMERO` all set, in bets mode only).
     pub single_bet: Option<Bet>,
     /// The TLS material (`[tls] ca, cert, key`): `ca` turns TLS on; `cert` and `key`
@@ -838,6 +850,7 @@ impl ClientConfig {
             loop_period: src.get("loop.period", duration)?,
             log_level: src.get("log.level", log_level)?,
             batch_max_amount: src.get("batch.max_amount", int(1, u16::MAX))?,
+            batch_window: src.get("batch.window", int(1, MAX_BATCH_WINDOW))?,
             // Single-bet mode is a way of uploading: echo and status mode ignore the
             // variables (see `ignored_single_bet_vars`).
             single_bet: match mode {
@@ -858,7 +871,7 @@ impl ClientConfig {
         format!(
             "client_id: {} | server_address: {} | loop_amount: {} | loop_period: {} | \
              log_level: {} | mode: {} | data: {} | batch_max_amount: {} | \
-             connect_timeout: {} | retry_deadline: {} | io_timeout: {} | tls: {}",
+             batch_window: {} | connect_timeout: {} | retry_deadline: {} | io_timeout: {} | tls: {}",
             self.id,
             sanitize(&self.server_address),
             self.loop_amount,
@@ -867,6 +880,7 @@ impl ClientConfig {
             mode,
             sanitize(&self.data.display().to_string()),
             self.batch_max_amount,
+            self.batch_window,
             format_duration(self.connect_timeout),
             format_duration(self.retry_deadline),
             format_duration(self.io_timeout),

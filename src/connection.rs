@@ -291,6 +291,26 @@ fn peek_before(stream: &TcpStream, deadline: Option<Instant>) -> io::Result<Opti
     }
 }
 
+/// Whether a byte is waiting on `stream` now (a peek that does not wait). The stream
+/// is put back into blocking mode before returning; any failure reads as "no".
+fn peek_now(stream: &TcpStream) -> bool {
+    if stream.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    let ready = loop {
+        match stream.peek(&mut byte) {
+            Ok(n) => break n > 0,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break false,
+        }
+    };
+    // Blocking again, or every later read would fail with WouldBlock: if this fails
+    // the next read reports the socket's error (it is broken).
+    let _ = stream.set_nonblocking(false);
+    ready
+}
+
 /// What a server answered a TLS client's handshake with in the clear: a frame of our
 /// protocol instead of TLS records (an `ERROR`: `SERVER_BUSY` from a server that
 /// refuses the connection before reading it, `UNSUPPORTED_VERSION` from a server
@@ -426,7 +446,7 @@ impl Connection {
     pub fn new(stream: TcpStream) -> io::Result<Connection> {
         let stream = Arc::new(stream);
         Ok(Connection {
-            reader: BufReader::new(Wire {
+            reader: BufReader::with_capacity(READ_BUFFER, Wire {
                 stream: Arc::clone(&stream),
                 deadline: None,
                 tls: None,
@@ -471,6 +491,18 @@ impl Connection {
                 Err(e) => return Err(FrameError::Io(e)),
             }
         }
+    }
+
+    /// Whether bytes of another frame are here already — read and buffered, or
+    /// waiting on the socket — looked at without waiting. A server reading ahead of
+    /// its answers (pipelining) answers what it holds once this is `false`: a peer
+    /// sends whole frames before it waits for answers, so bytes that are here mean
+    /// the rest of their frame is on its way.
+    pub fn has_input_ready(&mut self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return true;
+        }
+        peek_now(&self.stream)
     }
 
     /// Whether the peer has ended the stream — a TCP close, TLS' `close_notify`, or a
@@ -550,6 +582,21 @@ impl Connection {
         message
             .encode_into(&mut self.out)
             .map_err(ConnectionError::Encode)?;
+        self.reader
+            .get_mut()
+            .write_all(&self.out, None)
+            .map_err(ConnectionError::Write)
+    }
+
+    /// Encodes `messages` and writes them all in one `write_all` (under the write
+    /// timeout).
+    pub fn write_messages(&mut self, messages: &[Message]) -> Result<(), ConnectionError> {
+        self.out.clear();
+        for message in messages {
+            message
+                .encode_into(&mut self.out)
+                .map_err(ConnectionError::Encode)?;
+        }
         self.reader
             .get_mut()
             .write_all(&self.out, None)
@@ -683,6 +730,10 @@ impl Connection {
 
 /// How long a `close_notify` may take to write when a TLS connection closes.
 const CLOSE_NOTIFY_LIMIT: Duration = Duration::from_millis(100);
+
+/// The read buffer of a connection: several frames, so that one read takes in what a
+/// pipelining peer sent (its pages are only touched as far as they are filled).
+const READ_BUFFER: usize = 4 * protocol::MAX_FRAME_LEN;
 /// The handshake's bound when the connection has no timeout.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 

@@ -34,11 +34,13 @@
 //! backoff sleep short).
 
 mod fingerprint;
+mod latency;
 mod progress;
 mod retry;
 mod session;
 mod status;
 mod upload;
+mod window;
 
 use std::fmt;
 use std::io;
@@ -57,7 +59,9 @@ use crate::tls::ClientTls;
 use progress::Progress;
 use retry::Retrier;
 use session::{Session, Welcome};
+use latency::Latencies;
 use upload::{Batcher, Resume, Sendable};
+use window::Window;
 
 /// How long between two progress lines while uploading.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -525,6 +529,8 @@ struct Run<'a> {
     /// re-checks the file (which may have been edited since) nor re-counts bets that a
     /// date change made valid.
     fin_acked: bool,
+    /// How long this run's batches waited for their acknowledgements.
+    latencies: Latencies,
     started: Instant,
     last_progress: Instant,
 }
@@ -555,6 +561,7 @@ impl<'a> Run<'a> {
             agency_bets: 0,
             progressed: false,
             fin_acked: false,
+            latencies: Latencies::default(),
             started: now,
             last_progress: now,
         }
@@ -685,6 +692,24 @@ impl<'a> Run<'a> {
         bets: Vec<Bet>,
     ) -> Result<(), ClientError> {
         let acked = session.send_batch(seq, line, bets)?;
+        self.count_ack(seq, acked);
+        Ok(())
+    }
+
+    /// Waits for the answer to the oldest batch in flight and counts it.
+    fn await_ack(&mut self, session: &mut Session, window: &mut Window) -> Result<(), ClientError> {
+        let Some(batch) = window.oldest() else {
+            return Ok(());
+        };
+        let acked = session.receive_ack(batch.seq, batch.count)?;
+        window.acknowledged();
+        self.latencies.record(batch.sent.elapsed());
+        self.count_ack(batch.seq, acked);
+        Ok(())
+    }
+
+    /// Counts the acknowledgement of batch `seq`, `acked` bets.
+    fn count_ack(&mut self, seq: u64, acked: u64) {
         // Replays too: an over-estimate only loosens the bound on the winners.
         self.agency_bets = self.agency_bets.saturating_add(acked);
         if seq > self.acked_through {
@@ -692,7 +717,6 @@ impl<'a> Run<'a> {
             self.acked += acked;
         }
         self.progressed = true;
-        Ok(())
     }
 
     fn conflict(&self, welcome: &Welcome) -> ClientError {
@@ -867,6 +891,7 @@ impl<'a> Run<'a> {
         let stored = welcome.stored_bets;
         let mut seq = welcome.stored_seq;
         let mut batcher = Batcher::new(usize::from(self.config.batch_max_amount));
+        let mut window = Window::new(self.config.batch_window);
         let sending = Instant::now();
         let progress = Progress::new(meter.size, meter.position.bytes(), self.acked, sending);
         loop {
@@ -883,8 +908,13 @@ impl<'a> Run<'a> {
                     None => break,
                 },
             };
+            if window.is_full() {
+                self.await_ack(session, &mut window)?;
+            }
             seq += 1;
-            self.send_batch(session, seq, batch.line, batch.bets)?;
+            let count = batch.bets.len();
+            session.send_batch_ahead(seq, batch.line, batch.bets)?;
+            window.sent(seq, count);
             if self.last_progress.elapsed() >= PROGRESS_EVERY {
                 let now = Instant::now();
                 self.last_progress = now;
@@ -898,16 +928,25 @@ impl<'a> Run<'a> {
                 );
             }
         }
+        while !window.is_empty() {
+            if self.shutdown.is_triggered() {
+                return Ok(None);
+            }
+            self.await_ack(session, &mut window)?;
+        }
         let skipped = items.skipped();
         let reading = progress.reading(meter.position.bytes(), self.acked, Instant::now());
         log::info!(
-            "action: upload | result: success | client_id: {id} | bets_sent: {} | batches: {seq} | skipped: {skipped} | percent: {} | elapsed: {} | rate: {:.0} bets/s | resumed: {stored}",
+            "action: upload | result: success | client_id: {id} | bets_sent: {} | batches: {seq} | skipped: {skipped} | percent: {} | elapsed: {} | rate: {:.0} bets/s | resumed: {stored} | window: {} | ack_p50_us: {} | ack_p99_us: {}",
             self.acked,
             reading.percent(),
             format_duration(Duration::from_millis(
                 u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
             )),
-            rate(self.acked, self.started)
+            rate(self.acked, self.started),
+            self.config.batch_window,
+            self.latencies.quantile_text(0.5),
+            self.latencies.quantile_text(0.99)
         );
         Ok(Some(skipped))
     }
@@ -1138,6 +1177,7 @@ mod tests {
                 filter: log::LevelFilter::Off,
             },
             batch_max_amount: 2,
+            batch_window: 1,
             single_bet: None,
             tls: Default::default(),
         }

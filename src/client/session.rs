@@ -166,7 +166,24 @@ impl Session {
     /// waits for its acknowledgement; returns the bets acked.
     pub fn send_batch(&mut self, seq: u64, line: u64, bets: Vec<Bet>) -> Result<u64, ClientError> {
         let count = bets.len();
-        self.send("send batch", &Message::Bets { seq, line, bets })?;
+        self.send_batch_ahead(seq, line, bets)?;
+        self.receive_ack(seq, count)
+    }
+
+    /// Sends batch `seq` without waiting for its acknowledgement (pipelining: the
+    /// server answers every batch, in the order sent; see [`Session::receive_ack`]).
+    pub fn send_batch_ahead(
+        &mut self,
+        seq: u64,
+        line: u64,
+        bets: Vec<Bet>,
+    ) -> Result<(), ClientError> {
+        self.send("send batch", &Message::Bets { seq, line, bets })
+    }
+
+    /// Reads the answer to the oldest batch in flight, `seq` of `count` bets: its
+    /// acknowledgement (returns the bets acked), or the server's refusal of it.
+    pub fn receive_ack(&mut self, seq: u64, count: usize) -> Result<u64, ClientError> {
         match self.receive("send batch") {
             Ok(Message::BetsAck { seq: s, count: c }) if s == seq && usize::from(c) == count => {
                 Ok(u64::from(c))

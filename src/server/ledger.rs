@@ -63,6 +63,24 @@ pub enum Stored {
     Replay,
 }
 
+/// A batch accepted by [`Ledger::accept`], to be settled by
+/// [`Ledger::settle_ticket`] before it is answered.
+#[derive(Clone)]
+pub struct Ticket {
+    stored: Stored,
+    /// The group commit that makes it durable (`None`: durable already).
+    group: Option<Arc<Group>>,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("stored", &self.stored)
+            .field("settled", &self.group.as_ref().map(|g| g.outcome.get().is_some()))
+            .finish()
+    }
+}
+
 /// Why the ledger refused a request.
 #[derive(Debug)]
 pub enum Refusal {
@@ -329,7 +347,9 @@ impl Ledger {
     }
 
     /// Stores batch `seq` of `agency`'s upload `upload`, sent on connection `conn`, if
-    /// the rules allow it (see the module docs).
+    /// the rules allow it (see the module docs): [`Ledger::accept`], then
+    /// [`Ledger::settle_ticket`] (the two steps at once, for tests).
+    #[cfg(test)]
     pub fn store(
         &self,
         agency: AgencyId,
@@ -339,6 +359,25 @@ impl Ledger {
         line: u64,
         bets: impl Into<Vec<Bet>>,
     ) -> Result<Stored, Refusal> {
+        let ticket = self.accept(agency, conn, upload, seq, line, bets)?;
+        self.settle_ticket(&ticket)
+    }
+
+    /// Accepts batch `seq` of `agency`'s upload `upload`, sent on connection `conn`,
+    /// if the rules allow it (see the module docs), into the group commit being
+    /// filled; does not wait for it to be durable. The batch may be answered once
+    /// [`Ledger::settle_ticket`] says so. A connection may accept several batches
+    /// before settling them (pipelining): each is checked against what was accepted
+    /// before it.
+    pub fn accept(
+        &self,
+        agency: AgencyId,
+        conn: u64,
+        upload: UploadId,
+        seq: u64,
+        line: u64,
+        bets: impl Into<Vec<Bet>>,
+    ) -> Result<Ticket, Refusal> {
         let bets: Vec<Bet> = bets.into();
         let digest = storage::digest(agency, &bets);
         let mut state = lock(&self.state);
@@ -363,36 +402,55 @@ impl Ledger {
             && seq == last.last_seq
             && count == last.last_count
             && digest == last.last_digest;
-        let (stored, group) = if replay {
+        if replay {
             // Acknowledged again once the batch is durable (it may be in a group that
             // is still syncing).
-            (Stored::Replay, state.last_group.get(&agency).cloned())
-        } else {
-            let expected = last.last_seq.saturating_add(1);
-            if seq != expected {
-                return Err(Refusal::BadSeq { expected });
-            }
-            state
-                .progress
-                .entry(agency)
-                .or_default()
-                .advance(upload, seq, line, count, digest);
-            state.pending.push(Pending {
-                agency,
-                upload,
-                seq,
-                line,
-                digest,
-                bets,
+            return Ok(Ticket {
+                stored: Stored::Replay,
+                group: state.last_group.get(&agency).cloned(),
             });
-            let group = Arc::clone(&state.filling);
-            state.last_group.insert(agency, Arc::clone(&group));
-            (Stored::New, Some(group))
-        };
-        if let Some(group) = group {
-            self.settle(state, &group).1.map_err(Refusal::Storage)?;
         }
-        Ok(stored)
+        let expected = last.last_seq.saturating_add(1);
+        if seq != expected {
+            return Err(Refusal::BadSeq { expected });
+        }
+        state
+            .progress
+            .entry(agency)
+            .or_default()
+            .advance(upload, seq, line, count, digest);
+        state.pending.push(Pending {
+            agency,
+            upload,
+            seq,
+            line,
+            digest,
+            bets,
+        });
+        let group = Arc::clone(&state.filling);
+        state.last_group.insert(agency, Arc::clone(&group));
+        Ok(Ticket {
+            stored: Stored::New,
+            group: Some(group),
+        })
+    }
+
+    /// Waits until the batch of `ticket` is durable (leading a group commit if no
+    /// one else is committing): `Ok` once it is, the storage failure if its group
+    /// failed (then nothing of it is stored).
+    pub fn settle_ticket(&self, ticket: &Ticket) -> Result<Stored, Refusal> {
+        if let Some(group) = &ticket.group {
+            if let Some(outcome) = group.outcome.get() {
+                // Settled already: no need for the lock.
+                return outcome
+                    .clone()
+                    .map(|()| ticket.stored)
+                    .map_err(Refusal::Storage);
+            }
+            let state = lock(&self.state);
+            self.settle(state, group).1.map_err(Refusal::Storage)?;
+        }
+        Ok(ticket.stored)
     }
 
     /// Records `agency`'s `FIN` (durably, once), sent on connection `conn`. The `FIN`

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::Shared;
 use super::draw::{self, WaitEnd, Waiter, WaitingPeer};
-use super::ledger::{Refusal, Stored};
+use super::ledger::{Refusal, Stored, Ticket};
 use crate::bet::{self, AgencyId, Bet};
 use crate::connection::{Connection, ConnectionError};
 use crate::logging;
@@ -35,7 +35,24 @@ pub(super) struct Session<'a> {
     superseded: Arc<AtomicBool>,
     /// Set when the accept loop closes this connection to make room.
     evicted: Arc<AtomicBool>,
+    /// Batches accepted and not answered yet, in the order received (pipelining).
+    in_flight: Vec<InFlight>,
+    /// The answers being gathered for one write.
+    answers: Vec<Message>,
 }
+
+/// A batch accepted by the ledger, to be answered once its group commit settles.
+struct InFlight {
+    seq: u64,
+    count: usize,
+    ticket: Ticket,
+    /// A single bet is logged by DNI and number once stored.
+    single: Option<(String, u16)>,
+}
+
+/// The most batches a connection accepts before it answers them: a peer that sends
+/// ahead of its acknowledgements without pause is answered at least this often.
+pub(super) const MAX_READ_AHEAD: usize = 64;
 
 impl Session<'_> {
     /// Serves the connection until it ends, then closes it and logs why.
@@ -64,8 +81,13 @@ impl Session<'_> {
             upload: 0,
             superseded,
             evicted,
+            in_flight: Vec::new(),
+            answers: Vec::new(),
         };
         let reason = session.conversation();
+        // Batches accepted and not answered (the conversation broke): settled all the
+        // same, so their group commit does not wait for another connection.
+        session.answer_in_flight_quietly();
         session.conn.close();
         if let Some(agency) = session.agency {
             shared.ledger.release(agency, id);
@@ -89,6 +111,7 @@ impl Session<'_> {
 
     /// Tells an evicted connection why it is closed (best effort).
     fn evicted_reply(&mut self) -> String {
+        self.answer_in_flight_quietly();
         let _ = self.reply_error(ErrorCode::ServerBusy, Self::EVICTED.into());
         "evicted to make room (the server was full)".into()
     }
@@ -111,6 +134,20 @@ impl Session<'_> {
             Err(e) => return self.broken_stream(e),
         }
         loop {
+            // Batches read ahead are answered once no more input is here (or enough
+            // are held): never wait for input while holding answers.
+            if !self.in_flight.is_empty()
+                && (self.in_flight.len() >= MAX_READ_AHEAD || !self.conn.has_input_ready())
+            {
+                match self.answer_in_flight() {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Close) => return "closed after error".into(),
+                    Err(e) if self.shared.shutdown.is_triggered() => {
+                        return format!("shutdown ({e})");
+                    }
+                    Err(e) => return format!("write failed: {e}"),
+                }
+            }
             // A waiter answered by a draw that raced with shutdown kept its socket
             // open (the hook spares waiting sockets): do not serve it further.
             if self.shared.shutdown.is_triggered() {
@@ -184,6 +221,7 @@ impl Session<'_> {
 
     /// Tells a superseded connection why it is closed (best effort).
     fn superseded_reply(&mut self) -> String {
+        self.answer_in_flight_quietly();
         let agency = self.agency_label();
         let _ = self.reply_error(
             ErrorCode::Superseded,
@@ -193,6 +231,7 @@ impl Session<'_> {
     }
 
     fn broken_stream(&mut self, error: FrameError) -> String {
+        self.answer_in_flight_quietly();
         if self.shared.shutdown.is_triggered() {
             return "shutdown".into();
         }
@@ -223,6 +262,10 @@ impl Session<'_> {
         self.shared
             .metrics
             .frame_received(crate::protocol::HEADER_LEN + frame.payload.len());
+        // Answers go out in the order of the requests: the batches read ahead first.
+        if frame.kind != kind::BETS && self.answer_in_flight()? == Flow::Close {
+            return Ok(Flow::Close);
+        }
         let agency_request = matches!(
             frame.kind,
             kind::HELLO | kind::BETS | kind::FIN | kind::WINNERS_QUERY
@@ -241,6 +284,9 @@ impl Session<'_> {
             Ok(message) => message,
             Err(e) => {
                 if frame.kind == kind::BETS {
+                    if self.answer_in_flight()? == Flow::Close {
+                        return Ok(Flow::Close);
+                    }
                     self.log_batch_refused(&frame.payload, &e.to_string());
                 }
                 return self.reply_error(e.code(), e.to_string());
@@ -299,13 +345,7 @@ impl Session<'_> {
         reason: String,
         deadline: Option<Instant>,
     ) -> Result<Flow, ConnectionError> {
-        self.shared.metrics.error_sent(code);
-        log::warn!(
-            "action: request | result: fail | peer: {} | agency: {} | code: {code} | reason: {}",
-            self.peer,
-            self.agency_label(),
-            logging::sanitize(&reason)
-        );
+        self.note_error(code, &reason);
         let message = Message::Error { code, reason };
         match deadline {
             Some(deadline) => self.conn.write_messages_before(&[message], deadline)?,
@@ -316,6 +356,17 @@ impl Session<'_> {
         } else {
             Flow::Continue
         })
+    }
+
+    /// Counts and logs an `ERROR` reply about to be written.
+    fn note_error(&self, code: ErrorCode, reason: &str) {
+        self.shared.metrics.error_sent(code);
+        log::warn!(
+            "action: request | result: fail | peer: {} | agency: {} | code: {code} | reason: {}",
+            self.peer,
+            self.agency_label(),
+            logging::sanitize(reason)
+        );
     }
 
     fn hello(&mut self, agency: AgencyId, upload: u64) -> Result<Flow, ConnectionError> {
@@ -395,23 +446,20 @@ impl Session<'_> {
         Ok(Flow::Continue)
     }
 
+    /// Accepts a batch into the ledger's group commit; it is answered with the
+    /// batches read after it (see [`Session::answer_in_flight`]). A refused batch is
+    /// answered at once, after the batches before it.
     fn bets(&mut self, seq: u64, line: u64, bets: Vec<Bet>) -> Result<Flow, ConnectionError> {
         let Some(agency) = self.agency else {
             return self.not_identified();
         };
         let count = bets.len();
-        // The batch was decoded from a u16 count, so `count` fits a u16.
-        let ack = Message::BetsAck {
-            seq,
-            count: u16::try_from(count).unwrap_or(u16::MAX),
-        };
         let today = bet::today();
         let invalid = bets.iter().enumerate().find_map(|(i, b)| {
             b.validate(today)
                 .err()
                 .map(|e| format!("bet {}: {e}", i + 1))
         });
-        // A single bet is logged by DNI and number once stored.
         let single = match bets.as_slice() {
             [b] => Some((b.document.clone(), b.number)),
             _ => None,
@@ -421,41 +469,125 @@ impl Session<'_> {
             None => match self
                 .shared
                 .ledger
-                .store(agency, self.id, self.upload, seq, line, bets)
+                .accept(agency, self.id, self.upload, seq, line, bets)
             {
-                Ok(Stored::New) => {
-                    self.shared
-                        .metrics
-                        .batch_stored(u64::try_from(count).unwrap_or(u64::MAX));
-                    log::info!(
-                        "action: apuesta_recibida | result: success | cantidad: {count} | agency: {agency} | seq: {seq}"
-                    );
-                    if let Some((document, number)) = single {
-                        log::info!(
-                            "action: apuesta_almacenada | result: success | dni: {document} | numero: {number}"
-                        );
-                    }
-                    self.conn.write_message(&ack)?;
-                    return Ok(Flow::Continue);
-                }
-                Ok(Stored::Replay) => {
-                    self.shared.metrics.batch_replayed();
-                    log::warn!(
-                        "action: batch_replay | result: success | agency: {agency} | upload: {:016x} | seq: {seq} | cantidad: {count}",
-                        self.upload
-                    );
-                    self.conn.write_message(&ack)?;
+                Ok(ticket) => {
+                    self.in_flight.push(InFlight {
+                        seq,
+                        count,
+                        ticket,
+                        single,
+                    });
                     return Ok(Flow::Continue);
                 }
                 Err(refusal) => self.refusal(agency, seq, refusal),
             },
         };
-        let (code, reason) = refusal;
+        if self.answer_in_flight()? == Flow::Close {
+            return Ok(Flow::Close);
+        }
+        self.refuse_batch(agency, seq, count, refusal)
+    }
+
+    /// Answers a refused batch.
+    fn refuse_batch(
+        &mut self,
+        agency: AgencyId,
+        seq: u64,
+        count: usize,
+        (code, reason): (ErrorCode, String),
+    ) -> Result<Flow, ConnectionError> {
         log::warn!(
             "action: apuesta_recibida | result: fail | cantidad: {count} | agency: {agency} | seq: {seq} | reason: {}",
             logging::sanitize(&reason)
         );
         self.reply_error(code, reason)
+    }
+
+    /// Settles the batches read ahead, in order, and answers them in one write: an
+    /// ACK for each stored one; a batch whose group commit failed gets its `ERROR`
+    /// (and so does each after it: their groups failed too).
+    fn answer_in_flight(&mut self) -> Result<Flow, ConnectionError> {
+        if self.in_flight.is_empty() {
+            return Ok(Flow::Continue);
+        }
+        let Some(agency) = self.agency else {
+            // Batches are only accepted once the connection said HELLO.
+            self.in_flight.clear();
+            return Ok(Flow::Continue);
+        };
+        let mut answers = std::mem::take(&mut self.answers);
+        answers.clear();
+        let mut flow = Flow::Continue;
+        for batch in std::mem::take(&mut self.in_flight) {
+            if flow == Flow::Close {
+                // The connection closes after the error written before: the batch
+                // is settled all the same (its group no longer waits for anyone).
+                let _ = self.shared.ledger.settle_ticket(&batch.ticket);
+                continue;
+            }
+            match self.shared.ledger.settle_ticket(&batch.ticket) {
+                Ok(stored) => {
+                    self.log_stored(agency, &batch, stored);
+                    answers.push(Message::BetsAck {
+                        seq: batch.seq,
+                        // Decoded from a u16 count, so `count` fits a u16.
+                        count: u16::try_from(batch.count).unwrap_or(u16::MAX),
+                    });
+                }
+                Err(refusal) => {
+                    let (code, reason) = self.refusal(agency, batch.seq, refusal);
+                    log::warn!(
+                        "action: apuesta_recibida | result: fail | cantidad: {} | agency: {agency} | seq: {} | reason: {}",
+                        batch.count,
+                        batch.seq,
+                        logging::sanitize(&reason)
+                    );
+                    self.note_error(code, &reason);
+                    if code.closes_connection() {
+                        flow = Flow::Close;
+                    }
+                    answers.push(Message::Error { code, reason });
+                }
+            }
+        }
+        let written = self.conn.write_messages(&answers);
+        answers.clear();
+        self.answers = answers;
+        written.map(|()| flow)
+    }
+
+    /// [`Session::answer_in_flight`] when the conversation ends anyway: a failure to
+    /// write is the end already being reported.
+    fn answer_in_flight_quietly(&mut self) {
+        let _ = self.answer_in_flight();
+    }
+
+    /// Logs (and counts) a batch answered as stored.
+    fn log_stored(&self, agency: AgencyId, batch: &InFlight, stored: Stored) {
+        let (seq, count) = (batch.seq, batch.count);
+        match stored {
+            Stored::New => {
+                self.shared
+                    .metrics
+                    .batch_stored(u64::try_from(count).unwrap_or(u64::MAX));
+                log::info!(
+                    "action: apuesta_recibida | result: success | cantidad: {count} | agency: {agency} | seq: {seq}"
+                );
+                if let Some((document, number)) = &batch.single {
+                    log::info!(
+                        "action: apuesta_almacenada | result: success | dni: {document} | numero: {number}"
+                    );
+                }
+            }
+            Stored::Replay => {
+                self.shared.metrics.batch_replayed();
+                log::warn!(
+                    "action: batch_replay | result: success | agency: {agency} | upload: {:016x} | seq: {seq} | cantidad: {count}",
+                    self.upload
+                );
+            }
+        }
     }
 
     /// The error reply for a refused batch.

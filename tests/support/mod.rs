@@ -98,6 +98,7 @@ pub fn client_config(addr: SocketAddr, id: u32, data: &Path) -> loteria::config:
             filter: log::LevelFilter::Info,
         },
         batch_max_amount: 100,
+        batch_window: 32,
         single_bet: None,
         tls: Default::default(),
     }
