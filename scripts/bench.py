@@ -42,6 +42,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -355,6 +356,21 @@ def run_once(args, bins: Path, files: list[Path], winners: list[list[str]], tota
                                             stderr=subprocess.STDOUT))
         for out in logs:
             out.close()
+        timed_out = threading.Event()
+
+        def stop_all():
+            timed_out.set()
+            for proc in [*clients, server]:
+                # Not Popen.kill: its poll() could reap a child wait4 is waiting for
+                # (an unreaped child's pid is not reused).
+                if proc.returncode is None:
+                    try:
+                        os.kill(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+        watchdog = threading.Timer(RUN_TIMEOUT_S, stop_all)
+        watchdog.start()
         codes, rss = [], []
         for k, client in enumerate(clients, 1):
             code, peak = reap(client)
@@ -364,6 +380,9 @@ def run_once(args, bins: Path, files: list[Path], winners: list[list[str]], tota
         # The server's peak so far, read while it runs (after the draw): its
         # ru_maxrss would count this Python's memory too.
         server_rss = vm_hwm(server.pid)
+        watchdog.cancel()
+        if timed_out.is_set():
+            problems.append(f"stopped after {RUN_TIMEOUT_S} s")
     except BaseException:
         for proc in [*clients, server]:
             if proc.returncode is None:
