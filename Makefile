@@ -54,7 +54,8 @@ test-web:
 
 # scripts/build_image.sh, docker_demo.sh, check_names.sh and `make status` fed canned Docker output by a
 # fake `docker` on PATH (no Docker engine needed; seconds); scripts/make-certs.sh
-# (openssl, installed with apt-get when missing) and compose_maker.py's mounts.
+# (openssl, installed with apt-get when missing) and compose_maker.py's mounts;
+# scripts/bench.py's parsers and a tiny real run over the debug binaries (test_bench.py).
 test-scripts:
 	@scripts/ensure-tools.sh openssl
 	python3 tests/scripts/test_scripts.py

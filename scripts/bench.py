@@ -354,6 +354,7 @@ def run_once(args, bins: Path, files: list[Path], winners: list[list[str]], tota
                 if timer else []
             clients.append(subprocess.Popen(wrap + command, env=env, stdout=out,
                                             stderr=subprocess.STDOUT))
+        spawned = time.monotonic() - started
         for out in logs:
             out.close()
         timed_out = threading.Event()
@@ -437,7 +438,7 @@ def run_once(args, bins: Path, files: list[Path], winners: list[list[str]], tota
     p99s = [a["ack_p99_us"] for a in acks if a]
     windows = {a["window"] for a in acks if a and a["window"] is not None}
     result |= {
-        "wall_s": wall, "bets_per_s": bets_per_s, "stored_bytes": stored,
+        "wall_s": wall, "spawn_s": spawned, "bets_per_s": bets_per_s, "stored_bytes": stored,
         "bytes_per_bet": bytes_per_bet,
         "batches": sum(a["batches"] or 0 for a in acks if a),
         "window": sorted(windows),
@@ -485,6 +486,7 @@ def fmt(value, kind: str) -> str:
 ROWS = [
     ("end-to-end bets/s", "bets_per_s", "rate"),
     ("wall (clients' start → last exit)", "wall_s", "s"),
+    ("  of it starting every client", "spawn_s", "s"),
     ("ACK p50 (median over clients)", "ack_p50_us", "us"),
     ("ACK p99 (median over clients)", "ack_p99_us", "us"),
     ("draw (server's sorteo elapsed)", "draw_ms", "ms"),
