@@ -1,5 +1,5 @@
 # Entry points; README.md explains each.
-.PHONY: demo demo-watch demo-local test test-rust test-web test-scripts test-docker check lint bench agencies \
+.PHONY: demo demo-watch demo-local test test-rust test-web test-scripts test-docker check lint bench bench-smoke bench-course agencies \
         certs certs-brief docker-prepare docker-image docker-compose-up docker-compose-down \
         docker-compose-logs status
 
@@ -54,10 +54,12 @@ test-web:
 
 # scripts/build_image.sh, docker_demo.sh, check_names.sh and `make status` fed canned Docker output by a
 # fake `docker` on PATH (no Docker engine needed; seconds); scripts/make-certs.sh
-# (openssl, installed with apt-get when missing) and compose_maker.py's mounts.
+# (openssl, installed with apt-get when missing) and compose_maker.py's mounts;
+# scripts/bench.py's parsers and a tiny real run over the debug binaries (test_bench.py).
 test-scripts:
 	@scripts/ensure-tools.sh openssl
 	python3 tests/scripts/test_scripts.py
+	python3 tests/scripts/test_bench.py
 
 # nc_test.sh is also checked under dash (installed with apt-get when missing). The
 # lotteries run over mutual TLS with certs/.
@@ -76,9 +78,37 @@ lint:
 
 check: lint test
 
-# Throughput benchmark (prints numbers; asserts nothing about speed).
+# The end-to-end benchmark (scripts/bench.py; docs/BENCHMARKS.md defines each figure):
+# the release `server` and AGENCIES `client`s on loopback, fsync on, AGENCIES x BETS
+# generated bets (kept in BENCH_DIR, made once), with TLS off and on (TLS=off|on|both),
+# RUNS runs each (the median and every run). BATCH and WINDOW set the clients'
+# CLI_BATCH_MAX_AMOUNT and CLI_BATCH_WINDOW (unset: the client's defaults); DATASET=DIR
+# uses DIR/agency-<k>.csv instead; JSON=FILE writes every figure. Prints numbers,
+# asserts nothing about speed; exit code 1 when a run was INVALID (a failed client,
+# wrong winners).
+AGENCIES ?= 8
+BETS ?= 500000
+TLS ?= both
+RUNS ?= 3
+BENCH_DIR ?= /tmp/loteria-bench
+BENCH_ARGS = --tls $(TLS) --runs $(RUNS) --bench-dir $(BENCH_DIR) \
+	$(if $(BATCH),--batch $(BATCH)) $(if $(WINDOW),--window $(WINDOW)) \
+	$(if $(JSON),--json $(JSON))
 bench:
-	cargo run --release --locked --example bench
+	@scripts/ensure-tools.sh openssl
+	python3 scripts/bench.py --agencies $(AGENCIES) --bets $(BETS) \
+	    $(if $(DATASET),--dataset $(DATASET)) $(BENCH_ARGS)
+
+# A tiny run (2 agencies x 2000 bets, once, TLS off and on): seconds.
+bench-smoke:
+	@scripts/ensure-tools.sh openssl
+	python3 scripts/bench.py --agencies 2 --bets 2000 --runs 1 --bench-dir $(BENCH_DIR) \
+	    $(if $(JSON),--json $(JSON))
+
+# The course's dataset (tests/data/tp0, 5 agencies, 78 697 bets).
+bench-course:
+	@scripts/ensure-tools.sh openssl
+	python3 scripts/bench.py --dataset tests/data/tp0 $(BENCH_ARGS)
 
 # Regenerate the sample data (deterministic: same bytes every time).
 agencies:
