@@ -446,11 +446,14 @@ impl Connection {
     pub fn new(stream: TcpStream) -> io::Result<Connection> {
         let stream = Arc::new(stream);
         Ok(Connection {
-            reader: BufReader::with_capacity(READ_BUFFER, Wire {
-                stream: Arc::clone(&stream),
-                deadline: None,
-                tls: None,
-            }),
+            reader: BufReader::with_capacity(
+                READ_BUFFER,
+                Wire {
+                    stream: Arc::clone(&stream),
+                    deadline: None,
+                    tls: None,
+                },
+            ),
             stream,
             frame_timeout: None,
             out: Vec::with_capacity(protocol::MAX_FRAME_LEN),

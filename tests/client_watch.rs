@@ -62,9 +62,15 @@ fn progress_lines_count_up_to_one_hundred_percent_with_rate_and_eta() {
     let file = dir.join("agency-1.csv");
     write_agency_file(&file, &agencies[0].0);
     let mut server = Server::start(dir.path(), 1);
-    // 100 batches of 10, each acknowledgement 30 ms late: about 3 s of upload.
+    // 100 batches of 10, one at a time (no pipelining), each acknowledgement 30 ms
+    // late: about 3 s of upload.
     let relay = slow_relay(server.addr, Duration::from_millis(30));
-    let mut client = start_client(1, relay, &file, &[("CLI_BATCH_MAX_AMOUNT", "10")]);
+    let mut client = start_client(
+        1,
+        relay,
+        &file,
+        &[("CLI_BATCH_MAX_AMOUNT", "10"), ("CLI_BATCH_WINDOW", "1")],
+    );
     assert_eq!(client.exit_code(), 0, "{}", client.dump());
     server.stop();
     let progress = client.log_lines("upload", "in_progress");

@@ -57,6 +57,8 @@ fn assert_gave_up(client: &mut Proc) {
 
 /// Batch size of the mid-upload tests: small, so that an upload lasts seconds.
 const MID_UPLOAD_BATCH: usize = 20;
+/// The batches the uploading client keeps in flight (`CLI_BATCH_WINDOW`).
+const MID_UPLOAD_WINDOW: usize = 8;
 
 /// A server for two agencies (so even a finished upload would leave the client
 /// waiting) and agency 1, a real client, uploading `count` bets in batches of
@@ -67,12 +69,14 @@ fn agency_uploading(dir: &TempDir, count: usize) -> (Vec<Bet>, Server, Proc) {
     write_agency_file(&path, &bets);
     let server = Server::start(dir.path(), 2);
     let batch = MID_UPLOAD_BATCH.to_string();
+    let window = MID_UPLOAD_WINDOW.to_string();
     let client = start_client(
         1,
         server.addr,
         &path,
         &[
             ("CLI_BATCH_MAX_AMOUNT", &batch),
+            ("CLI_BATCH_WINDOW", &window),
             ("CLI_RETRY_DEADLINE", RETRY),
         ],
     );
@@ -262,10 +266,11 @@ fn sigterm_to_a_client_mid_upload_keeps_every_acknowledged_bet() {
 
     let acknowledged = acknowledged(&server.proc);
     assert!(acknowledged > 0, "{}", server.proc.dump());
-    // What the client reports as acknowledged is stored (the server may have stored one
-    // more batch whose ACK the stop cut off).
+    // What the client reports as acknowledged is stored (the server may have stored the
+    // batches in flight, a window of them, whose ACKs the stop cut off).
     assert!(
-        client_acked <= acknowledged && acknowledged - client_acked <= MID_UPLOAD_BATCH,
+        client_acked <= acknowledged
+            && acknowledged - client_acked <= MID_UPLOAD_BATCH * MID_UPLOAD_WINDOW,
         "client: {client_acked} acknowledged, server: {acknowledged}"
     );
     if client.log_lines("upload", "success").is_empty() {

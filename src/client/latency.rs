@@ -107,7 +107,10 @@ mod tests {
         let mut previous = 0;
         for index in 1..((POWERS + 1) * SUB_BUCKETS) {
             let low = Latencies::lowest(index);
-            assert!(low > previous, "bucket {index} starts at {low} after {previous}");
+            assert!(
+                low > previous,
+                "bucket {index} starts at {low} after {previous}"
+            );
             assert_eq!(Latencies::bucket(low), index, "value {low}");
             assert_eq!(Latencies::bucket(low - 1), index - 1, "value {}", low - 1);
             previous = low;
@@ -124,7 +127,12 @@ mod tests {
             h.record(Duration::from_micros(us));
         }
         assert_eq!(h.total, 10_000);
-        for (q, exact) in [(0.5, 5_000f64), (0.99, 9_900.0), (0.0, 1.0), (1.0, 10_000.0)] {
+        for (q, exact) in [
+            (0.5, 5_000f64),
+            (0.99, 9_900.0),
+            (0.0, 1.0),
+            (1.0, 10_000.0),
+        ] {
             let got = h.quantile_micros(q).unwrap() as f64;
             assert!(
                 (got - exact).abs() <= exact / 8.0 + 1.0,

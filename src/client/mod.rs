@@ -56,10 +56,10 @@ use crate::protocol::{ErrorCode, FrameError, Message};
 use crate::shutdown::Shutdown;
 use crate::tls::ClientTls;
 
+use latency::Latencies;
 use progress::Progress;
 use retry::Retrier;
 use session::{Session, Welcome};
-use latency::Latencies;
 use upload::{Batcher, Resume, Sendable};
 use window::Window;
 
@@ -708,6 +708,34 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// Why sending failed, from the server's side when it said: a server that
+    /// refuses a batch in flight (`SUPERSEDED`, say) answers it and closes, which a
+    /// client still sending sees as a broken pipe. The answers already here are read
+    /// — acknowledgements counted, a refusal returned instead of `failure`.
+    fn answers_after(
+        &mut self,
+        session: &mut Session,
+        window: &mut Window,
+        failure: ClientError,
+    ) -> ClientError {
+        while !window.is_empty() {
+            match self.await_ack(session, window) {
+                Ok(()) => {}
+                Err(refusal @ (ClientError::Refused { .. } | ClientError::Superseded { .. })) => {
+                    return refusal;
+                }
+                Err(_) => return failure,
+            }
+        }
+        // Every batch in flight is answered: a reason the server gave unasked.
+        match session.receive_ack(0, 0) {
+            Err(refusal @ (ClientError::Refused { .. } | ClientError::Superseded { .. })) => {
+                refusal
+            }
+            _ => failure,
+        }
+    }
+
     /// Counts the acknowledgement of batch `seq`, `acked` bets.
     fn count_ack(&mut self, seq: u64, acked: u64) {
         // Replays too: an over-estimate only loosens the bound on the winners.
@@ -913,7 +941,9 @@ impl<'a> Run<'a> {
             }
             seq += 1;
             let count = batch.bets.len();
-            session.send_batch_ahead(seq, batch.line, batch.bets)?;
+            if let Err(failure) = session.send_batch_ahead(seq, batch.line, batch.bets) {
+                return Err(self.answers_after(session, &mut window, failure));
+            }
             window.sent(seq, count);
             if self.last_progress.elapsed() >= PROGRESS_EVERY {
                 let now = Instant::now();

@@ -76,7 +76,10 @@ impl std::fmt::Debug for Ticket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ticket")
             .field("stored", &self.stored)
-            .field("settled", &self.group.as_ref().map(|g| g.outcome.get().is_some()))
+            .field(
+                "settled",
+                &self.group.as_ref().map(|g| g.outcome.get().is_some()),
+            )
             .finish()
     }
 }
