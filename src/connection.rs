@@ -736,7 +736,7 @@ const CLOSE_NOTIFY_LIMIT: Duration = Duration::from_millis(100);
 
 /// The read buffer of a connection: several frames, so that one read takes in what a
 /// pipelining peer sent (its pages are only touched as far as they are filled).
-const READ_BUFFER: usize = 4 * protocol::MAX_FRAME_LEN;
+const READ_BUFFER: usize = 2 * protocol::MAX_FRAME_LEN;
 /// The handshake's bound when the connection has no timeout.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 

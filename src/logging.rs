@@ -12,7 +12,21 @@ pub fn format_line(
     level: log::Level,
     message: &std::fmt::Arguments<'_>,
 ) -> String {
-    format!("{timestamp} {level:<8} {message}")
+    let mut line = Vec::new();
+    // Writing into a Vec cannot fail; the pieces are UTF-8 text.
+    let _ = write_line(&mut line, timestamp, level, message);
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// Writes one log line (without the trailing newline) to `out`: what the logger
+/// writes and [`format_line`] returns.
+fn write_line(
+    out: &mut impl Write,
+    timestamp: &str,
+    level: log::Level,
+    message: &std::fmt::Arguments<'_>,
+) -> std::io::Result<()> {
+    write!(out, "{timestamp} {level:<8} {message}")
 }
 
 /// Makes untrusted text (a peer's reason, a line of a file) safe inside a log line:
@@ -63,18 +77,44 @@ pub fn excerpt(bytes: &[u8]) -> String {
     sanitize(&cut).into_owned()
 }
 
+/// The timestamp of log lines, formatted once per second (a busy server logs tens of
+/// thousands of lines a second; the local time and its formatting are not cheap).
+#[derive(Default)]
+struct Stamp {
+    /// The second (since the Unix epoch) `text` is for.
+    second: Option<u64>,
+    text: String,
+}
+
+impl Stamp {
+    /// The local time now, `YYYY-MM-DD HH:MM:SS`.
+    fn now(&mut self) -> &str {
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.second != Some(second) {
+            self.second = Some(second);
+            self.text = chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string();
+        }
+        &self.text
+    }
+}
+
+thread_local! {
+    static STAMP: std::cell::RefCell<Stamp> = std::cell::RefCell::new(Stamp::default());
+}
+
 /// Installs the logger at `level`. Calling it again is harmless (the first call wins).
 pub fn init(level: LevelFilter) {
     let _ = env_logger::Builder::new()
         .filter_level(level)
         .target(env_logger::Target::Stdout)
         .format(|buf, record| {
-            let timestamp = chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string();
-            writeln!(
-                buf,
-                "{}",
-                format_line(&timestamp, record.level(), record.args())
-            )
+            STAMP.with(|stamp| {
+                let mut stamp = stamp.borrow_mut();
+                write_line(buf, stamp.now(), record.level(), record.args())?;
+                writeln!(buf)
+            })
         })
         .try_init();
 }
@@ -82,6 +122,19 @@ pub fn init(level: LevelFilter) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_timestamp_is_the_local_time_to_the_second() {
+        let mut stamp = Stamp::default();
+        let before = chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string();
+        let got = stamp.now().to_string();
+        let after = chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string();
+        assert!(
+            got == before || got == after,
+            "{got} not {before} or {after}"
+        );
+        assert_eq!(got.len(), "2026-11-27 10:00:00".len());
+    }
 
     #[test]
     fn lines_follow_the_contract() {

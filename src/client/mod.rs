@@ -728,12 +728,7 @@ impl<'a> Run<'a> {
             }
         }
         // Every batch in flight is answered: a reason the server gave unasked.
-        match session.receive_ack(0, 0) {
-            Err(refusal @ (ClientError::Refused { .. } | ClientError::Superseded { .. })) => {
-                refusal
-            }
-            _ => failure,
-        }
+        session.refusal_received().unwrap_or(failure)
     }
 
     /// Counts the acknowledgement of batch `seq`, `acked` bets.

@@ -198,6 +198,17 @@ impl Session {
         }
     }
 
+    /// A refusal the server sent unasked before it closed (`SUPERSEDED`, say), if one
+    /// is waiting to be read.
+    pub fn refusal_received(&mut self) -> Option<ClientError> {
+        match self.receive("send batch") {
+            Err(refusal @ (ClientError::Refused { .. } | ClientError::Superseded { .. })) => {
+                Some(refusal)
+            }
+            _ => None,
+        }
+    }
+
     /// `FIN` → `FIN_ACK` (idempotent on the server).
     pub fn finish(&mut self) -> Result<(), ClientError> {
         let id = self.agency;
