@@ -21,7 +21,10 @@ use chrono::NaiveDate;
 
 use super::faults::{FaultAction, Faults, Step};
 use super::journal::{self, AdoptEntry, CommitEntry, Record, ScanError};
-use super::{ADOPTED_UPLOAD, AgencyProgress, Batch, DrawRecord, Recovered, StorageError, Store};
+use super::swar;
+use super::{
+    ADOPTED_UPLOAD, AgencyProgress, Batch, DrawRecord, Play, Recovered, StorageError, Store,
+};
 use crate::bet::{AgencyId, Bet};
 
 /// The journal's path for the bets file at `bets`: its path with `.journal` appended
@@ -362,6 +365,35 @@ impl CsvJournalStore {
         Ok(())
     }
 
+    /// Fails once an injected crash stopped all I/O.
+    fn check_readable(&self) -> Result<(), StorageError> {
+        if self.crashed
+            && let Some((path, reason)) = &self.disabled
+        {
+            return Err(StorageError::Disabled {
+                path: path.clone(),
+                reason: reason.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `count` rows were read up to the committed end: they must be every committed bet.
+    fn check_count(&self, count: u64) -> Result<u64, StorageError> {
+        if count != self.total_bets {
+            return Err(StorageError::Corrupt {
+                path: self.path.clone(),
+                at: format!("byte {}", self.committed_end),
+                reason: format!(
+                    "the journal commits {} bets but the bets file holds {count} up to its \
+                     committed end",
+                    self.total_bets
+                ),
+            });
+        }
+        Ok(count)
+    }
+
     /// Encodes `record` into `self.record`, refusing it (nothing written) if too big.
     fn encode(&mut self, record: &Record) -> Result<(), StorageError> {
         self.record.clear();
@@ -394,9 +426,16 @@ impl Store for CsvJournalStore {
         let mut entries = Vec::with_capacity(batches.len());
         let mut bets = 0u64;
         for b in batches {
+            let start = self.rows.len();
+            format_rows(&mut self.rows, b.agency, b.bets)
+                .map_err(|e| invalid(&self.path, format!("cannot format a row: {e}")))?;
             // Every row must be exactly one line: recovery checks the committed rows
-            // line by line against their digests (docs/STORAGE.md §4 step 4).
-            if let Some(i) = b.bets.iter().position(has_line_break) {
+            // line by line against their digests (docs/STORAGE.md §4 step 4). A line
+            // break in a field is quoted into its row, so the formatted rows tell.
+            let rows = &self.rows[start..];
+            let one_line_each = !rows.contains(&b'\r')
+                && rows.iter().filter(|&&c| c == b'\n').count() == b.bets.len();
+            if !one_line_each && let Some(i) = b.bets.iter().position(has_line_break) {
                 return Err(invalid(
                     &self.path,
                     format!(
@@ -408,9 +447,6 @@ impl Store for CsvJournalStore {
                     ),
                 ));
             }
-            let start = self.rows.len();
-            format_rows(&mut self.rows, b.agency, b.bets)
-                .map_err(|e| invalid(&self.path, format!("cannot format a row: {e}")))?;
             let count = u32::try_from(b.bets.len()).map_err(|_| {
                 invalid(
                     &self.path,
@@ -471,27 +507,15 @@ impl Store for CsvJournalStore {
     }
 
     fn for_each_bet(&mut self, f: &mut dyn FnMut(AgencyId, Bet)) -> Result<u64, StorageError> {
-        if self.crashed
-            && let Some((path, reason)) = &self.disabled
-        {
-            return Err(StorageError::Disabled {
-                path: path.clone(),
-                reason: reason.clone(),
-            });
-        }
+        self.check_readable()?;
         let count = read_rows(&self.path, &self.bets, self.committed_end, f)?;
-        if count != self.total_bets {
-            return Err(StorageError::Corrupt {
-                path: self.path.clone(),
-                at: format!("byte {}", self.committed_end),
-                reason: format!(
-                    "the journal commits {} bets but the bets file holds {count} up to its \
-                     committed end",
-                    self.total_bets
-                ),
-            });
-        }
-        Ok(count)
+        self.check_count(count)
+    }
+
+    fn for_each_play(&mut self, f: &mut dyn FnMut(Play<'_>)) -> Result<u64, StorageError> {
+        self.check_readable()?;
+        let count = super::scan::for_each_play(&self.path, &self.bets, self.committed_end, f)?;
+        self.check_count(count)
     }
 
     fn describe(&self) -> String {
@@ -1029,27 +1053,6 @@ fn any_needs_quotes(field: &[u8]) -> bool {
     swar::special(u64::from_le_bytes(w)) != 0
 }
 
-/// Byte tests eight bytes at a time on a `u64` (SWAR).
-mod swar {
-    const LOW: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-
-    /// A mask whose lowest set bit is the high bit of the first byte of `w` that
-    /// equals `b` (bits above it may be set spuriously): 0 when none does.
-    #[inline]
-    pub(super) fn eq(w: u64, b: u8) -> u64 {
-        let x = w ^ (LOW * u64::from(b));
-        x.wrapping_sub(LOW) & !x & HIGH
-    }
-
-    /// [`eq`] for any of the four bytes the CSV format treats specially: `,`, `"`,
-    /// `\r`, `\n`.
-    #[inline]
-    pub(super) fn special(w: u64) -> u64 {
-        eq(w, b',') | eq(w, b'"') | eq(w, b'\r') | eq(w, b'\n')
-    }
-}
-
 /// Appends one text field, quoted as the `csv` crate's writer quotes it.
 fn push_field(buf: &mut Vec<u8>, field: &[u8]) {
     if !any_needs_quotes(field) {
@@ -1226,7 +1229,7 @@ impl Read for ReadAt<'_> {
     }
 }
 
-fn parse_row(record: &csv::StringRecord) -> Result<(AgencyId, Bet), String> {
+pub(super) fn parse_row(record: &csv::StringRecord) -> Result<(AgencyId, Bet), String> {
     if record.len() != 6 {
         return Err(format!("expected 6 fields, found {}", record.len()));
     }
