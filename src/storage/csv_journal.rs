@@ -862,9 +862,11 @@ impl<'a> Verify<'a> {
                     ));
                 }
                 let mut take = buf.len();
-                for (i, _) in buf.iter().enumerate().filter(|&(_, &b)| b == b'\n') {
+                let mut from = 0;
+                while let Some(i) = swar::find(buf, from, |w| swar::eq(w, b'\n')) {
                     left -= 1;
                     self.lines += 1;
+                    from = i + 1;
                     if left == 0 {
                         take = i + 1;
                         break;

@@ -166,7 +166,7 @@ fn split_row(bytes: &[u8]) -> Line<'_> {
     }
     // Most rows hold no quote (and never a CR): their fields are what lies between
     // their five commas.
-    let Some(e) = find(bytes, 0, |w| {
+    let Some(e) = swar::find(bytes, 0, |w| {
         swar::eq(w, b'\n') | swar::eq(w, b'"') | swar::eq(w, b'\r')
     }) else {
         return Line::Incomplete;
@@ -235,7 +235,8 @@ fn split_quoted(bytes: &[u8]) -> Line<'_> {
             }
             let mut q = p + 1;
             loop {
-                let Some(k) = find(bytes, q, |w| swar::eq(w, b'"') | swar::eq(w, b'\n')) else {
+                let Some(k) = swar::find(bytes, q, |w| swar::eq(w, b'"') | swar::eq(w, b'\n'))
+                else {
                     return Line::Incomplete;
                 };
                 if bytes[k] == b'\n' {
@@ -255,7 +256,7 @@ fn split_quoted(bytes: &[u8]) -> Line<'_> {
         } else {
             starts[field] = p;
         }
-        let Some(k) = find(bytes, p, swar::special) else {
+        let Some(k) = swar::find(bytes, p, swar::special) else {
             return Line::Incomplete;
         };
         let sep = bytes[k];
@@ -310,29 +311,6 @@ fn is_date(text: &[u8]) -> bool {
         _ => return false,
     };
     (1..=days).contains(&d)
-}
-
-/// The index of the first byte at or after `from` that `mask` (a [`swar`] test)
-/// flags, eight bytes at a time.
-#[inline]
-fn find(bytes: &[u8], from: usize, mask: impl Fn(u64) -> u64) -> Option<usize> {
-    let mut i = from;
-    while let Some(chunk) = bytes.get(i..i + 8) {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(chunk);
-        let m = mask(u64::from_le_bytes(w));
-        if m != 0 {
-            return Some(i + (m.trailing_zeros() / 8) as usize);
-        }
-        i += 8;
-    }
-    let rest = bytes.get(i..)?;
-    // Padded with zero bytes, which no test flags.
-    let mut w = [0u8; 8];
-    w[..rest.len()].copy_from_slice(rest);
-    let m = mask(u64::from_le_bytes(w));
-    let k = (m.trailing_zeros() / 8) as usize;
-    (m != 0 && k < rest.len()).then_some(i + k)
 }
 
 #[cfg(test)]
@@ -582,14 +560,14 @@ mod unit_tests {
                 .iter()
                 .position(|&b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
                 .map(|i| i + from);
-            assert_eq!(find(text, from, swar::special), want, "from {from}");
+            assert_eq!(swar::find(text, from, swar::special), want, "from {from}");
             for b in [b',', b'\n', 0, 0x80, 0xff] {
                 let want = text[from..].iter().filter(|&&c| c == b).count() as u32;
                 assert_eq!(swar::count(&text[from..], b), want, "{b} from {from}");
             }
         }
-        assert_eq!(find(b"", 0, swar::special), None);
-        assert_eq!(find(b"abc", 3, swar::special), None);
+        assert_eq!(swar::find(b"", 0, swar::special), None);
+        assert_eq!(swar::find(b"abc", 3, swar::special), None);
     }
 
     #[test]

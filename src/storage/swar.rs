@@ -41,3 +41,26 @@ pub(super) fn count(bytes: &[u8], b: u8) -> u32 {
         .iter()
         .fold(n, |n, &c| n + u32::from(c == b))
 }
+
+/// The index of the first byte at or after `from` that `mask` (one of these tests)
+/// flags, eight bytes at a time.
+#[inline]
+pub(super) fn find(bytes: &[u8], from: usize, mask: impl Fn(u64) -> u64) -> Option<usize> {
+    let mut i = from;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        let m = mask(u64::from_le_bytes(w));
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    let rest = bytes.get(i..)?;
+    // Padded with zero bytes, which no test flags.
+    let mut w = [0u8; 8];
+    w[..rest.len()].copy_from_slice(rest);
+    let m = mask(u64::from_le_bytes(w));
+    let k = (m.trailing_zeros() / 8) as usize;
+    (m != 0 && k < rest.len()).then_some(i + k)
+}
