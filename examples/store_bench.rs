@@ -7,6 +7,8 @@
 //! * `… -- open DIR` times opening it (recovery: the journal read and the committed
 //!   rows checked against its digests).
 //! * `… -- draw DIR [number]` times the draw (`storage::run_draw`), after an open.
+//! * `… -- fin DIR` records the FIN of agencies 1..=8 (a server started on the store
+//!   with 8 agencies then runs the draw at once and logs its time).
 //! * `… -- bets DIR` times `for_each_bet` (every row parsed into a full `Bet`), after
 //!   an open, for scale.
 //!
@@ -102,6 +104,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     match phase {
         "open" => {}
+        "fin" => {
+            // Every agency's FIN, so a server started on the store runs the draw.
+            for agency in 1..=8 {
+                store.record_fin(agency)?;
+            }
+            println!("fin: agencies 1..=8 finished");
+        }
         "draw" => {
             let number = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(7574);
             let start = Instant::now();

@@ -1049,10 +1049,7 @@ fn any_needs_quotes(field: &[u8]) -> bool {
         }
     }
     // The tail, padded with zero bytes (which are never special).
-    let rest = words.remainder();
-    let mut w = [0u8; 8];
-    w[..rest.len()].copy_from_slice(rest);
-    swar::special(u64::from_le_bytes(w)) != 0
+    swar::special(swar::tail(words.remainder())) != 0
 }
 
 /// Appends one text field, quoted as the `csv` crate's writer quotes it.

@@ -57,10 +57,18 @@ pub(super) fn find(bytes: &[u8], from: usize, mask: impl Fn(u64) -> u64) -> Opti
         i += 8;
     }
     let rest = bytes.get(i..)?;
-    // Padded with zero bytes, which no test flags.
-    let mut w = [0u8; 8];
-    w[..rest.len()].copy_from_slice(rest);
-    let m = mask(u64::from_le_bytes(w));
+    let m = mask(tail(rest));
     let k = (m.trailing_zeros() / 8) as usize;
     (m != 0 && k < rest.len()).then_some(i + k)
+}
+
+/// The word of the (at most 8) bytes of `rest`, padded with zero bytes, which no test
+/// here flags. Built byte by byte: a short copy followed by a word load would stall on
+/// store forwarding.
+#[inline]
+pub(super) fn tail(rest: &[u8]) -> u64 {
+    rest.iter()
+        .take(8)
+        .enumerate()
+        .fold(0, |w, (i, &b)| w | u64::from(b) << (8 * i))
 }
