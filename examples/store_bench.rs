@@ -4,6 +4,9 @@
 //! * `cargo run --release --example store_bench -- gen DIR [bets]` writes a store of
 //!   `bets` bets (default 4 000 000) in `DIR` through the store API: 8 agencies,
 //!   batches of 100 bets, 80 batches per commit (as a group commit would).
+//! * `… -- commit DIR [bets]` times, on the thread's CPU clock, the ledger's digests
+//!   and the store's commits of `bets` bets built beforehand (one agency, batches of
+//!   100, 80 batches per commit).
 //! * `… -- open DIR` times opening it (recovery: the journal read and the committed
 //!   rows checked against its digests).
 //! * `… -- draw DIR [number]` times the draw (`storage::run_draw`), after an open.
@@ -30,6 +33,67 @@ fn vm_hwm() -> String {
                 .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
         })
         .unwrap_or_else(|| "?".into())
+}
+
+/// This thread's CPU time so far (ns), from `/proc/thread-self/schedstat`.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Times the storage work of `total` bets: the ledger's digest of each batch
+/// (`storage::digest`), then the commits (format, check, write, sync), on this thread's
+/// CPU clock; the bets are built beforehand.
+fn commit_cost(dir: &Path, total: u64) -> Result<(), Box<dyn std::error::Error>> {
+    const PER_BATCH: usize = 100;
+    const PER_COMMIT: usize = 80;
+    std::fs::create_dir_all(dir)?;
+    let birthdate = NaiveDate::from_ymd_opt(1990, 5, 17).ok_or("date")?;
+    let all: Vec<Bet> = (0..total)
+        .map(|i| Bet {
+            first_name: "Tiago Nicolás".into(),
+            last_name: if i % 10 == 0 {
+                "Núñez, Jr".into()
+            } else {
+                "Núñez".into()
+            },
+            document: format!("{:08}", i * 7 % 100_000_000),
+            birthdate,
+            number: (i * 7919 % 10_000) as u16,
+        })
+        .collect();
+    let chunks: Vec<&[Bet]> = all.chunks(PER_BATCH).collect();
+    let cpu = thread_cpu_ns();
+    let digests: Vec<u32> = chunks.iter().map(|c| storage::digest(1, c)).collect();
+    let digest_ns = thread_cpu_ns() - cpu;
+    let mut store = CsvJournalStore::open(&dir.join("bets.csv"))?;
+    let (cpu, wall) = (thread_cpu_ns(), Instant::now());
+    for first in (0..chunks.len()).step_by(PER_COMMIT) {
+        let batches: Vec<Batch<'_>> = (first..chunks.len().min(first + PER_COMMIT))
+            .map(|i| Batch {
+                agency: 1,
+                upload: 1,
+                seq: i as u64 + 1,
+                line: 0,
+                digest: digests[i],
+                bets: chunks[i],
+            })
+            .collect();
+        store.commit(&batches)?;
+    }
+    let commit_ns = thread_cpu_ns() - cpu;
+    let per = |ns: u64| ns as f64 / total as f64;
+    println!(
+        "commit_cost: {total} bets, {} commits; CPU per bet: digest {:.1} ns, commit {:.1} ns \
+         (wall {:.2} s, syncs included)",
+        chunks.len().div_ceil(PER_COMMIT),
+        per(digest_ns),
+        per(commit_ns),
+        wall.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn generate(dir: &Path, total: u64) -> Result<(), Box<dyn std::error::Error>> {
@@ -92,6 +156,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(4_000_000);
     if phase == "gen" {
         return generate(dir, n);
+    }
+    if phase == "commit" {
+        return commit_cost(dir, n);
     }
     let start = Instant::now();
     let mut store = CsvJournalStore::open(&dir.join("bets.csv"))?;
