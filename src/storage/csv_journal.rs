@@ -1006,7 +1006,7 @@ fn format_rows(buf: &mut Vec<u8>, agency: AgencyId, bets: &[Bet]) -> io::Result<
 }
 
 /// Appends the rows of `bets` of `agency` to `buf`, byte for byte as the `csv` crate's
-/// default writer writes them (`docs/STORAGE.md` §2): fields separated by `,`, each
+/// default writer writes them (`docs/STORAGE.md` §1): fields separated by `,`, each
 /// row ended by `\n`, and a field quoted — in `"`, its `"` doubled — exactly when it
 /// holds a `,`, a `"`, a `\r` or a `\n`. The agency, the birthdate (`%Y-%m-%d`) and the
 /// number are written digit by digit: no allocation per bet. Returns whether a field
@@ -1975,7 +1975,7 @@ mod tests {
 #[cfg(test)]
 mod format_tests {
     //! The hand-written row formatter against the `csv` crate's writer, which wrote the
-    //! bets file before it (and still defines its bytes: `docs/STORAGE.md` §2).
+    //! bets file before it (and still defines its bytes: `docs/STORAGE.md` §1).
     use super::*;
     use proptest::prelude::*;
 

@@ -7,7 +7,7 @@
 //! document, the birthdate (checked, not kept) and the number are read in place. Any
 //! other line — a CR, a quoted field across lines, a quote inside an unquoted field,
 //! a field that is not plain digits — is read by the `csv` crate's reader instead,
-//! exactly as [`read_rows`](super::csv_journal) reads it, so both agree on every file
+//! exactly as `read_rows` (in `csv_journal`) reads it, so both agree on every file
 //! either accepts. (The names' UTF-8 is not checked here: the rows were checked against
 //! the journal when the store was opened.)
 
