@@ -232,6 +232,61 @@ fn for_each_bet_returns_exactly_the_committed_bets_in_order(open: Factory) {
     assert_eq!(all(store.as_mut()), want);
 }
 
+/// The draw's view of the stored bets: agency, document and number of each, in order.
+fn plays(store: &mut dyn Store) -> Vec<(AgencyId, String, u16)> {
+    let mut out = Vec::new();
+    let n = store
+        .for_each_play(&mut |p| out.push((p.agency, p.document.to_string(), p.number)))
+        .expect("for_each_play");
+    assert_eq!(n as usize, out.len(), "for_each_play's count");
+    out
+}
+
+/// `reopen`: whether the backend keeps its bets across a reopen (the memory store's
+/// factory makes a new, empty one).
+fn for_each_play_sees_what_for_each_bet_sees_and_the_draw_its_winners(open: Factory, reopen: bool) {
+    let dir = TempDir::new("plays");
+    let mut store = open(&dir.bets());
+    assert!(plays(store.as_mut()).is_empty());
+    for round in 0..4u64 {
+        for agency in 1..=3u32 {
+            let b = bets(&format!("r{round}a{agency}, \"q\""), 7 + agency as u16);
+            store
+                .commit(&[batch(agency, u64::from(agency), round + 1, &b)])
+                .expect("commit");
+        }
+    }
+    for reopened in [false, true] {
+        if reopened && !reopen {
+            break;
+        }
+        if reopened {
+            drop(store);
+            store = open(&dir.bets());
+        }
+        let full: Vec<(AgencyId, String, u16)> = all(store.as_mut())
+            .into_iter()
+            .map(|(a, b)| (a, b.document, b.number))
+            .collect();
+        assert_eq!(plays(store.as_mut()), full, "reopened: {reopened}");
+        let (draw, count) = storage::run_draw(store.as_mut(), 8).expect("draw");
+        assert_eq!(count, full.len() as u64);
+        for agency in 1..=3u32 {
+            let want: Vec<String> = full
+                .iter()
+                .filter(|(a, _, n)| *a == agency && *n == 8)
+                .map(|(_, d, _)| d.clone())
+                .collect();
+            assert_eq!(draw.winners_of(agency), want.as_slice(), "agency {agency}");
+        }
+        assert_eq!(
+            draw.total(),
+            full.iter().filter(|(_, _, n)| *n == 8).count()
+        );
+        assert_eq!(draw.total(), 8, "agencies 2 and 3, four rounds");
+    }
+}
+
 fn a_failed_commit_leaves_nothing(open: FaultyFactory) {
     for step in [Step::WriteRows, Step::WriteRecord] {
         let dir = TempDir::new("failed");
@@ -284,6 +339,19 @@ fn csv_journal_fin_and_draw_survive_reopen() {
 #[test]
 fn csv_journal_for_each_bet_returns_exactly_the_committed_bets_in_order() {
     for_each_bet_returns_exactly_the_committed_bets_in_order(csv_journal);
+}
+
+#[test]
+fn csv_journal_for_each_play_sees_what_for_each_bet_sees_and_the_draw_its_winners() {
+    for_each_play_sees_what_for_each_bet_sees_and_the_draw_its_winners(csv_journal, true);
+}
+
+#[test]
+fn memory_for_each_play_sees_what_for_each_bet_sees_and_the_draw_its_winners() {
+    for_each_play_sees_what_for_each_bet_sees_and_the_draw_its_winners(
+        |_| Box::new(storage::MemoryStore::new()),
+        false,
+    );
 }
 
 #[test]

@@ -21,7 +21,10 @@ use chrono::NaiveDate;
 
 use super::faults::{FaultAction, Faults, Step};
 use super::journal::{self, AdoptEntry, CommitEntry, Record, ScanError};
-use super::{ADOPTED_UPLOAD, AgencyProgress, Batch, DrawRecord, Recovered, StorageError, Store};
+use super::swar;
+use super::{
+    ADOPTED_UPLOAD, AgencyProgress, Batch, DrawRecord, Play, Recovered, StorageError, Store,
+};
 use crate::bet::{AgencyId, Bet};
 
 /// The journal's path for the bets file at `bets`: its path with `.journal` appended
@@ -362,6 +365,35 @@ impl CsvJournalStore {
         Ok(())
     }
 
+    /// Fails once an injected crash stopped all I/O.
+    fn check_readable(&self) -> Result<(), StorageError> {
+        if self.crashed
+            && let Some((path, reason)) = &self.disabled
+        {
+            return Err(StorageError::Disabled {
+                path: path.clone(),
+                reason: reason.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `count` rows were read up to the committed end: they must be every committed bet.
+    fn check_count(&self, count: u64) -> Result<u64, StorageError> {
+        if count != self.total_bets {
+            return Err(StorageError::Corrupt {
+                path: self.path.clone(),
+                at: format!("byte {}", self.committed_end),
+                reason: format!(
+                    "the journal commits {} bets but the bets file holds {count} up to its \
+                     committed end",
+                    self.total_bets
+                ),
+            });
+        }
+        Ok(count)
+    }
+
     /// Encodes `record` into `self.record`, refusing it (nothing written) if too big.
     fn encode(&mut self, record: &Record) -> Result<(), StorageError> {
         self.record.clear();
@@ -394,9 +426,11 @@ impl Store for CsvJournalStore {
         let mut entries = Vec::with_capacity(batches.len());
         let mut bets = 0u64;
         for b in batches {
+            let start = self.rows.len();
+            let line_break = push_rows(&mut self.rows, b.agency, b.bets);
             // Every row must be exactly one line: recovery checks the committed rows
             // line by line against their digests (docs/STORAGE.md §4 step 4).
-            if let Some(i) = b.bets.iter().position(has_line_break) {
+            if line_break && let Some(i) = b.bets.iter().position(has_line_break) {
                 return Err(invalid(
                     &self.path,
                     format!(
@@ -408,9 +442,6 @@ impl Store for CsvJournalStore {
                     ),
                 ));
             }
-            let start = self.rows.len();
-            format_rows(&mut self.rows, b.agency, b.bets)
-                .map_err(|e| invalid(&self.path, format!("cannot format a row: {e}")))?;
             let count = u32::try_from(b.bets.len()).map_err(|_| {
                 invalid(
                     &self.path,
@@ -471,27 +502,15 @@ impl Store for CsvJournalStore {
     }
 
     fn for_each_bet(&mut self, f: &mut dyn FnMut(AgencyId, Bet)) -> Result<u64, StorageError> {
-        if self.crashed
-            && let Some((path, reason)) = &self.disabled
-        {
-            return Err(StorageError::Disabled {
-                path: path.clone(),
-                reason: reason.clone(),
-            });
-        }
+        self.check_readable()?;
         let count = read_rows(&self.path, &self.bets, self.committed_end, f)?;
-        if count != self.total_bets {
-            return Err(StorageError::Corrupt {
-                path: self.path.clone(),
-                at: format!("byte {}", self.committed_end),
-                reason: format!(
-                    "the journal commits {} bets but the bets file holds {count} up to its \
-                     committed end",
-                    self.total_bets
-                ),
-            });
-        }
-        Ok(count)
+        self.check_count(count)
+    }
+
+    fn for_each_play(&mut self, f: &mut dyn FnMut(Play<'_>)) -> Result<u64, StorageError> {
+        self.check_readable()?;
+        let count = super::scan::for_each_play(&self.path, &self.bets, self.committed_end, f)?;
+        self.check_count(count)
     }
 
     fn describe(&self) -> String {
@@ -838,9 +857,11 @@ impl<'a> Verify<'a> {
                     ));
                 }
                 let mut take = buf.len();
-                for (i, _) in buf.iter().enumerate().filter(|&(_, &b)| b == b'\n') {
+                let mut from = 0;
+                while let Some(i) = swar::find(buf, from, |w| swar::eq(w, b'\n')) {
                     left -= 1;
                     self.lines += 1;
+                    from = i + 1;
                     if left == 0 {
                         take = i + 1;
                         break;
@@ -956,35 +977,160 @@ fn has_line_break(bet: &Bet) -> bool {
 
 /// The CRC-32C of `bets` of `agency` formatted exactly as the bets file's rows.
 pub(crate) fn rows_digest(agency: AgencyId, bets: &[Bet]) -> u32 {
-    let mut buf = Vec::new();
-    // Invariant: formatting into a Vec cannot fail (no I/O, and every field is a plain
-    // string), so the error arm is unreachable; digesting what was written keeps this
-    // total without a panic.
-    let _ = format_rows(&mut buf, agency, bets);
-    journal::CRC32C.checksum(&buf)
+    thread_local! {
+        /// The rows of the last batch digested on this thread: one buffer per thread
+        /// (each connection's thread digests its own batches), reused across calls.
+        static ROWS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    ROWS.with_borrow_mut(|buf| {
+        buf.clear();
+        push_rows(buf, agency, bets);
+        let digest = journal::CRC32C.checksum(buf);
+        if buf.capacity() > DIGEST_BUFFER_KEEP {
+            // A huge batch: do not keep its buffer for the thread's lifetime.
+            *buf = Vec::new();
+        }
+        digest
+    })
 }
 
-/// Formats `bets` as CSV rows of the bets file, appending them to `buf`.
+/// The largest digest buffer a thread keeps between calls.
+const DIGEST_BUFFER_KEEP: usize = 1 << 20;
+
+/// Formats `bets` as CSV rows of the bets file, appending them to `buf`. It cannot
+/// fail (it only appends to memory); the `Result` is kept for its callers.
+#[cfg(test)]
 fn format_rows(buf: &mut Vec<u8>, agency: AgencyId, bets: &[Bet]) -> io::Result<()> {
-    let mut writer = csv::WriterBuilder::new()
-        .has_headers(false)
-        .from_writer(buf);
-    let agency = agency.to_string();
+    push_rows(buf, agency, bets);
+    Ok(())
+}
+
+/// Appends the rows of `bets` of `agency` to `buf`, byte for byte as the `csv` crate's
+/// default writer writes them (`docs/STORAGE.md` §1): fields separated by `,`, each
+/// row ended by `\n`, and a field quoted — in `"`, its `"` doubled — exactly when it
+/// holds a `,`, a `"`, a `\r` or a `\n`. The agency, the birthdate (`%Y-%m-%d`) and the
+/// number are written digit by digit: no allocation per bet. Returns whether a field
+/// holds a line break (LF or CR), which would break its row over two lines.
+fn push_rows(buf: &mut Vec<u8>, agency: AgencyId, bets: &[Bet]) -> bool {
+    let mut prefix = [0u8; 11];
+    let prefix = {
+        let n = push_decimal(&mut prefix, u64::from(agency));
+        prefix[n] = b',';
+        &prefix[..=n]
+    };
+    // A typical row is about 50 bytes.
+    buf.reserve(bets.len() * 48);
+    let mut line_break = false;
     for bet in bets {
-        let birthdate = bet.birthdate.format("%Y-%m-%d").to_string();
-        let number = bet.number.to_string();
-        writer
-            .write_record([
-                agency.as_str(),
-                &bet.first_name,
-                &bet.last_name,
-                &bet.document,
-                &birthdate,
-                &number,
-            ])
-            .map_err(csv_to_io)?;
+        buf.extend_from_slice(prefix);
+        line_break |= push_field(buf, bet.first_name.as_bytes());
+        buf.push(b',');
+        line_break |= push_field(buf, bet.last_name.as_bytes());
+        buf.push(b',');
+        line_break |= push_field(buf, bet.document.as_bytes());
+        buf.push(b',');
+        push_date(buf, bet.birthdate);
+        buf.push(b',');
+        push_number(buf, bet.number);
     }
-    writer.flush()
+    line_break
+}
+
+/// Whether `field` holds a byte for which the `csv` crate's writer (default
+/// configuration) quotes a field — `,`, `"`, `\r` or `\n` — eight bytes at a time.
+fn any_needs_quotes(field: &[u8]) -> bool {
+    let mut words = field.chunks_exact(8);
+    for word in words.by_ref() {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        if swar::special(u64::from_le_bytes(w)) != 0 {
+            return true;
+        }
+    }
+    // The tail, padded with zero bytes (which are never special).
+    swar::special(swar::tail(words.remainder())) != 0
+}
+
+/// Appends one text field, quoted as the `csv` crate's writer quotes it; returns
+/// whether it holds a line break (only a quoted field can).
+fn push_field(buf: &mut Vec<u8>, field: &[u8]) -> bool {
+    if !any_needs_quotes(field) {
+        buf.extend_from_slice(field);
+        return false;
+    }
+    buf.push(b'"');
+    for part in field.split_inclusive(|&b| b == b'"') {
+        buf.extend_from_slice(part);
+        if part.last() == Some(&b'"') {
+            buf.push(b'"');
+        }
+    }
+    buf.push(b'"');
+    field.contains(&b'\n') || field.contains(&b'\r')
+}
+
+/// Writes `n` in decimal at the start of `out`; returns how many digits (`out` must
+/// hold them: 20 for any u64, 10 for a u32, 5 for a u16).
+fn push_decimal(out: &mut [u8], mut n: u64) -> usize {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        // `n % 10` is a single digit.
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let len = tmp.len() - i;
+    out[..len].copy_from_slice(&tmp[i..]);
+    len
+}
+
+/// Appends `n` in decimal and the row's line feed.
+fn push_number(buf: &mut Vec<u8>, n: u16) {
+    let n = u32::from(n);
+    // Each `% 10` is a single digit.
+    let d = |v: u32| b'0' + (v % 10) as u8;
+    match n {
+        0..=9 => buf.extend_from_slice(&[d(n), b'\n']),
+        10..=99 => buf.extend_from_slice(&[d(n / 10), d(n), b'\n']),
+        100..=999 => buf.extend_from_slice(&[d(n / 100), d(n / 10), d(n), b'\n']),
+        1000..=9999 => {
+            buf.extend_from_slice(&[d(n / 1000), d(n / 100), d(n / 10), d(n), b'\n']);
+        }
+        _ => buf.extend_from_slice(&[
+            d(n / 10000),
+            d(n / 1000),
+            d(n / 100),
+            d(n / 10),
+            d(n),
+            b'\n',
+        ]),
+    }
+}
+
+/// Appends `date` as chrono's `%Y-%m-%d` writes it: digits by hand for years
+/// `0..=9999` (every bettor's), chrono itself for the rest (a sign, more digits).
+fn push_date(buf: &mut Vec<u8>, date: NaiveDate) {
+    use chrono::Datelike;
+    let (year, month, day) = (date.year(), date.month(), date.day());
+    match u16::try_from(year) {
+        Ok(y) if y <= 9999 => {
+            let two = |v: u32| [b'0' + (v / 10) as u8, b'0' + (v % 10) as u8];
+            let y = u32::from(y);
+            let [y1, y2] = two(y / 100);
+            let [y3, y4] = two(y % 100);
+            let [m1, m2] = two(month);
+            let [d1, d2] = two(day);
+            buf.extend_from_slice(&[y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2]);
+        }
+        _ => {
+            // Writing into a Vec cannot fail.
+            let _ = write!(buf, "{}", date.format("%Y-%m-%d"));
+        }
+    }
 }
 
 /// Reads the bets file at `path` row by row (any file in the bets file's format,
@@ -1083,7 +1229,7 @@ impl Read for ReadAt<'_> {
     }
 }
 
-fn parse_row(record: &csv::StringRecord) -> Result<(AgencyId, Bet), String> {
+pub(super) fn parse_row(record: &csv::StringRecord) -> Result<(AgencyId, Bet), String> {
     if record.len() != 6 {
         return Err(format!("expected 6 fields, found {}", record.len()));
     }
@@ -1823,5 +1969,218 @@ mod tests {
         assert_eq!(at, format!("byte {}", adopted.len() - 1));
         assert!(reason.contains("not a line feed"), "{reason}");
         fs::remove_dir_all(dir).expect("cleanup");
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    //! The hand-written row formatter against the `csv` crate's writer, which wrote the
+    //! bets file before it (and still defines its bytes: `docs/STORAGE.md` §1).
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The rows as the `csv` crate's default writer writes them (the former formatter).
+    fn reference_rows(agency: AgencyId, bets: &[Bet]) -> Vec<u8> {
+        let mut writer = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(Vec::new());
+        for bet in bets {
+            writer
+                .write_record([
+                    agency.to_string(),
+                    bet.first_name.clone(),
+                    bet.last_name.clone(),
+                    bet.document.clone(),
+                    bet.birthdate.format("%Y-%m-%d").to_string(),
+                    bet.number.to_string(),
+                ])
+                .expect("write");
+        }
+        writer.into_inner().expect("flush")
+    }
+
+    fn check(agency: AgencyId, bets: &[Bet]) {
+        let mut ours = Vec::new();
+        format_rows(&mut ours, agency, bets).expect("format");
+        let theirs = reference_rows(agency, bets);
+        assert_eq!(
+            String::from_utf8_lossy(&ours),
+            String::from_utf8_lossy(&theirs),
+            "{bets:?}"
+        );
+        assert_eq!(ours, theirs);
+        assert_eq!(rows_digest(agency, bets), journal::CRC32C.checksum(&theirs));
+    }
+
+    const HOSTILE: [&str; 22] = [
+        "",
+        "Ana",
+        "\"",
+        "\"\"",
+        "a\"b",
+        "\"quoted\"",
+        ",",
+        "a,b",
+        ",lead",
+        "trail,",
+        "\r",
+        "\n",
+        "a\r\nb",
+        " spaced ",
+        "  ",
+        "\t",
+        "Zoë Núñez",
+        "日本語",
+        "🎲,\"🎲\"",
+        "#comment",
+        "'single'",
+        "\\back\\slash",
+    ];
+
+    #[test]
+    fn hostile_fields_are_quoted_exactly_as_the_csv_writer_quotes_them() {
+        let date = |y, m, d| NaiveDate::from_ymd_opt(y, m, d).expect("date");
+        let long = "x\",y".repeat(5_000);
+        let mut fields: Vec<String> = HOSTILE.iter().map(|s| (*s).to_string()).collect();
+        fields.push(long);
+        let mut bets = Vec::new();
+        for (i, a) in fields.iter().enumerate() {
+            for (j, b) in fields.iter().enumerate() {
+                bets.push(Bet {
+                    first_name: a.clone(),
+                    last_name: b.clone(),
+                    document: fields[(i + j) % fields.len()].clone(),
+                    birthdate: date(1900 + (i * 7 + j) as i32, 1 + (j % 12) as u32, 1 + i as u32),
+                    number: (i * 1000 + j) as u16,
+                });
+            }
+        }
+        check(1, &bets);
+        for agency in [0, 9, 10, 99, 12345, u32::MAX] {
+            check(agency, &bets[..3]);
+        }
+    }
+
+    #[test]
+    fn every_number_and_unusual_years_are_written_as_before() {
+        let base = Bet {
+            first_name: "Ana".into(),
+            last_name: "Paz".into(),
+            document: "1".into(),
+            birthdate: NaiveDate::from_ymd_opt(1990, 1, 2).expect("date"),
+            number: 0,
+        };
+        let numbers: Vec<Bet> = (0..=u16::MAX)
+            .step_by(7)
+            .chain([9, 10, 99, 100, 999, 1000, 9999, 10000, u16::MAX])
+            .map(|number| Bet {
+                number,
+                ..base.clone()
+            })
+            .collect();
+        check(3, &numbers);
+        let years: Vec<Bet> = [
+            -262_000, -10_000, -1, 0, 1, 9, 99, 999, 1000, 9999, 10_000, 262_000,
+        ]
+        .into_iter()
+        .flat_map(|y| [(y, 1, 1), (y, 12, 31)])
+        .filter_map(|(y, m, d)| NaiveDate::from_ymd_opt(y, m, d))
+        .map(|birthdate| Bet {
+            birthdate,
+            ..base.clone()
+        })
+        .collect();
+        assert!(years.len() >= 20);
+        check(4, &years);
+    }
+
+    /// What formatting and digesting cost per bet, the former `csv` writer's way and
+    /// now: `cargo test --release --lib format_cost -- --ignored --nocapture`. Prints
+    /// only; asserts nothing about time.
+    #[test]
+    #[ignore = "a benchmark: run it by name"]
+    fn format_cost() {
+        let bets: Vec<Bet> = (0..100u32)
+            .map(|i| Bet {
+                first_name: "Tiago Nicolás".into(),
+                last_name: if i % 10 == 0 {
+                    "Núñez, Jr".into()
+                } else {
+                    "Núñez".into()
+                },
+                document: format!("{:08}", 30_000_000 + i),
+                birthdate: NaiveDate::from_ymd_opt(1950 + (i % 50) as i32, 5, 17).expect("date"),
+                number: (i * 97 % 10_000) as u16,
+            })
+            .collect();
+        const ROUNDS: u32 = 10_000;
+        let per_bet = |elapsed: std::time::Duration| {
+            elapsed.as_secs_f64() * 1e9 / f64::from(ROUNDS) / bets.len() as f64
+        };
+        let start = std::time::Instant::now();
+        let mut sink = 0u32;
+        for _ in 0..ROUNDS {
+            sink ^= journal::CRC32C.checksum(&reference_rows(7, &bets));
+        }
+        let old = per_bet(start.elapsed());
+        let start = std::time::Instant::now();
+        let mut buf = Vec::new();
+        for _ in 0..ROUNDS {
+            buf.clear();
+            push_rows(&mut buf, 7, &bets);
+        }
+        let format = per_bet(start.elapsed());
+        let start = std::time::Instant::now();
+        for _ in 0..ROUNDS {
+            sink ^= rows_digest(7, &bets);
+        }
+        let digest = per_bet(start.elapsed());
+        let start = std::time::Instant::now();
+        for _ in 0..ROUNDS {
+            sink ^= journal::CRC32C.checksum(&buf);
+        }
+        let crc = per_bet(start.elapsed());
+        println!(
+            "format_cost (ns per bet, {} bytes per row): csv writer + crc: {old:.1}, push_rows: \
+             {format:.1}, rows_digest (format + crc): {digest:.1}, crc alone: {crc:.1} [{sink:x}]",
+            buf.len() / bets.len()
+        );
+    }
+
+    fn field() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-zA-Z ]{0,12}",
+            "[\",\r\n a\u{e9}\u{65e5}]{0,10}",
+            any::<String>(),
+            prop::sample::select(HOSTILE.to_vec()).prop_map(String::from),
+        ]
+    }
+
+    fn any_bet() -> impl Strategy<Value = Bet> {
+        (
+            field(),
+            field(),
+            field(),
+            (-5000i32..15000, 1u32..=12, 1u32..=28),
+            any::<u16>(),
+        )
+            .prop_map(|(first_name, last_name, document, (y, m, d), number)| Bet {
+                first_name,
+                last_name,
+                document,
+                birthdate: NaiveDate::from_ymd_opt(y, m, d).unwrap_or(NaiveDate::MIN),
+                number,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn generated_batches_format_byte_for_byte_as_the_csv_writer(
+            agency in any::<u32>(),
+            bets in prop::collection::vec(any_bet(), 1..40),
+        ) {
+            check(agency, &bets);
+        }
     }
 }

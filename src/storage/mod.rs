@@ -16,12 +16,14 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use crate::bet::{AgencyId, Bet};
+use crate::bet::{AgencyId, Bet, DrawResult, EARLIEST_BIRTHDATE};
 
 mod csv_journal;
 pub mod faults;
 mod journal;
 pub mod memory;
+mod scan;
+mod swar;
 
 pub use csv_journal::{CsvJournalStore, for_each_stored, journal_path};
 pub use faults::{FaultAction, Faults, Step};
@@ -84,6 +86,17 @@ impl AgencyProgress {
     }
 }
 
+/// What the draw needs of one stored bet ([`Store::for_each_play`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Play<'a> {
+    /// The agency the bet belongs to.
+    pub agency: AgencyId,
+    /// The bettor's document, as stored.
+    pub document: &'a str,
+    /// The number played.
+    pub number: u16,
+}
+
 /// The draw, as recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrawRecord {
@@ -132,6 +145,20 @@ pub trait Store: Send {
     /// Calls `f` with every committed bet, in commit order; returns how many.
     fn for_each_bet(&mut self, f: &mut dyn FnMut(AgencyId, Bet)) -> Result<u64, StorageError>;
 
+    /// Calls `f` with what the draw needs of every committed bet — its agency,
+    /// document and number — in commit order; returns how many. The same bets as
+    /// [`Store::for_each_bet`], without building a [`Bet`] for each (the default does,
+    /// through it; a backend may read the three fields in place).
+    fn for_each_play(&mut self, f: &mut dyn FnMut(Play<'_>)) -> Result<u64, StorageError> {
+        self.for_each_bet(&mut |agency, bet| {
+            f(Play {
+                agency,
+                document: &bet.document,
+                number: bet.number,
+            })
+        })
+    }
+
     /// A short description for logs (e.g. the bets file's path).
     fn describe(&self) -> String;
 }
@@ -141,6 +168,33 @@ pub trait Store: Send {
 /// recognised whatever stores it.
 pub fn digest(agency: AgencyId, bets: &[Bet]) -> u32 {
     csv_journal::rows_digest(agency, bets)
+}
+
+/// Runs the draw for `winning_number` over every bet `store` holds; returns the result
+/// and how many bets it read. It reads only each bet's agency, document and number
+/// ([`Store::for_each_play`]) and keeps only the winners.
+pub fn run_draw(
+    store: &mut dyn Store,
+    winning_number: u16,
+) -> Result<(DrawResult, u64), StorageError> {
+    let mut draw = DrawResult::new(winning_number);
+    let count = store.for_each_play(&mut |play| {
+        if play.number == winning_number {
+            // Only a winner becomes a `Bet` (about one in 10 000): the result keeps its
+            // document; the names and the birthdate play no part in it.
+            draw.consider(
+                play.agency,
+                Bet {
+                    first_name: String::new(),
+                    last_name: String::new(),
+                    document: play.document.to_string(),
+                    birthdate: EARLIEST_BIRTHDATE,
+                    number: play.number,
+                },
+            );
+        }
+    })?;
+    Ok((draw, count))
 }
 
 /// A storage failure, with the file it concerns.
