@@ -554,10 +554,7 @@ impl Ledger {
     /// draw is marked, so the bets can no longer change.
     pub fn compute_draw(&self) -> Result<(DrawResult, u64), StorageError> {
         let winning_number = lock(&self.state).drawn.map_or(0, |d| d.winning_number);
-        let mut draw = DrawResult::new(winning_number);
-        let count =
-            lock(&self.store).for_each_bet(&mut |agency, bet| draw.consider(agency, bet))?;
-        Ok((draw, count))
+        storage::run_draw(lock(&self.store).as_mut(), winning_number)
     }
 
     /// Bets stored in total.
