@@ -137,23 +137,30 @@ impl Bet {
 /// [`Bet::validate`]'s business.
 pub fn parse_birthdate(text: &str) -> Result<NaiveDate, BetError> {
     let malformed = || BetError::MalformedBirthdate(text.to_string());
-    let mut parts = text.split('-');
+    let mut parts = text.as_bytes().split(|&b| b == b'-');
     let (Some(y), Some(m), Some(d), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(malformed());
     };
-    let digits = |part: &str, lengths: std::ops::RangeInclusive<usize>| {
-        lengths.contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit())
+    // The value of `part` if it is `lengths` ASCII digits (at most four: no overflow).
+    let number = |part: &[u8], lengths: std::ops::RangeInclusive<usize>| {
+        if lengths.contains(&part.len()) && part.iter().all(u8::is_ascii_digit) {
+            Some(
+                part.iter()
+                    .fold(0u32, |n, &digit| n * 10 + u32::from(digit - b'0')),
+            )
+        } else {
+            None
+        }
     };
-    if !(digits(y, 4..=4) && digits(m, 1..=2) && digits(d, 1..=2)) {
+    let (Some(year), Some(month), Some(day)) =
+        (number(y, 4..=4), number(m, 1..=2), number(d, 1..=2))
+    else {
         return Err(malformed());
-    }
-    // At most four ASCII digits each: these parses cannot fail.
-    let (year, month, day) = match (y.parse::<i32>(), m.parse::<u32>(), d.parse::<u32>()) {
-        (Ok(year), Ok(month), Ok(day)) => (year, month, day),
-        _ => return Err(malformed()),
     };
+    // Four digits: at most 9999, which fits an i32.
+    let year = year as i32;
     let impossible = |why: String| BetError::ImpossibleBirthdate {
         text: text.to_string(),
         why,
@@ -176,10 +183,20 @@ pub fn today() -> NaiveDate {
 }
 
 fn check_name(field: &'static str, name: &str) -> Result<(), BetError> {
-    if name.trim().is_empty() {
+    let bytes = name.as_bytes();
+    // An ASCII byte that is not white space (usually the first) proves the name is
+    // not blank; only a name without one needs the Unicode test.
+    let ascii_text = |b: &u8| b.is_ascii() && !matches!(b, b'\t'..=b'\r' | b' ');
+    if !bytes.iter().any(ascii_text) && name.trim().is_empty() {
         return Err(BetError::EmptyName { field });
     }
-    if name.chars().any(char::is_control) {
+    // Control characters are U+0000..=U+001F, U+007F (single bytes) and
+    // U+0080..=U+009F (0xC2 then a byte below 0xA0): one pass without early exit
+    // finds the bytes that may start one, and only then are the characters read.
+    let suspect = bytes.iter().fold(false, |any, &b| {
+        any | (b < 0x20) | (b == 0x7f) | (b == 0xC2)
+    });
+    if suspect && name.chars().any(char::is_control) {
         return Err(BetError::ControlCharacter { field });
     }
     Ok(())
@@ -372,6 +389,93 @@ mod tests {
             BetError::MalformedBirthdate("17/03/1999".into()).to_string(),
             "birthdate \"17/03/1999\" is not written YYYY-MM-DD"
         );
+    }
+
+    /// The name rules as first written, character by character.
+    fn check_name_reference(field: &'static str, name: &str) -> Result<(), BetError> {
+        if name.trim().is_empty() {
+            return Err(BetError::EmptyName { field });
+        }
+        if name.chars().any(char::is_control) {
+            return Err(BetError::ControlCharacter { field });
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn names_at_the_edges_of_white_space_and_control_characters() {
+        for (name, want) in [
+            ("Ana", Ok(())),
+            ("Ça ¡ñ", Ok(())),
+            ("\u{a0}x", Ok(())),
+            ("\u{a0}", Err(BetError::EmptyName { field: "f" })),
+            ("\u{2003}\t", Err(BetError::EmptyName { field: "f" })),
+            ("\u{85}", Err(BetError::EmptyName { field: "f" })),
+            ("\x0b", Err(BetError::EmptyName { field: "f" })),
+            ("a\u{85}", Err(BetError::ControlCharacter { field: "f" })),
+            ("a\u{80}", Err(BetError::ControlCharacter { field: "f" })),
+            ("\u{9f}a", Err(BetError::ControlCharacter { field: "f" })),
+            ("a\x1fb", Err(BetError::ControlCharacter { field: "f" })),
+            ("a\x7f", Err(BetError::ControlCharacter { field: "f" })),
+            ("a\x0b", Err(BetError::ControlCharacter { field: "f" })),
+            ("\u{1c}", Err(BetError::ControlCharacter { field: "f" })),
+        ] {
+            assert_eq!(check_name("f", name), want, "{name:?}");
+            assert_eq!(check_name_reference("f", name), want, "{name:?}");
+        }
+    }
+
+    /// `parse_birthdate` as first written (`str::split` and `str::parse`).
+    fn parse_birthdate_reference(text: &str) -> Result<NaiveDate, BetError> {
+        let malformed = || BetError::MalformedBirthdate(text.to_string());
+        let mut parts = text.split('-');
+        let (Some(y), Some(m), Some(d), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed());
+        };
+        let digits = |part: &str, lengths: std::ops::RangeInclusive<usize>| {
+            lengths.contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit())
+        };
+        if !(digits(y, 4..=4) && digits(m, 1..=2) && digits(d, 1..=2)) {
+            return Err(malformed());
+        }
+        let (Ok(year), Ok(month), Ok(day)) = (y.parse::<i32>(), m.parse::<u32>(), d.parse::<u32>())
+        else {
+            return Err(malformed());
+        };
+        let impossible = |why: String| BetError::ImpossibleBirthdate {
+            text: text.to_string(),
+            why,
+        };
+        if !(1..=12).contains(&month) {
+            return Err(impossible(format!("there is no month {month}")));
+        }
+        NaiveDate::from_ymd_opt(year, month, day).ok_or_else(|| {
+            let days = (28..=31)
+                .rev()
+                .find(|&last| NaiveDate::from_ymd_opt(year, month, last).is_some())
+                .unwrap_or(28);
+            impossible(format!("{year:04}-{month:02} has {days} days"))
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn names_are_judged_as_before(name in "[ a\\x00-\\x20\\x7f\\u{80}-\\u{a1}\\u{2000}-\\u{2003}ñ]{0,6}") {
+            proptest::prop_assert_eq!(check_name("f", &name), check_name_reference("f", &name));
+        }
+
+        #[test]
+        fn birthdates_parse_as_before(text in "[0-9]{0,5}-?[0-9+ -]{0,3}-?[0-9a]{0,3}") {
+            proptest::prop_assert_eq!(parse_birthdate(&text), parse_birthdate_reference(&text));
+        }
+
+        #[test]
+        fn every_day_of_every_year_parses_as_before(y in 0u32..10_000, m in 0u32..14, d in 0u32..33, pad in proptest::bool::ANY) {
+            let text = if pad { format!("{y:04}-{m:02}-{d:02}") } else { format!("{y:04}-{m}-{d}") };
+            proptest::prop_assert_eq!(parse_birthdate(&text), parse_birthdate_reference(&text));
+        }
     }
 
     #[test]

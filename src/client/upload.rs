@@ -240,6 +240,8 @@ pub struct Batch {
 pub struct Batcher {
     max_amount: usize,
     batch: Vec<Bet>,
+    /// An emptied batch handed back with [`Batcher::recycle`]: the next batch's `Vec`.
+    spare: Vec<Bet>,
     len: usize,
     /// The line of the last bet pushed.
     line: u64,
@@ -251,7 +253,8 @@ impl Batcher {
         let max_amount = max_amount.max(1);
         Batcher {
             max_amount,
-            batch: Vec::with_capacity(max_amount.min(1024)),
+            batch: Vec::with_capacity(Self::capacity(max_amount)),
+            spare: Vec::new(),
             len: 0,
             line: 0,
         }
@@ -270,16 +273,41 @@ impl Batcher {
         ready
     }
 
+    /// The room a batch `Vec` is given at once (it never grows bet by bet).
+    fn capacity(max_amount: usize) -> usize {
+        max_amount.min(1024)
+    }
+
     /// The last, partial batch, if any.
     pub fn take(&mut self) -> Option<Batch> {
         self.len = 0;
         if self.batch.is_empty() {
             None
         } else {
+            // The next batch fills the recycled `Vec` if there is one, else a new one
+            // with room for a whole batch.
+            let next = if self.spare.capacity() > 0 {
+                std::mem::take(&mut self.spare)
+            } else {
+                Vec::with_capacity(Self::capacity(self.max_amount))
+            };
             Some(Batch {
-                bets: std::mem::take(&mut self.batch),
+                bets: std::mem::replace(&mut self.batch, next),
                 line: self.line,
             })
+        }
+    }
+
+    /// Hands back a sent batch's `Vec` (emptied here) for a later batch to fill, so an
+    /// upload allocates no batch `Vec` after its first two.
+    #[allow(
+        dead_code,
+        reason = "the upload loop in client/mod.rs switches to it with Session::send_batch taking &mut Vec<Bet>"
+    )]
+    pub fn recycle(&mut self, mut bets: Vec<Bet>) {
+        bets.clear();
+        if bets.capacity() > self.spare.capacity() {
+            self.spare = bets;
         }
     }
 }
@@ -528,5 +556,91 @@ mod tests {
             assert!(protocol::bets_frame_len(len) <= protocol::MAX_FRAME_LEN);
         }
         assert!(batches.len() > 1);
+    }
+
+    #[test]
+    fn recycled_batches_are_refilled_and_batching_is_unchanged() {
+        let item = |i: u32| {
+            let bet = bet(i, 3);
+            Item {
+                line: u64::from(i),
+                len: protocol::bet_wire_len(&bet),
+                bet,
+            }
+        };
+        let mut batcher = Batcher::new(3);
+        let mut batches = Vec::new();
+        let mut recycled = Vec::new();
+        for i in 0..10 {
+            if let Some(batch) = batcher.push(item(i)) {
+                batches.push((batch.line, batch.bets.clone()));
+                recycled.push(batch.bets.as_ptr());
+                batcher.recycle(batch.bets);
+            }
+        }
+        let last = batcher.take().expect("a partial batch");
+        batches.push((last.line, last.bets.clone()));
+        let documents: Vec<Vec<String>> = batches
+            .iter()
+            .map(|(_, bets)| bets.iter().map(|b| b.document.clone()).collect())
+            .collect();
+        assert_eq!(
+            documents,
+            [
+                vec!["0", "1", "2"],
+                vec!["3", "4", "5"],
+                vec!["6", "7", "8"],
+                vec!["9"]
+            ]
+        );
+        let lines: Vec<u64> = batches.iter().map(|(line, _)| *line).collect();
+        assert_eq!(lines, [2, 5, 8, 9]);
+        // From the third batch on, the batches fill the Vecs handed back.
+        assert!(recycled[..2].contains(&last.bets.as_ptr()));
+        assert!(recycled[..2].contains(&recycled[2]));
+        assert_eq!(batcher.take(), None);
+    }
+
+    /// Prints the batcher's cost per bet with and without recycling (100-bet batches):
+    /// `cargo test --release --lib upload::tests::speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a benchmark: prints numbers"]
+    fn speed() {
+        let template = bet(1, 16);
+        let len = protocol::bet_wire_len(&template);
+        let n = 2_000_000u32;
+        let run_once = |recycle: bool| {
+            // The bets are made before the clock starts: only batching is timed.
+            let items: Vec<Item> = (0..n)
+                .map(|i| Item {
+                    line: u64::from(i),
+                    bet: template.clone(),
+                    len,
+                })
+                .collect();
+            let t = std::time::Instant::now();
+            let mut batcher = Batcher::new(100);
+            let mut bets = 0;
+            for item in items {
+                if let Some(batch) = batcher.push(item) {
+                    bets += batch.bets.len();
+                    if recycle {
+                        batcher.recycle(batch.bets);
+                    }
+                }
+            }
+            std::hint::black_box(bets);
+            t.elapsed().as_secs_f64() * 1e9 / f64::from(n)
+        };
+        // Alternated, best of four each: the first runs warm the allocator up.
+        let (mut take, mut recycled) = (f64::MAX, f64::MAX);
+        for _ in 0..4 {
+            take = take.min(run_once(false));
+            recycled = recycled.min(run_once(true));
+        }
+        println!(
+            "Batcher per bet (dropping each bet's Strings included): take only {:.1} ns, with recycle {:.1} ns",
+            take, recycled
+        );
     }
 }
