@@ -591,6 +591,21 @@ impl Connection {
             .map_err(ConnectionError::Write)
     }
 
+    /// Writes the frame(s) `encode` appends to the connection's own buffer, in one
+    /// `write_all` (a sender that encodes from borrowed data, e.g.
+    /// [`protocol::encode_bets_into`]).
+    pub fn write_encoded(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), EncodeError>,
+    ) -> Result<(), ConnectionError> {
+        self.out.clear();
+        encode(&mut self.out).map_err(ConnectionError::Encode)?;
+        self.reader
+            .get_mut()
+            .write_all(&self.out, None)
+            .map_err(ConnectionError::Write)
+    }
+
     /// Encodes `messages` and writes them all in one `write_all` (under the write
     /// timeout).
     pub fn write_messages(&mut self, messages: &[Message]) -> Result<(), ConnectionError> {

@@ -689,7 +689,7 @@ impl<'a> Run<'a> {
         session: &mut Session,
         seq: u64,
         line: u64,
-        bets: Vec<Bet>,
+        bets: &[Bet],
     ) -> Result<(), ClientError> {
         let acked = session.send_batch(seq, line, bets)?;
         self.count_ack(seq, acked);
@@ -775,7 +775,7 @@ impl<'a> Run<'a> {
         } else {
             let seq = welcome.stored_seq.saturating_add(1);
             // Line 0: the bet comes from no file.
-            self.send_batch(session, seq, 0, vec![bet.clone()])?;
+            self.send_batch(session, seq, 0, std::slice::from_ref(bet))?;
         }
         log::info!(
             "action: apuesta_enviada | result: success | dni: {} | numero: {}",
@@ -936,7 +936,9 @@ impl<'a> Run<'a> {
             }
             seq += 1;
             let count = batch.bets.len();
-            if let Err(failure) = session.send_batch_ahead(seq, batch.line, batch.bets) {
+            let sent = session.send_batch_ahead(seq, batch.line, &batch.bets);
+            batcher.recycle(batch.bets);
+            if let Err(failure) = sent {
                 return Err(self.answers_after(session, &mut window, failure));
             }
             window.sent(seq, count);

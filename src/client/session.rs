@@ -164,10 +164,9 @@ impl Session {
 
     /// Sends batch `seq`, whose last bet is on file line `line` (0: no file), and
     /// waits for its acknowledgement; returns the bets acked.
-    pub fn send_batch(&mut self, seq: u64, line: u64, bets: Vec<Bet>) -> Result<u64, ClientError> {
-        let count = bets.len();
+    pub fn send_batch(&mut self, seq: u64, line: u64, bets: &[Bet]) -> Result<u64, ClientError> {
         self.send_batch_ahead(seq, line, bets)?;
-        self.receive_ack(seq, count)
+        self.receive_ack(seq, bets.len())
     }
 
     /// Sends batch `seq` without waiting for its acknowledgement (pipelining: the
@@ -176,9 +175,14 @@ impl Session {
         &mut self,
         seq: u64,
         line: u64,
-        bets: Vec<Bet>,
+        bets: &[Bet],
     ) -> Result<(), ClientError> {
-        self.send("send batch", &Message::Bets { seq, line, bets })
+        self.conn
+            .write_encoded(|out| crate::protocol::encode_bets_into(seq, line, bets, out))
+            .map_err(|source| ClientError::Connection {
+                stage: "send batch",
+                source,
+            })
     }
 
     /// Reads the answer to the oldest batch in flight, `seq` of `count` bets: its

@@ -300,10 +300,6 @@ impl Batcher {
 
     /// Hands back a sent batch's `Vec` (emptied here) for a later batch to fill, so an
     /// upload allocates no batch `Vec` after its first two.
-    #[allow(
-        dead_code,
-        reason = "the upload loop in client/mod.rs switches to it with Session::send_batch taking &mut Vec<Bet>"
-    )]
     pub fn recycle(&mut self, mut bets: Vec<Bet>) {
         bets.clear();
         if bets.capacity() > self.spare.capacity() {

@@ -135,7 +135,14 @@ pub struct Ledger {
     /// under the lock at each change), readable without the lock: the accept loop
     /// must not wait for a commit's `fsync`s.
     owned: AtomicUsize,
+    /// The bets of committed batches, to decode later batches into
+    /// ([`Ledger::spare_batch`]). Its own lock, taken alone or after `state`.
+    spares: Mutex<Vec<Vec<Bet>>>,
 }
+
+/// The most committed batches' bets kept for reuse: more than the batches a few
+/// pipelining connections have in flight at once.
+const MAX_SPARES: usize = 256;
 
 struct State {
     /// Each agency's progress as accepted: durable, plus its batches in a group
@@ -199,6 +206,7 @@ impl Ledger {
             settled: Condvar::new(),
             store: Mutex::new(store),
             owned: AtomicUsize::new(0),
+            spares: Mutex::new(Vec::new()),
         }
     }
 
@@ -266,13 +274,34 @@ impl Ledger {
                 // Batches accepted meanwhile may follow one of the failed group's: none
                 // of them can be stored now. The view goes back to what is durable.
                 let next = std::mem::replace(&mut state.filling, Arc::new(Group::default()));
-                state.pending.clear();
+                let dropped = std::mem::take(&mut state.pending);
+                self.recycle(dropped);
                 let _ = next.outcome.set(Err(e));
                 state.progress = state.durable.clone();
             }
         }
         self.settled.notify_all();
+        self.recycle(batches);
         state
+    }
+
+    /// Keeps the bets of settled batches for [`Ledger::spare_batch`] (their `String`s
+    /// are refilled by the next batches decoded), up to [`MAX_SPARES`].
+    fn recycle(&self, batches: Vec<Pending>) {
+        let mut spares = lock(&self.spares);
+        for batch in batches {
+            if spares.len() >= MAX_SPARES {
+                break;
+            }
+            spares.push(batch.bets);
+        }
+    }
+
+    /// A `Vec` to decode a batch into: the bets of a batch already committed when
+    /// there is one (decoding into it reuses its bets' `String`s, so a steady upload
+    /// allocates nothing per bet), else an empty one.
+    pub fn spare_batch(&self) -> Vec<Bet> {
+        lock(&self.spares).pop().unwrap_or_default()
     }
 
     /// Waits until every accepted batch of `agency` is settled (durable, or failed and

@@ -280,7 +280,16 @@ impl Session<'_> {
         if needs_hello && self.agency.is_none() {
             return self.not_identified();
         }
-        let message = match frame.decode() {
+        // A batch is decoded into the bets of one already committed (their Strings
+        // are reused: no allocation per bet).
+        let decoded = if frame.kind == kind::BETS {
+            let mut bets = self.shared.ledger.spare_batch();
+            crate::protocol::decode_bets_into(&frame.payload, &mut bets)
+                .map(|(seq, line)| Message::Bets { seq, line, bets })
+        } else {
+            frame.decode()
+        };
+        let message = match decoded {
             Ok(message) => message,
             Err(e) => {
                 if frame.kind == kind::BETS {
