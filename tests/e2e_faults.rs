@@ -625,11 +625,14 @@ fn client_kill9_and_restart_resumes_exactly() {
     let started = Instant::now();
     let mut rng = Rng::seeded("client_kill9_restart");
     let dir = TempDir::new("faults-client-kill");
-    let agency = Agency::write(dir.path(), 1, 30_000);
+    let agency = Agency::write(dir.path(), 1, 150_000);
     let storage = dir.join("bets.csv");
     let (mut server, addr) = ServerSpec::new(dir.path(), &storage, 1).spawn("server");
+    // A few batches in flight (pipelining), over a file long enough that the upload
+    // is still going when the fault comes.
     let env = [
         ("CLI_BATCH_MAX_AMOUNT", "50"),
+        ("CLI_BATCH_WINDOW", "4"),
         ("CLI_RETRY_DEADLINE", "60s"),
     ];
     let mut first = start_client(1, addr, &agency.path, &env);
@@ -766,11 +769,14 @@ fn second_client_of_an_agency_supersedes_the_first() {
     let started = Instant::now();
     let mut rng = Rng::seeded("second_client_supersedes");
     let dir = TempDir::new("faults-supersede");
-    let agency = Agency::write(dir.path(), 1, 30_000);
+    let agency = Agency::write(dir.path(), 1, 150_000);
     let storage = dir.join("bets.csv");
     let (mut server, addr) = ServerSpec::new(dir.path(), &storage, 1).spawn("server");
+    // A few batches in flight (pipelining), over a file long enough that the upload
+    // is still going when the fault comes.
     let env = [
         ("CLI_BATCH_MAX_AMOUNT", "50"),
+        ("CLI_BATCH_WINDOW", "4"),
         ("CLI_RETRY_DEADLINE", "60s"),
     ];
     let mut first = start_client(1, addr, &agency.path, &env);
