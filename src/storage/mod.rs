@@ -23,7 +23,6 @@ pub mod faults;
 mod journal;
 pub mod memory;
 mod scan;
-mod swar;
 
 pub use csv_journal::{CsvJournalStore, for_each_stored, journal_path};
 pub use faults::{FaultAction, Faults, Step};

@@ -2,8 +2,8 @@
 //! large chunks into one buffer, without building a [`Bet`](crate::bet::Bet).
 //!
 //! A row as the store writes it (`docs/STORAGE.md` §1: six fields, one line, quoting
-//! as the `csv` crate's writer) is split here by hand, eight bytes at a time: the names
-//! are skipped (their quoting is followed, never decoded), and the agency, the
+//! as the `csv` crate's writer) is split here by hand, its bytes searched with the
+//! `memchr` crate: the names are skipped (their quoting is followed, never decoded), and the agency, the
 //! document, the birthdate (checked, not kept) and the number are read in place. Any
 //! other line — a CR, a quoted field across lines, a quote inside an unquoted field,
 //! a field that is not plain digits — is read by the `csv` crate's reader instead,
@@ -16,7 +16,6 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::csv_journal::parse_row;
-use super::swar;
 use super::{Play, StorageError};
 use crate::bet::AgencyId;
 
@@ -166,9 +165,7 @@ fn split_row(bytes: &[u8]) -> Line<'_> {
     }
     // Most rows hold no quote (and never a CR): their fields are what lies between
     // their five commas.
-    let Some(e) = swar::find(bytes, 0, |w| {
-        swar::eq(w, b'\n') | swar::eq(w, b'"') | swar::eq(w, b'\r')
-    }) else {
+    let Some(e) = memchr::memchr3(b'\n', b'"', b'\r', bytes) else {
         return Line::Incomplete;
     };
     if bytes[e] != b'\n' {
@@ -187,7 +184,8 @@ fn split_row(bytes: &[u8]) -> Line<'_> {
         return Line::Unusual;
     };
     // Exactly one comma between the names.
-    if c3 <= c1 || swar::count(&line[c1 + 1..c3], b',') != 1 {
+    // (The names are a few bytes: a plain count is faster than a library call.)
+    if c3 <= c1 || line[c1 + 1..c3].iter().filter(|&&b| b == b',').count() != 1 {
         return Line::Unusual;
     }
     row(line, [c1, c3, c4, c5], e + 1)
@@ -235,8 +233,7 @@ fn split_quoted(bytes: &[u8]) -> Line<'_> {
             }
             let mut q = p + 1;
             loop {
-                let Some(k) = swar::find(bytes, q, |w| swar::eq(w, b'"') | swar::eq(w, b'\n'))
-                else {
+                let Some(k) = find_from(bytes, q, |rest| memchr::memchr2(b'"', b'\n', rest)) else {
                     return Line::Incomplete;
                 };
                 if bytes[k] == b'\n' {
@@ -256,7 +253,7 @@ fn split_quoted(bytes: &[u8]) -> Line<'_> {
         } else {
             starts[field] = p;
         }
-        let Some(k) = swar::find(bytes, p, swar::special) else {
+        let Some(k) = find_from(bytes, p, find_special) else {
             return Line::Incomplete;
         };
         let sep = bytes[k];
@@ -277,6 +274,23 @@ fn split_quoted(bytes: &[u8]) -> Line<'_> {
     }
     // Fields 0, 3, 4 and 5 are unquoted; `p` is just past the line feed.
     row(&bytes[..p - 1], [ends[0], ends[2], ends[3], ends[4]], p)
+}
+
+/// `find` (a search returning an index into the slice it is given) over `bytes` from
+/// `from` on, as an index into `bytes`; `None` also when `from` is past the end.
+fn find_from(bytes: &[u8], from: usize, find: impl Fn(&[u8]) -> Option<usize>) -> Option<usize> {
+    find(bytes.get(from..)?).map(|k| from + k)
+}
+
+/// The index of the first of the four bytes the CSV format treats specially (`,`,
+/// `"`, `\r`, `\n`) in `bytes`. `memchr` searches for at most three bytes at once, so
+/// the CR, the rarest, is looked for only before the first of the others (within one
+/// field, a few bytes), or in all of `bytes` when none of them is there.
+fn find_special(bytes: &[u8]) -> Option<usize> {
+    match memchr::memchr3(b',', b'"', b'\n', bytes) {
+        Some(k) => Some(bytes[..k].iter().position(|&b| b == b'\r').unwrap_or(k)),
+        None => memchr::memchr(b'\r', bytes),
+    }
 }
 
 /// The value of 1 to `max` ASCII digits.
@@ -553,21 +567,37 @@ mod unit_tests {
     }
 
     #[test]
-    fn swar_tests_find_and_count_exactly() {
-        let text = b"a,\"b\r\nc,,\x80\xff,\x00,";
-        for from in 0..text.len() {
-            let want = text[from..]
-                .iter()
-                .position(|&b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
-                .map(|i| i + from);
-            assert_eq!(swar::find(text, from, swar::special), want, "from {from}");
-            for b in [b',', b'\n', 0, 0x80, 0xff] {
-                let want = text[from..].iter().filter(|&&c| c == b).count() as u32;
-                assert_eq!(swar::count(&text[from..], b), want, "{b} from {from}");
-            }
+    fn searches_find_exactly_the_first_special_byte() {
+        // Every special byte, bytes with the high bit set, a NUL, and long enough
+        // (over 64 bytes) that the library's vector loops run as well as its tails.
+        let mut text = b"a,\"b\r\nc,,\x80\xff,\x00,".to_vec();
+        text.extend_from_slice(&[b'x'; 70]);
+        text.extend_from_slice(b"\r\"y\n,\r");
+        text.extend_from_slice(&[b'z'; 40]);
+        for from in 0..=text.len() + 1 {
+            let rest = text.get(from..).unwrap_or_default();
+            let first = |set: &[u8]| rest.iter().position(|b| set.contains(b)).map(|i| i + from);
+            assert_eq!(
+                find_from(&text, from, find_special),
+                first(b",\"\r\n"),
+                "from {from}"
+            );
+            assert_eq!(
+                find_from(&text, from, |r| memchr::memchr2(b'"', b'\n', r)),
+                first(b"\"\n"),
+                "from {from}"
+            );
+            // Without `,` `"` `\n`, only a CR can be found (the search's other branch).
+            let mut cr = rest.to_vec();
+            cr.retain(|b| !b",\"\n".contains(b));
+            assert_eq!(find_special(&cr), cr.iter().position(|&b| b == b'\r'));
         }
-        assert_eq!(swar::find(b"", 0, swar::special), None);
-        assert_eq!(swar::find(b"abc", 3, swar::special), None);
+        assert_eq!(find_special(b""), None);
+        assert_eq!(find_from(b"abc", 3, find_special), None);
+        assert_eq!(find_from(b"abc", 4, find_special), None);
+        assert_eq!(find_special(b"ab\rc,d"), Some(2));
+        assert_eq!(find_special(b"ab\rcd"), Some(2));
+        assert_eq!(find_special(b"abcd,\r"), Some(4));
     }
 
     #[test]
