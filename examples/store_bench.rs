@@ -79,6 +79,7 @@ fn commit_cost(dir: &Path, total: u64) -> Result<(), Box<dyn std::error::Error>>
                 line: 0,
                 digest: digests[i],
                 bets: chunks[i],
+                rows: None,
             })
             .collect();
         store.commit(&batches)?;
@@ -138,6 +139,7 @@ fn generate(dir: &Path, total: u64) -> Result<(), Box<dyn std::error::Error>> {
                 line: *seq * PER_BATCH,
                 digest: storage::digest(*agency, bets),
                 bets,
+                rows: None,
             })
             .collect();
         store.commit(&batches)?;

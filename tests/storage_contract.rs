@@ -83,6 +83,7 @@ fn batch(agency: AgencyId, upload: u64, seq: u64, bets: &[Bet]) -> Batch<'_> {
         line: line_of(seq),
         digest: storage::digest(agency, bets),
         bets,
+        rows: None,
     }
 }
 

@@ -32,7 +32,7 @@ use crate::bet::{AgencyId, Bet, DrawResult};
 use crate::protocol::{AgencyStatus, StatusSnapshot};
 use crate::shutdown::lock;
 use crate::storage::{
-    self, ADOPTED_UPLOAD, AgencyProgress, Batch, DrawRecord, StorageError, Store, UploadId,
+    self, ADOPTED_UPLOAD, AgencyProgress, Batch, DrawRecord, Rows, StorageError, Store, UploadId,
 };
 
 /// What a `HELLO` learns: how far the agency's upload is stored.
@@ -180,8 +180,9 @@ struct Pending {
     upload: UploadId,
     seq: u64,
     line: u64,
-    digest: u32,
     bets: Vec<Bet>,
+    /// The bets as the bets file's rows, with their digest (formatted once, here).
+    rows: Rows,
 }
 
 impl Ledger {
@@ -248,8 +249,9 @@ impl Ledger {
                 upload: b.upload,
                 seq: b.seq,
                 line: b.line,
-                digest: b.digest,
+                digest: b.rows.digest,
                 bets: &b.bets,
+                rows: Some(&b.rows.bytes),
             })
             .collect();
         let result = lock(&self.store).commit(&views);
@@ -259,11 +261,13 @@ impl Ledger {
             Ok(()) => {
                 for b in &batches {
                     let count = u32::try_from(b.bets.len()).unwrap_or(u32::MAX);
-                    state
-                        .durable
-                        .entry(b.agency)
-                        .or_default()
-                        .advance(b.upload, b.seq, b.line, count, b.digest);
+                    state.durable.entry(b.agency).or_default().advance(
+                        b.upload,
+                        b.seq,
+                        b.line,
+                        count,
+                        b.rows.digest,
+                    );
                     state.bets += u64::from(count);
                 }
                 let _ = group.outcome.set(Ok(()));
@@ -411,7 +415,10 @@ impl Ledger {
         bets: impl Into<Vec<Bet>>,
     ) -> Result<Ticket, Refusal> {
         let bets: Vec<Bet> = bets.into();
-        let digest = storage::digest(agency, &bets);
+        // Formatted outside the lock, on the connection's thread; the commit writes
+        // these bytes as they are.
+        let rows = Rows::of(agency, &bets, Vec::new());
+        let digest = rows.digest;
         let mut state = lock(&self.state);
         if state.owners.get(&agency) != Some(&conn) {
             return Err(Refusal::Superseded);
@@ -456,8 +463,8 @@ impl Ledger {
             upload,
             seq,
             line,
-            digest,
             bets,
+            rows,
         });
         let group = Arc::clone(&state.filling);
         state.last_group.insert(agency, Arc::clone(&group));

@@ -426,7 +426,15 @@ impl Store for CsvJournalStore {
         let mut bets = 0u64;
         for b in batches {
             let start = self.rows.len();
-            let line_break = push_rows(&mut self.rows, b.agency, b.bets);
+            let line_break = match b.rows {
+                // Formatted by the caller (`storage::Rows`): one line per bet, or the
+                // bets are formatted again below to find the one that breaks a line.
+                Some(rows) if is_one_line_per_bet(rows, b.bets.len()) => {
+                    self.rows.extend_from_slice(rows);
+                    false
+                }
+                _ => push_rows(&mut self.rows, b.agency, b.bets),
+            };
             // Every row must be exactly one line: recovery checks the committed rows
             // line by line against their digests (docs/STORAGE.md §4 step 4).
             if line_break && let Some(i) = b.bets.iter().position(has_line_break) {
@@ -965,11 +973,30 @@ fn read_error(path: &Path, source: io::Error) -> StorageError {
     }
 }
 
+/// Whether `rows` are `count` rows of one line each: exactly `count` line feeds, the
+/// last at the end, and no carriage return.
+fn is_one_line_per_bet(rows: &[u8], count: usize) -> bool {
+    rows.last() == Some(&b'\n')
+        && memchr::memchr_iter(b'\n', rows).count() == count
+        && memchr::memchr(b'\r', rows).is_none()
+}
+
 /// Whether a bet's text would put a line break (LF or CR) into its row.
 fn has_line_break(bet: &Bet) -> bool {
     [&bet.first_name, &bet.last_name, &bet.document]
         .iter()
         .any(|s| s.contains(['\n', '\r']))
+}
+
+/// `bets` of `agency` formatted as the bets file's rows, appended to `buf`; whether a
+/// field holds a line break (such rows cannot be committed).
+pub(crate) fn append_rows(buf: &mut Vec<u8>, agency: AgencyId, bets: &[Bet]) -> bool {
+    push_rows(buf, agency, bets)
+}
+
+/// The CRC-32C of rows as the bets file holds them (a batch's digest).
+pub(crate) fn checksum(rows: &[u8]) -> u32 {
+    journal::CRC32C.checksum(rows)
 }
 
 /// The CRC-32C of `bets` of `agency` formatted exactly as the bets file's rows.
@@ -1308,6 +1335,7 @@ mod tests {
             line: seq * 10 + 1,
             digest: rows_digest(agency, bets),
             bets,
+            rows: None,
         }
     }
 
@@ -1757,6 +1785,50 @@ mod tests {
             2
         );
         fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[test]
+    fn rows_formatted_by_the_caller_are_written_as_the_store_would_write_them() {
+        let (dir_a, dir_b) = (temp_dir("rows-given"), temp_dir("rows-made"));
+        let (path_a, path_b) = (dir_a.join("bets.csv"), dir_b.join("bets.csv"));
+        let mut given = CsvJournalStore::open(&path_a).expect("open");
+        let mut made = CsvJournalStore::open(&path_b).expect("open");
+        let bets = [
+            bet("Ana", "1", 1),
+            bet("Zoë, \"la\"", "2", 9999),
+            bet("María José", "3", 0),
+        ];
+        let rows = super::super::Rows::of(4, &bets, Vec::new());
+        let mut with_rows = batch(4, 5, 1, &bets);
+        assert_eq!(with_rows.digest, rows.digest);
+        with_rows.rows = Some(&rows.bytes);
+        given
+            .commit(&[with_rows])
+            .expect("commit the caller's rows");
+        made.commit(&[batch(4, 5, 1, &bets)]).expect("commit");
+        drop((given, made));
+        assert_eq!(
+            fs::read(&path_a).expect("read"),
+            fs::read(&path_b).expect("read")
+        );
+        assert_eq!(
+            fs::read(journal_path(&path_a)).expect("read"),
+            fs::read(journal_path(&path_b)).expect("read")
+        );
+        // Rows that would break a line are formatted again and refused by name.
+        let mut store = CsvJournalStore::open(&path_a).expect("reopen");
+        let before = snapshot(&path_a);
+        for bad in ["An\na", "Ana\r"] {
+            let bets = [bet(bad, "2", 2)];
+            let rows = super::super::Rows::of(4, &bets, Vec::new());
+            let mut b = batch(4, 5, 2, &bets);
+            b.rows = Some(&rows.bytes);
+            let err = store.commit(&[b]).expect_err("line break");
+            assert!(err.to_string().contains("holds a line break"), "{err}");
+        }
+        assert_eq!(snapshot(&path_a), before, "nothing was written");
+        fs::remove_dir_all(dir_a).expect("cleanup");
+        fs::remove_dir_all(dir_b).expect("cleanup");
     }
 
     #[test]

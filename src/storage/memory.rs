@@ -174,6 +174,7 @@ mod tests {
             line: 3,
             digest: 5,
             bets: &bets,
+            rows: None,
         };
         store.commit(&[batch]).expect("commit");
         store.record_fin(2).expect("fin");

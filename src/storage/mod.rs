@@ -53,6 +53,32 @@ pub struct Batch<'a> {
     pub digest: u32,
     /// The bets, at least one.
     pub bets: &'a [Bet],
+    /// The same bets already formatted as the bets file's rows ([`Rows`]), if the
+    /// caller has them: a store that writes that format writes them as they are
+    /// instead of formatting the bets again. They must be exactly [`Rows::of`]'s.
+    pub rows: Option<&'a [u8]>,
+}
+
+/// A batch's bets formatted as the bets file's rows (`docs/STORAGE.md` §1), with their
+/// digest: made once, where the batch is accepted, and handed to the store's commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rows {
+    /// The rows.
+    pub bytes: Vec<u8>,
+    /// Their CRC-32C: the batch's [`digest`].
+    pub digest: u32,
+}
+
+impl Rows {
+    /// The rows of `bets` of `agency`, formatted into `buf`'s allocation (cleared).
+    pub fn of(agency: AgencyId, bets: &[Bet], mut buf: Vec<u8>) -> Rows {
+        buf.clear();
+        csv_journal::append_rows(&mut buf, agency, bets);
+        Rows {
+            digest: csv_journal::checksum(&buf),
+            bytes: buf,
+        }
+    }
 }
 
 /// What is durably stored of one agency.

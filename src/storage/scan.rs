@@ -510,6 +510,7 @@ mod tests {
                     line: 0,
                     digest: digest(agency, chunk),
                     bets: chunk,
+                    rows: None,
                 }])
                 .expect("commit");
         }
