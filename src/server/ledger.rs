@@ -144,6 +144,18 @@ pub struct Ledger {
 /// pipelining connections have in flight at once.
 const MAX_SPARES: usize = 256;
 
+/// The most text (the capacity of its bets' `String`s, in bytes) a kept batch may
+/// hold: several times an ordinary batch's, so that at most `MAX_SPARES` × this
+/// (4 MiB) is kept whatever names peers send.
+const MAX_SPARE_TEXT: usize = 16 * 1024;
+
+/// The capacity of the `String`s of `bets`, in bytes.
+fn text_capacity(bets: &[Bet]) -> usize {
+    bets.iter()
+        .map(|b| b.first_name.capacity() + b.last_name.capacity() + b.document.capacity())
+        .sum()
+}
+
 struct State {
     /// Each agency's progress as accepted: durable, plus its batches in a group
     /// commit not yet settled. The rules (next seq, replay) are checked against it.
@@ -282,6 +294,12 @@ impl Ledger {
                 self.recycle(dropped);
                 let _ = next.outcome.set(Err(e));
                 state.progress = state.durable.clone();
+                // Nothing of the failed groups is pending any more: an agency's FIN
+                // or a replay of its last durable batch must not wait for (and take
+                // the failure of) a group that will never hold anything of it.
+                state
+                    .last_group
+                    .retain(|_, g| !Arc::ptr_eq(g, &group) && !Arc::ptr_eq(g, &next));
             }
         }
         self.settled.notify_all();
@@ -297,7 +315,11 @@ impl Ledger {
             if spares.len() >= MAX_SPARES {
                 break;
             }
-            spares.push(batch.bets);
+            // A batch of long names would keep its large Strings for the server's
+            // lifetime: only ordinary batches are kept.
+            if text_capacity(&batch.bets) <= MAX_SPARE_TEXT {
+                spares.push(batch.bets);
+            }
         }
     }
 
@@ -937,6 +959,36 @@ mod tests {
             "one commit for both late batches"
         );
         assert_eq!(l.bets(), 3);
+    }
+
+    #[test]
+    fn committed_batches_are_kept_for_reuse_unless_their_text_is_large() {
+        let l = ledger(1);
+        l.hello(1, 77, 10).expect("newer connection");
+        assert_eq!(l.spare_batch().capacity(), 0, "nothing committed yet");
+        let ordinary: Vec<Bet> = (0..100).map(|i| bet(&i.to_string(), 1)).collect();
+        assert!(matches!(
+            l.store(1, 10, 77, 1, 0, ordinary),
+            Ok(Stored::New)
+        ));
+        let spare = l.spare_batch();
+        assert_eq!(
+            spare.len(),
+            100,
+            "the committed batch's bets, to be refilled"
+        );
+        assert_eq!(l.spare_batch().capacity(), 0, "handed out once");
+        let mut long = bet("2", 2);
+        long.first_name = "A".repeat(MAX_SPARE_TEXT);
+        assert!(matches!(
+            l.store(1, 10, 77, 2, 0, vec![long]),
+            Ok(Stored::New)
+        ));
+        assert_eq!(
+            l.spare_batch().capacity(),
+            0,
+            "a batch of long names is not kept"
+        );
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub(super) struct Session<'a> {
     evicted: Arc<AtomicBool>,
     /// Batches accepted and not answered yet, in the order received (pipelining).
     in_flight: Vec<InFlight>,
+    /// The payload bytes of `in_flight`'s frames.
+    in_flight_bytes: usize,
     /// The answers being gathered for one write.
     answers: Vec<Message>,
 }
@@ -53,6 +55,10 @@ struct InFlight {
 /// The most batches a connection accepts before it answers them: a peer that sends
 /// ahead of its acknowledgements without pause is answered at least this often.
 pub(super) const MAX_READ_AHEAD: usize = 64;
+
+/// The most payload bytes of the batches a connection holds before it answers them
+/// (32 full frames): what a peer can make one connection hold in memory, decoded.
+pub(super) const MAX_READ_AHEAD_BYTES: usize = 32 * crate::protocol::MAX_FRAME_LEN;
 
 impl Session<'_> {
     /// Serves the connection until it ends, then closes it and logs why.
@@ -82,6 +88,7 @@ impl Session<'_> {
             superseded,
             evicted,
             in_flight: Vec::new(),
+            in_flight_bytes: 0,
             answers: Vec::new(),
         };
         let reason = session.conversation();
@@ -137,7 +144,9 @@ impl Session<'_> {
             // Batches read ahead are answered once no more input is here (or enough
             // are held): never wait for input while holding answers.
             if !self.in_flight.is_empty()
-                && (self.in_flight.len() >= MAX_READ_AHEAD || !self.conn.has_input_ready())
+                && (self.in_flight.len() >= MAX_READ_AHEAD
+                    || self.in_flight_bytes >= MAX_READ_AHEAD_BYTES
+                    || !self.conn.has_input_ready())
             {
                 match self.answer_in_flight() {
                     Ok(Flow::Continue) => {}
@@ -282,6 +291,11 @@ impl Session<'_> {
         }
         // A batch is decoded into the bets of one already committed (their Strings
         // are reused: no allocation per bet).
+        if frame.kind == kind::BETS {
+            // Counted for the read-ahead bound whether or not the batch is accepted
+            // (a refused one is answered at once, with those before it).
+            self.in_flight_bytes += frame.payload.len();
+        }
         let decoded = if frame.kind == kind::BETS {
             let mut bets = self.shared.ledger.spare_batch();
             crate::protocol::decode_bets_into(&frame.payload, &mut bets)
@@ -517,6 +531,7 @@ impl Session<'_> {
     /// ACK for each stored one; a batch whose group commit failed gets its `ERROR`
     /// (and so does each after it: their groups failed too).
     fn answer_in_flight(&mut self) -> Result<Flow, ConnectionError> {
+        self.in_flight_bytes = 0;
         if self.in_flight.is_empty() {
             return Ok(Flow::Continue);
         }

@@ -1,4 +1,4 @@
-//! Adversarial review: a pipelining client (batch.window > 1) against a server that
+//! A pipelining client (batch.window > 1) against a server that
 //! answers its batches out of order, twice, or with the wrong count never completes.
 mod support;
 

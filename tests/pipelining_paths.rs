@@ -1,4 +1,4 @@
-//! Adversarial review of pipelining (issue 10): one answer per request, in request
+//! Pipelining on every path: one answer per request, in request
 //! order, on every path; exactly-once storage when a group commit fails with batches
 //! in flight; a connection holding answers while it waits for the rest of a frame.
 mod support;
