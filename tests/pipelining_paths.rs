@@ -1,5 +1,6 @@
-//! Pipelining on every path: one answer per request, in request order; exactly-once storage when a group commit fails with batches
-//! in flight; a connection holding answers while it waits for the rest of a frame.
+//! Pipelining on every path: one answer per request, in request order; exactly-once
+//! storage when a group commit fails with batches in flight; a connection holding
+//! answers while it waits for the rest of a frame.
 mod support;
 
 use std::sync::Arc;
