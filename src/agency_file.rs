@@ -400,17 +400,35 @@ fn split_fields(text: &str) -> Result<Fields<'_>, String> {
     }
 }
 
+/// A source of lines read into a caller's `Bet`, as [`AgencyFile::next_into`] reads
+/// them: a reader whose caller keeps the `Bet`s (and their `String`s) to reuse.
+pub trait ReadInto {
+    /// The next line, its bet (when `Parsed::Bet`) now in `bet`; `None` at the end.
+    fn read_into(&mut self, bet: &mut Bet) -> Option<Result<Parsed, AgencyFileError>>;
+}
+
+impl ReadInto for AgencyFile {
+    fn read_into(&mut self, bet: &mut Bet) -> Option<Result<Parsed, AgencyFileError>> {
+        self.next_into(bet)
+    }
+}
+
+/// A `Bet` holding nothing (no `String` allocated): a slot to read a line into.
+pub fn empty_bet() -> Bet {
+    Bet {
+        first_name: String::new(),
+        last_name: String::new(),
+        document: String::new(),
+        birthdate: crate::bet::EARLIEST_BIRTHDATE,
+        number: 0,
+    }
+}
+
 impl Iterator for AgencyFile {
     type Item = Result<Line, AgencyFileError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let mut bet = Bet {
-            first_name: String::new(),
-            last_name: String::new(),
-            document: String::new(),
-            birthdate: crate::bet::EARLIEST_BIRTHDATE,
-            number: 0,
-        };
+        let mut bet = empty_bet();
         Some(self.next_into(&mut bet)?.map(|parsed| match parsed {
             Parsed::Bet { line } => Line::Bet { line, bet },
             Parsed::Invalid(bad) => Line::Invalid(bad),

@@ -47,7 +47,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::agency_file::{AgencyFile, AgencyFileError, ReadPosition};
+use crate::agency_file::{AgencyFile, AgencyFileError, ReadInto, ReadPosition};
 use crate::bet::{self, AgencyId, Bet};
 use crate::config::{ClientConfig, Mode, format_duration};
 use crate::connection::ConnectionError;
@@ -895,16 +895,13 @@ impl<'a> Run<'a> {
         result
     }
 
-    fn send_rest<I>(
+    fn send_rest<R: ReadInto>(
         &mut self,
         session: &mut Session,
         welcome: &Welcome,
-        items: &mut Sendable<'_, I>,
+        items: &mut Sendable<'_, R>,
         meter: &Meter,
-    ) -> Result<Option<u64>, ClientError>
-    where
-        I: Iterator<Item = Result<crate::agency_file::Line, AgencyFileError>>,
-    {
+    ) -> Result<Option<u64>, ClientError> {
         let id = self.config.id;
         let resume = Resume::new(welcome.stored_line, welcome.stored_bets);
         upload::resume(items, resume)?;
@@ -937,7 +934,11 @@ impl<'a> Run<'a> {
             seq += 1;
             let count = batch.bets.len();
             let sent = session.send_batch_ahead(seq, batch.line, &batch.bets);
-            batcher.recycle(batch.bets);
+            // The sent bets are read into again, their Vec refilled: no allocation
+            // per bet.
+            let mut bets = batch.bets;
+            items.reuse(&mut bets);
+            batcher.recycle(bets);
             if let Err(failure) = sent {
                 return Err(self.answers_after(session, &mut window, failure));
             }
@@ -1076,13 +1077,10 @@ impl<'a> Run<'a> {
 
 /// Skips what `welcome` says is stored and counts the bets left: how many, and the
 /// file line of the first (0: none).
-fn count_unsent<I>(
-    items: &mut Sendable<'_, I>,
+fn count_unsent<R: ReadInto>(
+    items: &mut Sendable<'_, R>,
     welcome: &Welcome,
-) -> Result<(u64, u64), ClientError>
-where
-    I: Iterator<Item = Result<crate::agency_file::Line, AgencyFileError>>,
-{
+) -> Result<(u64, u64), ClientError> {
     upload::resume(items, Resume::new(welcome.stored_line, welcome.stored_bets))?;
     let mut unsent = 0;
     let mut from_line = 0;

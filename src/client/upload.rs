@@ -9,12 +9,15 @@
 //! numbers (`stored_line` 0) are skipped by count, the first `stored_bets` sendable
 //! ones. [`Batcher`] groups the rest into batches of at most `max_amount` bets and one
 //! frame, each remembering the file line of its last bet (the `BETS` `line`).
+//!
+//! A sent batch's bets go back to [`Sendable::reuse`]: later lines are read into them
+//! ([`ReadInto`]), so an upload's bets allocate no `String`s once the first batches
+//! are sent.
 
-use std::iter::Peekable;
 use std::path::Path;
 
 use super::ClientError;
-use crate::agency_file::{AgencyFileError, Line};
+use crate::agency_file::{AgencyFileError, Line, Parsed, ReadInto};
 use crate::bet::{AgencyId, Bet};
 use crate::protocol;
 
@@ -30,8 +33,14 @@ pub struct Item {
 }
 
 /// The sendable bets of an agency file's lines.
-pub struct Sendable<'a, I: Iterator> {
-    lines: Peekable<I>,
+pub struct Sendable<'a, R> {
+    lines: R,
+    /// A line read but not yet handed out ([`Sendable::skip_through_line`] stopped
+    /// before it).
+    pending: Option<Line>,
+    /// Bets done with (sent, skipped or unsendable), their `String`s kept: the next
+    /// lines are read into them.
+    spare: Vec<Bet>,
     agency: AgencyId,
     path: &'a Path,
     /// Lines skipped so far in this pass.
@@ -41,20 +50,19 @@ pub struct Sendable<'a, I: Iterator> {
     reported_through: &'a mut u64,
 }
 
-impl<'a, I> Sendable<'a, I>
-where
-    I: Iterator<Item = Result<Line, AgencyFileError>>,
-{
+impl<'a, R: ReadInto> Sendable<'a, R> {
     /// Wraps `lines` of the file at `path` of `agency`. `reported_through` is shared by
     /// the passes of one run so that each bad line is logged once.
     pub fn new(
-        lines: I,
+        lines: R,
         agency: AgencyId,
         path: &'a Path,
         reported_through: &'a mut u64,
-    ) -> Sendable<'a, I> {
+    ) -> Sendable<'a, R> {
         Sendable {
-            lines: lines.peekable(),
+            lines,
+            pending: None,
+            spare: Vec::new(),
             agency,
             path,
             skipped: 0,
@@ -65,6 +73,30 @@ where
     /// Lines skipped (invalid or too big) so far in this pass.
     pub fn skipped(&self) -> u64 {
         self.skipped
+    }
+
+    /// Takes the bets of `bets` (a sent batch's, left empty) to read later lines into.
+    pub fn reuse(&mut self, bets: &mut Vec<Bet>) {
+        self.spare.append(bets);
+    }
+
+    /// The next line, read into a spare bet (a new one when none is left).
+    fn read(&mut self) -> Option<Result<Line, AgencyFileError>> {
+        if let Some(line) = self.pending.take() {
+            return Some(Ok(line));
+        }
+        let mut bet = self
+            .spare
+            .pop()
+            .unwrap_or_else(crate::agency_file::empty_bet);
+        let read = match self.lines.read_into(&mut bet) {
+            Some(Ok(Parsed::Bet { line })) => return Some(Ok(Line::Bet { line, bet })),
+            Some(Ok(Parsed::Invalid(bad))) => Some(Ok(Line::Invalid(bad))),
+            Some(Err(e)) => Some(Err(e)),
+            None => None,
+        };
+        self.spare.push(bet);
+        read
     }
 
     fn skip(&mut self, line: u64, reason: &dyn Fn() -> String) {
@@ -98,6 +130,7 @@ where
                     protocol::MAX_FRAME_LEN
                 )
             });
+            self.spare.push(bet);
             return None;
         }
         Some(Item { line, bet, len })
@@ -110,13 +143,16 @@ where
     /// file ended first.
     pub fn skip_through_line(&mut self, through: u64) -> Result<u64, AgencyFileError> {
         let mut last = 0;
-        while let Some(next) = self.lines.next_if(|next| match next {
-            Err(_) => true,
-            Ok(line) => line_number(line) <= through,
-        }) {
+        while let Some(next) = self.read() {
             let line = next?;
+            if line_number(&line) > through {
+                self.pending = Some(line);
+                break;
+            }
             last = line_number(&line);
-            let _unsent = self.classify(line);
+            if let Some(unsent) = self.classify(line) {
+                self.spare.push(unsent.bet);
+            }
         }
         Ok(last)
     }
@@ -130,15 +166,12 @@ fn line_number(line: &Line) -> u64 {
     }
 }
 
-impl<I> Iterator for Sendable<'_, I>
-where
-    I: Iterator<Item = Result<Line, AgencyFileError>>,
-{
+impl<R: ReadInto> Iterator for Sendable<'_, R> {
     type Item = Result<Item, AgencyFileError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            match self.lines.next()? {
+            match self.read()? {
                 Err(e) => return Some(Err(e)),
                 Ok(line) => {
                     if let Some(item) = self.classify(line) {
@@ -178,10 +211,7 @@ impl Resume {
 /// Skips what `resume` says the server stored, so that `items` goes on with the first
 /// bet to send. Fails when the file is shorter than what was stored (it is not the
 /// file the server stored bets of, or the bet rules changed).
-pub fn resume<I>(items: &mut Sendable<'_, I>, resume: Resume) -> Result<(), ClientError>
-where
-    I: Iterator<Item = Result<Line, AgencyFileError>>,
-{
+pub fn resume<R: ReadInto>(items: &mut Sendable<'_, R>, resume: Resume) -> Result<(), ClientError> {
     match resume {
         Resume::Start => Ok(()),
         Resume::AfterLine(stored_line) => {
@@ -350,9 +380,29 @@ mod tests {
             .collect()
     }
 
+    /// Lines read as from an agency file: each bet moved into the reader's slot.
+    struct Lines<I>(I);
+
+    impl<I: Iterator<Item = Result<Line, AgencyFileError>>> ReadInto for Lines<I> {
+        fn read_into(&mut self, slot: &mut Bet) -> Option<Result<Parsed, AgencyFileError>> {
+            Some(self.0.next()?.map(|line| match line {
+                Line::Bet { line, bet } => {
+                    *slot = bet;
+                    Parsed::Bet { line }
+                }
+                Line::Invalid(bad) => Parsed::Invalid(bad),
+            }))
+        }
+    }
+
+    /// The lines of [`lines`] to read.
+    fn file() -> Lines<std::vec::IntoIter<Result<Line, AgencyFileError>>> {
+        Lines(lines().into_iter())
+    }
+
     fn sendable_lines(reported: &mut u64) -> Vec<u64> {
         let path = PathBuf::from("f.csv");
-        Sendable::new(lines().into_iter(), 1, &path, reported)
+        Sendable::new(file(), 1, &path, reported)
             .map(|item| item.map(|i| i.line).expect("no I/O error"))
             .collect()
     }
@@ -361,7 +411,7 @@ mod tests {
     fn invalid_and_oversized_lines_are_skipped_and_reported_once() {
         let mut reported = 0;
         let path = PathBuf::from("f.csv");
-        let mut items = Sendable::new(lines().into_iter(), 1, &path, &mut reported);
+        let mut items = Sendable::new(file(), 1, &path, &mut reported);
         let sent: Vec<u64> = items.by_ref().map(|i| i.expect("ok").line).collect();
         let expected: Vec<u64> = (1..=30).filter(|l| l % 4 != 0 && l % 7 != 0).collect();
         assert_eq!(sent, expected);
@@ -379,14 +429,14 @@ mod tests {
         for stored in 0..=all.len() as u64 {
             let mut reported = 0;
             let path = PathBuf::from("f.csv");
-            let mut items = Sendable::new(lines().into_iter(), 1, &path, &mut reported);
+            let mut items = Sendable::new(file(), 1, &path, &mut reported);
             assert_eq!(skip(&mut items, stored).ok(), Some(stored));
             let rest: Vec<u64> = items.map(|i| i.expect("ok").line).collect();
             assert_eq!(rest, all[stored as usize..]);
         }
         let path = PathBuf::from("f.csv");
         let mut reported = 0;
-        let mut items = Sendable::new(lines().into_iter(), 1, &path, &mut reported);
+        let mut items = Sendable::new(file(), 1, &path, &mut reported);
         assert_eq!(skip(&mut items, 1000).ok(), Some(all.len() as u64));
     }
 
@@ -403,7 +453,7 @@ mod tests {
     fn rest_after(resume: Resume) -> Result<Vec<u64>, ClientError> {
         let path = PathBuf::from("f.csv");
         let mut reported = 0;
-        let mut items = Sendable::new(lines().into_iter(), 1, &path, &mut reported);
+        let mut items = Sendable::new(file(), 1, &path, &mut reported);
         super::resume(&mut items, resume)?;
         Ok(items.map(|i| i.expect("ok").line).collect())
     }
@@ -425,7 +475,7 @@ mod tests {
         // The invalid lines skipped on the way still count (the file's total).
         let path = PathBuf::from("f.csv");
         let mut reported = 0;
-        let mut items = Sendable::new(lines().into_iter(), 1, &path, &mut reported);
+        let mut items = Sendable::new(file(), 1, &path, &mut reported);
         assert_eq!(items.skip_through_line(10).ok(), Some(10));
         assert_eq!(items.skipped(), 3, "lines 4, 7 and 8");
         assert_eq!(items.next().map(|i| i.expect("ok").line), Some(11));
@@ -595,6 +645,141 @@ mod tests {
         assert!(recycled[..2].contains(&last.bets.as_ptr()));
         assert!(recycled[..2].contains(&recycled[2]));
         assert_eq!(batcher.take(), None);
+    }
+
+    /// Batches of 3 over `text`, each handed back as `send_rest` does (to the
+    /// `Sendable` when `reuse`): the lines and bets sent, and each bet's first-name
+    /// capacity.
+    fn upload(name: &str, text: &str, reuse: bool) -> Vec<(u64, Vec<(Bet, usize)>)> {
+        let path =
+            std::env::temp_dir().join(format!("loteria-upload-{name}-{}.csv", std::process::id()));
+        std::fs::write(&path, text).expect("write temp file");
+        let today = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap_or_default();
+        let file = AgencyFile::open(&path, today).expect("opens");
+        let mut reported = 0;
+        let mut items = Sendable::new(file, 1, &path, &mut reported);
+        let mut batcher = Batcher::new(3);
+        let mut sent = Vec::new();
+        loop {
+            let batch = match items.next() {
+                Some(item) => match batcher.push(item.expect("reads")) {
+                    Some(batch) => batch,
+                    None => continue,
+                },
+                None => match batcher.take() {
+                    Some(batch) => batch,
+                    None => break,
+                },
+            };
+            let bets = batch.bets.iter();
+            sent.push((
+                batch.line,
+                bets.map(|b| (b.clone(), b.first_name.capacity())).collect(),
+            ));
+            let mut bets = batch.bets;
+            if reuse {
+                items.reuse(&mut bets);
+            }
+            batcher.recycle(bets);
+        }
+        let _ = std::fs::remove_file(&path);
+        sent
+    }
+
+    #[test]
+    fn later_lines_are_read_into_the_bets_of_sent_batches() {
+        // Six long first names, then short ones, a bad line and a blank line among them.
+        let mut text = String::new();
+        for i in 1..=6 {
+            text.push_str(&format!("{},Paz,{i},1990-01-01,{i}\n", "N".repeat(40)));
+        }
+        for i in 7..=20 {
+            match i {
+                9 => text.push_str("Eva,Paz,9,2030-01-01,9\n"),
+                12 => text.push('\n'),
+                _ => text.push_str(&format!("Eva,Paz,{i},1990-01-01,{i}\n")),
+            }
+        }
+        let fresh = upload("fresh", &text, false);
+        let reused = upload("reused", &text, true);
+        let contents = |sent: &[(u64, Vec<(Bet, usize)>)]| -> Vec<(u64, Vec<Bet>)> {
+            let batches = sent.iter();
+            batches
+                .map(|(line, bets)| (*line, bets.iter().map(|(b, _)| b.clone()).collect()))
+                .collect()
+        };
+        assert_eq!(contents(&reused), contents(&fresh), "the same batches");
+        let lines: Vec<u64> = reused.iter().map(|(line, _)| *line).collect();
+        assert_eq!(lines, [3, 6, 10, 14, 17, 20]);
+        // The short names after the first two batches are read into the long names'
+        // Strings: no new bet was made (fresh ones hold only what a short name needs).
+        for (_, bets) in &reused[2..] {
+            assert!(bets.iter().all(|(_, capacity)| *capacity >= 40), "{bets:?}");
+        }
+        for (_, bets) in &fresh[2..] {
+            assert!(bets.iter().all(|(_, capacity)| *capacity < 40), "{bets:?}");
+        }
+    }
+
+    /// Prints the cost per line of reading an agency file into batches of 100, the
+    /// sent bets handed back to be read into or dropped:
+    /// `cargo test --release --lib upload::tests::read_and_batch_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a benchmark: prints numbers"]
+    fn read_and_batch_speed() {
+        let lines = 1_000_000u32;
+        let mut text = String::new();
+        for i in 0..lines {
+            text.push_str(&format!(
+                "Santiago Lionel {i},Lorca Núñez,{},19{:02}-{:02}-{:02},{}\n",
+                30_000_000 + i,
+                i % 100,
+                i % 12 + 1,
+                i % 28 + 1,
+                i % 10_000
+            ));
+        }
+        let path =
+            std::env::temp_dir().join(format!("loteria-upload-speed-{}.csv", std::process::id()));
+        std::fs::write(&path, &text).expect("write temp file");
+        let today = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap_or_default();
+        let run_once = |reuse: bool| {
+            let t = std::time::Instant::now();
+            let file = AgencyFile::open(&path, today).expect("opens");
+            let mut reported = 0;
+            let mut items = Sendable::new(file, 1, &path, &mut reported);
+            let mut batcher = Batcher::new(100);
+            let mut bets = 0;
+            loop {
+                let batch = match items.next() {
+                    Some(item) => match batcher.push(item.expect("reads")) {
+                        Some(batch) => batch,
+                        None => continue,
+                    },
+                    None => match batcher.take() {
+                        Some(batch) => batch,
+                        None => break,
+                    },
+                };
+                bets += std::hint::black_box(&batch.bets).len();
+                let mut sent = batch.bets;
+                if reuse {
+                    items.reuse(&mut sent);
+                }
+                batcher.recycle(sent);
+            }
+            assert_eq!(bets, lines as usize);
+            t.elapsed().as_secs_f64() * 1e9 / f64::from(lines)
+        };
+        let (mut dropped, mut reused) = (f64::MAX, f64::MAX);
+        for _ in 0..4 {
+            dropped = dropped.min(run_once(false));
+            reused = reused.min(run_once(true));
+        }
+        let _ = std::fs::remove_file(&path);
+        println!(
+            "Sendable + Batcher per line: sent bets dropped {dropped:.1} ns, read into again {reused:.1} ns"
+        );
     }
 
     /// Prints the batcher's cost per bet with and without recycling (100-bet batches):
