@@ -520,6 +520,17 @@ impl Store for CsvJournalStore {
         self.check_count(count)
     }
 
+    fn for_each_play_where(
+        &mut self,
+        keep: &(dyn Fn(Play<'_>) -> bool + Sync),
+        f: &mut dyn FnMut(Play<'_>),
+    ) -> Result<u64, StorageError> {
+        self.check_readable()?;
+        let count =
+            super::scan::for_each_play_where(&self.path, &self.bets, self.committed_end, keep, f)?;
+        self.check_count(count)
+    }
+
     fn describe(&self) -> String {
         self.path.display().to_string()
     }

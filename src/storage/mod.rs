@@ -184,6 +184,23 @@ pub trait Store: Send {
         })
     }
 
+    /// Calls `f`, in commit order, with what the draw needs of every committed bet that
+    /// `keep` accepts; returns how many bets there are, kept or not. The same as
+    /// [`Store::for_each_play`] with `f` called only on the kept bets (the default does
+    /// just that); since `keep` may run on several threads at once, a backend may read
+    /// its bets on several threads and hand `f` only the kept ones, in order.
+    fn for_each_play_where(
+        &mut self,
+        keep: &(dyn Fn(Play<'_>) -> bool + Sync),
+        f: &mut dyn FnMut(Play<'_>),
+    ) -> Result<u64, StorageError> {
+        self.for_each_play(&mut |play| {
+            if keep(play) {
+                f(play)
+            }
+        })
+    }
+
     /// A short description for logs (e.g. the bets file's path).
     fn describe(&self) -> String;
 }
@@ -196,28 +213,27 @@ pub fn digest(agency: AgencyId, bets: &[Bet]) -> u32 {
 }
 
 /// Runs the draw for `winning_number` over every bet `store` holds; returns the result
-/// and how many bets it read. It reads only each bet's agency, document and number
-/// ([`Store::for_each_play`]) and keeps only the winners.
+/// and how many bets it read. It reads only each bet's agency, document and number,
+/// and keeps only the winners ([`Store::for_each_play_where`]: the CSV store reads
+/// its file on several threads), in commit order.
 pub fn run_draw(
     store: &mut dyn Store,
     winning_number: u16,
 ) -> Result<(DrawResult, u64), StorageError> {
     let mut draw = DrawResult::new(winning_number);
-    let count = store.for_each_play(&mut |play| {
-        if play.number == winning_number {
-            // Only a winner becomes a `Bet` (about one in 10 000): the result keeps its
-            // document; the names and the birthdate play no part in it.
-            draw.consider(
-                play.agency,
-                Bet {
-                    first_name: String::new(),
-                    last_name: String::new(),
-                    document: play.document.to_string(),
-                    birthdate: EARLIEST_BIRTHDATE,
-                    number: play.number,
-                },
-            );
-        }
+    let count = store.for_each_play_where(&|play| play.number == winning_number, &mut |play| {
+        // Only a winner becomes a `Bet` (about one in 10 000): the result keeps its
+        // document; the names and the birthdate play no part in it.
+        draw.consider(
+            play.agency,
+            Bet {
+                first_name: String::new(),
+                last_name: String::new(),
+                document: play.document.to_string(),
+                birthdate: EARLIEST_BIRTHDATE,
+                number: play.number,
+            },
+        );
     })?;
     Ok((draw, count))
 }
