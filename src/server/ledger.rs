@@ -261,9 +261,9 @@ impl Ledger {
                 upload: b.upload,
                 seq: b.seq,
                 line: b.line,
-                digest: b.rows.digest,
+                digest: b.rows.digest(),
                 bets: &b.bets,
-                rows: Some(&b.rows.bytes),
+                rows: Some(&b.rows),
             })
             .collect();
         let result = lock(&self.store).commit(&views);
@@ -278,7 +278,7 @@ impl Ledger {
                         b.seq,
                         b.line,
                         count,
-                        b.rows.digest,
+                        b.rows.digest(),
                     );
                     state.bets += u64::from(count);
                 }
@@ -440,7 +440,7 @@ impl Ledger {
         // Formatted outside the lock, on the connection's thread; the commit writes
         // these bytes as they are.
         let rows = Rows::of(agency, &bets, Vec::new());
-        let digest = rows.digest;
+        let digest = rows.digest();
         let mut state = lock(&self.state);
         if state.owners.get(&agency) != Some(&conn) {
             return Err(Refusal::Superseded);

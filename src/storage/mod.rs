@@ -53,23 +53,33 @@ pub struct Batch<'a> {
     pub digest: u32,
     /// The bets, at least one.
     pub bets: &'a [Bet],
-    /// The same bets already formatted as the bets file's rows ([`Rows`]), if the
-    /// caller has them: a store that writes that format writes them as they are
-    /// instead of formatting the bets again. They must be exactly [`Rows::of`]'s.
-    pub rows: Option<&'a [u8]>,
+    /// The same bets already formatted as the bets file's rows, with their digest
+    /// ([`Rows::of`] of this batch's agency and bets), if the caller has them: a store
+    /// that writes that format writes them as they are instead of formatting and
+    /// digesting the bets again.
+    pub rows: Option<&'a Rows>,
 }
 
 /// A batch's bets formatted as the bets file's rows (`docs/STORAGE.md` §1), with their
 /// digest: made once, where the batch is accepted, and handed to the store's commit.
+/// Only [`Rows::of`] makes one, so its digest is always that of its bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rows {
-    /// The rows.
-    pub bytes: Vec<u8>,
-    /// Their CRC-32C: the batch's [`digest`].
-    pub digest: u32,
+    bytes: Vec<u8>,
+    digest: u32,
 }
 
 impl Rows {
+    /// The rows.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Their CRC-32C: the batch's [`digest`].
+    pub fn digest(&self) -> u32 {
+        self.digest
+    }
+
     /// The rows of `bets` of `agency`, formatted into `buf`'s allocation (cleared).
     pub fn of(agency: AgencyId, bets: &[Bet], mut buf: Vec<u8>) -> Rows {
         buf.clear();
