@@ -436,6 +436,23 @@ impl Iterator for AgencyFile {
     }
 }
 
+/// `lines` valid lines with accented names, as the speed tests read them.
+#[cfg(test)]
+pub(crate) fn speed_sample(lines: u32) -> String {
+    let mut text = String::new();
+    for i in 0..lines {
+        text.push_str(&format!(
+            "Santiago Lionel {i},Lorca Núñez,{},19{:02}-{:02}-{:02},{}\n",
+            30_000_000 + i,
+            i % 100,
+            i % 12 + 1,
+            i % 28 + 1,
+            i % 10_000
+        ));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -657,17 +674,7 @@ mod tests {
     #[ignore = "a benchmark: prints numbers"]
     fn speed() {
         let lines = 1_000_000u32;
-        let mut text = String::new();
-        for i in 0..lines {
-            text.push_str(&format!(
-                "Santiago Lionel {i},Lorca Núñez,{},19{:02}-{:02}-{:02},{}\n",
-                30_000_000 + i,
-                i % 100,
-                i % 12 + 1,
-                i % 28 + 1,
-                i % 10_000
-            ));
-        }
+        let text = crate::agency_file::speed_sample(lines);
         let path = file_with("speed", text.as_bytes());
         let best = (0..5)
             .map(|_| {

@@ -581,14 +581,7 @@ impl Connection {
 
     /// Encodes `message` and writes the whole frame.
     pub fn write_message(&mut self, message: &Message) -> Result<(), ConnectionError> {
-        self.out.clear();
-        message
-            .encode_into(&mut self.out)
-            .map_err(ConnectionError::Encode)?;
-        self.reader
-            .get_mut()
-            .write_all(&self.out, None)
-            .map_err(ConnectionError::Write)
+        self.write_encoded(|out| message.encode_into(out))
     }
 
     /// Writes the frame(s) `encode` appends to the connection's own buffer, in one
@@ -609,16 +602,7 @@ impl Connection {
     /// Encodes `messages` and writes them all in one `write_all` (under the write
     /// timeout).
     pub fn write_messages(&mut self, messages: &[Message]) -> Result<(), ConnectionError> {
-        self.out.clear();
-        for message in messages {
-            message
-                .encode_into(&mut self.out)
-                .map_err(ConnectionError::Encode)?;
-        }
-        self.reader
-            .get_mut()
-            .write_all(&self.out, None)
-            .map_err(ConnectionError::Write)
+        self.write_encoded(|out| messages.iter().try_for_each(|m| m.encode_into(out)))
     }
 
     /// Encodes `messages` and writes them one after the other, all of them before

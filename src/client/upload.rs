@@ -728,17 +728,7 @@ mod tests {
     #[ignore = "a benchmark: prints numbers"]
     fn read_and_batch_speed() {
         let lines = 1_000_000u32;
-        let mut text = String::new();
-        for i in 0..lines {
-            text.push_str(&format!(
-                "Santiago Lionel {i},Lorca Núñez,{},19{:02}-{:02}-{:02},{}\n",
-                30_000_000 + i,
-                i % 100,
-                i % 12 + 1,
-                i % 28 + 1,
-                i % 10_000
-            ));
-        }
+        let text = crate::agency_file::speed_sample(lines);
         let path =
             std::env::temp_dir().join(format!("loteria-upload-speed-{}.csv", std::process::id()));
         std::fs::write(&path, &text).expect("write temp file");
