@@ -457,6 +457,11 @@ const KILL_LOOP_BETS: usize = 200_000;
 /// (plus ~10 s for the draw), so 100: 10 000 commit points.
 const KILL_LOOP_BATCH: &str = "100";
 
+/// Batches in flight per client in the kill loop: each kill finds some unanswered,
+/// and the upload stays long enough for every kill (with the default window of 32 the
+/// uploads ended after 3 kills).
+const KILL_LOOP_WINDOW: &str = "4";
+
 #[test]
 fn kill9_server_loop_stores_every_bet_exactly_once() {
     let started = Instant::now();
@@ -487,6 +492,7 @@ fn kill9_server_loop_stores_every_bet_exactly_once() {
                 &a.path,
                 &[
                     ("CLI_BATCH_MAX_AMOUNT", KILL_LOOP_BATCH),
+                    ("CLI_BATCH_WINDOW", KILL_LOOP_WINDOW),
                     ("CLI_RETRY_DEADLINE", "60s"),
                 ],
             )
@@ -504,7 +510,8 @@ fn kill9_server_loop_stores_every_bet_exactly_once() {
     while kills < kills_wanted {
         let need = rng.range(10, 60) as usize;
         wait_batches(&server, need, Duration::from_secs(30));
-        sleep(rng.millis(300, 1500));
+        // Short enough for every kill to land mid-upload at pipelined speed.
+        sleep(rng.millis(50, 400));
         if !uploading(&server, &clients) {
             println!("kill9_server_loop: uploads ended before kill {}", kills + 1);
             break;
