@@ -1041,11 +1041,12 @@ class GracefulStopTest(DockerTestCase):
     stopped server started again lets the waiting clients finish, exactly once."""
 
     BETS = 10_000
-    # Batches of 2 bets, two fsyncs each (bets file and journal): an upload takes tens
-    # of seconds (200 to 1000 bets/s per agency here, as the disk allows), while a stop
-    # takes a second or two. Not many more bets: the server-stop test uploads both
-    # files to the end.
+    # Batches of 2 bets, one at a time (window 1: no pipelining), two fsyncs per
+    # commit (bets file and journal): an upload takes tens of seconds (200 to 1000
+    # bets/s per agency here, as the disk allows), while a stop takes a second or two.
+    # Not many more bets: the server-stop test uploads both files to the end.
     BATCH = 2
+    WINDOW = 1
 
     @classmethod
     def setUpClass(cls):
@@ -1059,6 +1060,7 @@ class GracefulStopTest(DockerTestCase):
     def start(self) -> Lottery:
         override = "services:\n" + "".join(
             f'  client{k}:\n    environment:\n      - "CLI_BATCH_MAX_AMOUNT={self.BATCH}"\n'
+            f'      - "CLI_BATCH_WINDOW={self.WINDOW}"\n'
             for k in (1, 2))
         lottery = Lottery(self, 2, self.data, override=override)
         lottery.up()
