@@ -142,8 +142,38 @@ impl Read for Trickle<'_> {
 
 /// One frame read from the stream: its payload fits, and whatever decodes re-encodes
 /// to the very same bytes (the wire format has one encoding per message).
+/// The server's decoder of `BETS` into reused bets (`decode_bets_into`, over a `Vec`
+/// holding stale bets of another batch) gives what `Message::decode` gives, error
+/// for error; the client's encoder from borrowed bets gives the frame back.
+fn check_bets_decoders(frame: &Frame) {
+    let mut reused: Vec<loteria::bet::Bet> = (0..3)
+        .map(|i| loteria::bet::Bet {
+            first_name: "stale".repeat(i + 1),
+            last_name: "x".into(),
+            document: "99".into(),
+            birthdate: loteria::bet::EARLIEST_BIRTHDATE,
+            number: 9,
+        })
+        .collect();
+    let into = protocol::decode_bets_into(&frame.payload, &mut reused);
+    match (Message::decode(frame.kind, &frame.payload), into) {
+        (Ok(Message::Bets { seq, line, bets }), Ok((s, l))) => {
+            assert_eq!((s, l), (seq, line));
+            assert_eq!(reused, bets, "decoded into reused bets differently");
+            let mut out = Vec::new();
+            protocol::encode_bets_into(seq, line, &bets, &mut out).expect("re-encodes");
+            assert_eq!(out, frame.to_bytes(), "encoded from borrowed bets differently");
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b, "the two decoders fail differently"),
+        (a, b) => panic!("the two decoders disagree: {a:?} / {b:?}"),
+    }
+}
+
 fn check_frame(frame: &Frame) {
     assert!(frame.payload.len() <= MAX_PAYLOAD_LEN);
+    if frame.kind == protocol::kind::BETS {
+        check_bets_decoders(frame);
+    }
     match frame.decode() {
         Ok(message) => {
             assert_eq!(message.kind(), frame.kind);
