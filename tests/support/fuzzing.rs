@@ -162,7 +162,11 @@ fn check_bets_decoders(frame: &Frame) {
             assert_eq!(reused, bets, "decoded into reused bets differently");
             let mut out = Vec::new();
             protocol::encode_bets_into(seq, line, &bets, &mut out).expect("re-encodes");
-            assert_eq!(out, frame.to_bytes(), "encoded from borrowed bets differently");
+            assert_eq!(
+                out,
+                frame.to_bytes(),
+                "encoded from borrowed bets differently"
+            );
         }
         (Err(a), Err(b)) => assert_eq!(a, b, "the two decoders fail differently"),
         (a, b) => panic!("the two decoders disagree: {a:?} / {b:?}"),
