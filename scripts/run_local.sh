@@ -6,7 +6,7 @@
 #
 #   scripts/run_local.sh [DATA_DIR]     (default: agencies/)
 #
-# Environment: PORT (default 12345), BATCH (CLI_BATCH_MAX_AMOUNT, default 100),
+# Environment: PORT (default 12345), BATCH (CLI_BATCH_MAX_AMOUNT, default 200),
 # WORK (where logs and the bets file go; default a fresh temp dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +36,7 @@ done
 pids=()
 for k in $(seq "$n"); do
     CLI_ID=$k CLI_SERVER_ADDRESS=127.0.0.1:$port CLI_DATA="$data/agency-$k.csv" \
-        CLI_BATCH_MAX_AMOUNT=${BATCH:-100} \
+        CLI_BATCH_MAX_AMOUNT=${BATCH:-200} \
         "$bin/client" --config config/client.toml >"$work/client-$k.log" 2>&1 &
     pids+=($!)
 done

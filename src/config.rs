@@ -191,7 +191,7 @@ pub const CLIENT_KEYS: &[Key] = &[
     key(
         "batch.max_amount",
         "CLI_BATCH_MAX_AMOUNT",
-        Some("100"),
+        Some("200"),
         "bets per batch at most (a batch also stays under 8 KiB)",
     ),
     key(
