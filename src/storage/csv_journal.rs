@@ -1014,27 +1014,11 @@ pub(crate) fn checksum(rows: &[u8]) -> u32 {
     journal::CRC32C.checksum(rows)
 }
 
-/// The CRC-32C of `bets` of `agency` formatted exactly as the bets file's rows.
+/// The CRC-32C of `bets` of `agency` formatted exactly as the bets file's rows: the
+/// digest of their [`super::Rows`] (what the ledger makes of each batch it accepts).
 pub(crate) fn rows_digest(agency: AgencyId, bets: &[Bet]) -> u32 {
-    thread_local! {
-        /// The rows of the last batch digested on this thread: one buffer per thread
-        /// (each connection's thread digests its own batches), reused across calls.
-        static ROWS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    ROWS.with_borrow_mut(|buf| {
-        buf.clear();
-        push_rows(buf, agency, bets);
-        let digest = journal::CRC32C.checksum(buf);
-        if buf.capacity() > DIGEST_BUFFER_KEEP {
-            // A huge batch: do not keep its buffer for the thread's lifetime.
-            *buf = Vec::new();
-        }
-        digest
-    })
+    super::Rows::of(agency, bets, Vec::new()).digest()
 }
-
-/// The largest digest buffer a thread keeps between calls.
-const DIGEST_BUFFER_KEEP: usize = 1 << 20;
 
 /// Formats `bets` as CSV rows of the bets file, appending them to `buf`. It cannot
 /// fail (it only appends to memory); the `Result` is kept for its callers.
