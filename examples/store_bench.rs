@@ -43,9 +43,6 @@ fn thread_cpu_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Times the storage work of `total` bets: the ledger's digest of each batch
-/// (`storage::digest`), then the commits (format, check, write, sync), on this thread's
-/// CPU clock; the bets are built beforehand.
 /// Bet `i` of the benchmark's data: one name in ten needs quoting (a comma).
 fn bench_bet(i: u64, birthdate: NaiveDate) -> Bet {
     Bet {
@@ -61,6 +58,9 @@ fn bench_bet(i: u64, birthdate: NaiveDate) -> Bet {
     }
 }
 
+/// Times the storage work of `total` bets: the ledger's digest of each batch
+/// (`storage::digest`), then the commits (format, check, write, sync), on this thread's
+/// CPU clock; the bets are built beforehand.
 fn commit_cost(dir: &Path, total: u64) -> Result<(), Box<dyn std::error::Error>> {
     const PER_BATCH: usize = 100;
     const PER_COMMIT: usize = 80;
