@@ -291,12 +291,10 @@ impl Session<'_> {
         }
         // A batch is decoded into the bets of one already committed (their Strings
         // are reused: no allocation per bet).
-        if frame.kind == kind::BETS {
+        let decoded = if frame.kind == kind::BETS {
             // Counted for the read-ahead bound whether or not the batch is accepted
             // (a refused one is answered at once, with those before it).
             self.in_flight_bytes += frame.payload.len();
-        }
-        let decoded = if frame.kind == kind::BETS {
             let mut bets = self.shared.ledger.spare_batch();
             crate::protocol::decode_bets_into(&frame.payload, &mut bets)
                 .map(|(seq, line)| Message::Bets { seq, line, bets })
@@ -520,10 +518,7 @@ impl Session<'_> {
         count: usize,
         (code, reason): (ErrorCode, String),
     ) -> Result<Flow, ConnectionError> {
-        log::warn!(
-            "action: apuesta_recibida | result: fail | cantidad: {count} | agency: {agency} | seq: {seq} | reason: {}",
-            logging::sanitize(&reason)
-        );
+        log_refused(agency, seq, count, &reason);
         self.reply_error(code, reason)
     }
 
@@ -561,12 +556,7 @@ impl Session<'_> {
                 }
                 Err(refusal) => {
                     let (code, reason) = self.refusal(agency, batch.seq, refusal);
-                    log::warn!(
-                        "action: apuesta_recibida | result: fail | cantidad: {} | agency: {agency} | seq: {} | reason: {}",
-                        batch.count,
-                        batch.seq,
-                        logging::sanitize(&reason)
-                    );
+                    log_refused(agency, batch.seq, batch.count, &reason);
                     self.note_error(code, &reason);
                     if code.closes_connection() {
                         flow = Flow::Close;
@@ -892,6 +882,14 @@ impl WaitingPeer for WaitingConnection<'_> {
             }
         }
     }
+}
+
+/// Logs batch `seq` (of `count` bets) of `agency` as refused, and why.
+fn log_refused(agency: AgencyId, seq: u64, count: usize, reason: &str) {
+    log::warn!(
+        "action: apuesta_recibida | result: fail | cantidad: {count} | agency: {agency} | seq: {seq} | reason: {}",
+        logging::sanitize(reason)
+    );
 }
 
 /// The reply to a request that storage could not record: `INTERNAL`, which the
