@@ -439,7 +439,7 @@ impl Ledger {
         let bets: Vec<Bet> = bets.into();
         // Formatted outside the lock, on the connection's thread; the commit writes
         // these bytes as they are.
-        let rows = Rows::of(agency, &bets, Vec::new());
+        let rows = Rows::of(agency, &bets);
         let digest = rows.digest();
         let mut state = lock(&self.state);
         if state.owners.get(&agency) != Some(&conn) {

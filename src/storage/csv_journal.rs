@@ -1017,7 +1017,7 @@ pub(crate) fn checksum(rows: &[u8]) -> u32 {
 /// The CRC-32C of `bets` of `agency` formatted exactly as the bets file's rows: the
 /// digest of their [`super::Rows`] (what the ledger makes of each batch it accepts).
 pub(crate) fn rows_digest(agency: AgencyId, bets: &[Bet]) -> u32 {
-    super::Rows::of(agency, bets, Vec::new()).digest()
+    super::Rows::of(agency, bets).digest()
 }
 
 /// Formats `bets` as CSV rows of the bets file, appending them to `buf`. It cannot
@@ -1797,7 +1797,7 @@ mod tests {
             bet("Zoë, \"la\"", "2", 9999),
             bet("María José", "3", 0),
         ];
-        let rows = super::super::Rows::of(4, &bets, Vec::new());
+        let rows = super::super::Rows::of(4, &bets);
         let mut with_rows = batch(4, 5, 1, &bets);
         assert_eq!(with_rows.digest, rows.digest());
         with_rows.rows = Some(&rows);
@@ -1819,7 +1819,7 @@ mod tests {
         let before = snapshot(&path_a);
         for bad in ["An\na", "Ana\r"] {
             let bets = [bet(bad, "2", 2)];
-            let rows = super::super::Rows::of(4, &bets, Vec::new());
+            let rows = super::super::Rows::of(4, &bets);
             let mut b = batch(4, 5, 2, &bets);
             b.rows = Some(&rows);
             let err = store.commit(&[b]).expect_err("line break");

@@ -80,9 +80,9 @@ impl Rows {
         self.digest
     }
 
-    /// The rows of `bets` of `agency`, formatted into `buf`'s allocation (cleared).
-    pub fn of(agency: AgencyId, bets: &[Bet], mut buf: Vec<u8>) -> Rows {
-        buf.clear();
+    /// The rows of `bets` of `agency`.
+    pub fn of(agency: AgencyId, bets: &[Bet]) -> Rows {
+        let mut buf = Vec::new();
         csv_journal::append_rows(&mut buf, agency, bets);
         Rows {
             digest: csv_journal::checksum(&buf),
