@@ -5,14 +5,19 @@
 //! valid bet is reported as [`Line::Invalid`] with its line number and reason, and
 //! reading goes on; only an I/O failure ends the stream with an [`AgencyFileError`].
 //!
-//! Reading is line by line (a bet never spans lines), so the line numbers in reports
+//! Bets are read line by line (a bet never spans lines), so the line numbers in reports
 //! are exact for LF and CRLF files alike, blank lines included. Fields follow CSV
 //! quoting: `"Paz, María"` is one field and `""` inside quotes is a quote.
+//!
+//! The file is read in chunks of whole lines: each chunk is checked as UTF-8 once, as
+//! it becomes a `String`, and its lines are then slices of it (no copy and no UTF-8
+//! check per line). A chunk holding a line that is not UTF-8 is cut before that line;
+//! the line itself is reported on its own, and the check resumes after it.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,20 +30,44 @@ use crate::bet::{Bet, MAX_NUMBER};
 /// frame, so it is reported and skipped without being held whole.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
-/// The read buffer's size: a few large reads instead of many small ones.
+/// Bytes read at a time: a few large reads instead of many small ones, and a chunk
+/// of about a thousand lines per UTF-8 check.
 const READ_BUFFER: usize = 64 * 1024;
 
 /// An open agency file.
 pub struct AgencyFile {
     path: PathBuf,
-    reader: BufReader<File>,
-    buf: Vec<u8>,
+    file: File,
+    /// Whole lines already checked as UTF-8 (the last one may lack its line break
+    /// when the file ends without one); served from `at`.
+    text: String,
+    /// The next unread byte of `text` (always at the start of a line).
+    at: usize,
+    /// Bytes read after `text`'s lines, not yet checked (a line's beginning, or
+    /// several lines when a chunk was cut before a line that is not UTF-8).
+    raw: Vec<u8>,
+    /// The file has been read to its end.
+    eof: bool,
+    /// Bytes read at a time (`READ_BUFFER`; smaller in tests, to cut chunks anywhere).
+    read_size: usize,
     line: u64,
     today: NaiveDate,
     /// The file's size in bytes when it was opened.
     size: u64,
-    /// Bytes consumed so far.
+    /// Bytes consumed so far (the value `position` publishes).
+    consumed: u64,
+    /// Bytes consumed so far, readable elsewhere.
     position: ReadPosition,
+}
+
+/// What [`AgencyFile::refill`] found next.
+enum Refill {
+    /// `text` holds new lines.
+    Lines,
+    /// The next line cannot be read as text: consumed, with the reason to report.
+    Unreadable(String),
+    /// The file is over.
+    End,
 }
 
 /// How many bytes of its file an [`AgencyFile`] has consumed: a handle that stays
@@ -54,9 +83,9 @@ impl ReadPosition {
         self.0.load(Ordering::Relaxed)
     }
 
-    fn advance(&self, bytes: usize) {
-        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
-        self.0.fetch_add(bytes, Ordering::Relaxed);
+    /// Publishes `bytes` consumed (only the reader writes it, so a plain store).
+    fn set(&self, bytes: u64) {
+        self.0.store(bytes, Ordering::Relaxed);
     }
 }
 
@@ -142,11 +171,16 @@ impl AgencyFile {
         let size = file.metadata().map_or(0, |m| m.len());
         Ok(AgencyFile {
             path: path.to_path_buf(),
-            reader: BufReader::with_capacity(READ_BUFFER, file),
-            buf: Vec::new(),
+            file,
+            text: String::new(),
+            at: 0,
+            raw: Vec::new(),
+            eof: false,
+            read_size: READ_BUFFER,
             line: 0,
             today,
             size,
+            consumed: 0,
             position: ReadPosition::default(),
         })
     }
@@ -212,64 +246,159 @@ impl AgencyFile {
     /// and their reasons are the iterator's.
     pub fn next_into(&mut self, bet: &mut Bet) -> Option<Result<Parsed, AgencyFileError>> {
         loop {
-            self.buf.clear();
-            let limit = (MAX_LINE_BYTES + 1) as u64;
-            let read = match (&mut self.reader)
-                .take(limit)
-                .read_until(b'\n', &mut self.buf)
-            {
-                Ok(0) => return None,
-                Ok(n) if self.buf.len() > MAX_LINE_BYTES && !self.buf.ends_with(b"\n") => {
-                    self.position.advance(n);
-                    skip_rest_of_line(&mut self.reader, &self.position)
-                }
-                Ok(n) => {
-                    self.position.advance(n);
-                    Ok(false)
-                }
-                Err(e) => Err(e),
-            };
-            self.line += 1;
-            match read {
-                Ok(false) => {}
-                Ok(true) => {
-                    let line = self.line;
-                    return Some(Ok(Parsed::Invalid(
-                        self.bad(line, format!("line longer than {MAX_LINE_BYTES} bytes")),
-                    )));
-                }
-                Err(source) => {
-                    return Some(Err(AgencyFileError {
-                        path: self.path.clone(),
-                        line: self.line,
-                        source,
-                    }));
+            if self.at == self.text.len() {
+                match self.refill() {
+                    Ok(Refill::Lines) => {}
+                    Ok(Refill::Unreadable(reason)) => {
+                        self.line += 1;
+                        let line = self.line;
+                        return Some(Ok(Parsed::Invalid(self.bad(line, reason))));
+                    }
+                    Ok(Refill::End) => return None,
+                    Err(source) => {
+                        return Some(Err(AgencyFileError {
+                            path: self.path.clone(),
+                            line: self.line + 1,
+                            source,
+                        }));
+                    }
                 }
             }
-            let mut bytes = self.buf.as_slice();
-            bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-            bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+            let rest = &self.text.as_bytes()[self.at..];
+            let len = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+            let start = self.at;
+            self.at += len;
+            self.consumed += len as u64;
+            self.position.set(self.consumed);
+            self.line += 1;
+            let mut text = &self.text[start..start + len];
+            text = text.strip_suffix('\n').unwrap_or(text);
+            text = text.strip_suffix('\r').unwrap_or(text);
             if self.line == 1 {
                 // A UTF-8 byte-order mark may start the file; it is not data.
-                bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+                text = text.strip_prefix('\u{feff}').unwrap_or(text);
             }
-            if bytes.iter().all(u8::is_ascii_whitespace) {
+            if text.bytes().all(|b| b.is_ascii_whitespace()) {
                 continue; // Blank lines carry no bet.
             }
             let line = self.line;
-            let parsed = match std::str::from_utf8(bytes) {
-                Ok(text) => self.parse_into(line, text, bet),
-                Err(e) => Err(self.bad(
-                    line,
-                    format!("not valid UTF-8 (at byte {})", e.valid_up_to() + 1),
-                )),
-            };
-            return Some(Ok(match parsed {
+            return Some(Ok(match self.parse_into(line, text, bet) {
                 Ok(()) => Parsed::Bet { line },
                 Err(bad) => Parsed::Invalid(bad),
             }));
         }
     }
+
+    /// Reads on once `text` is used up: the next chunk of whole lines that are UTF-8
+    /// into `text`, or the next line on its own when it is over-long or not UTF-8.
+    fn refill(&mut self) -> io::Result<Refill> {
+        // Whole lines at the start of `raw`: up to its last line break, or all of it
+        // at the end of the file.
+        let mut searched = 0;
+        let whole = loop {
+            if let Some(i) = memchr::memrchr(b'\n', &self.raw[searched..]) {
+                break searched + i + 1;
+            }
+            if self.raw.len() > MAX_LINE_BYTES {
+                return self.skip_long_line();
+            }
+            if self.eof {
+                if self.raw.is_empty() {
+                    return Ok(Refill::End);
+                }
+                break self.raw.len();
+            }
+            searched = self.raw.len();
+            self.read_more()?;
+        };
+        // Only the first of these lines can be over-long: it is the one that began
+        // before the last read; every other one lies within a single read.
+        let first = memchr::memchr(b'\n', &self.raw).unwrap_or(self.raw.len());
+        if first > MAX_LINE_BYTES {
+            return self.skip_long_line();
+        }
+        // `raw` becomes the text's bytes, what follows its whole lines moves to the
+        // old text's buffer, which becomes `raw`: no allocation once both have grown.
+        let mut rest = std::mem::take(&mut self.text).into_bytes();
+        rest.clear();
+        rest.extend_from_slice(&self.raw[whole..]);
+        self.raw.truncate(whole);
+        let lines = std::mem::replace(&mut self.raw, rest);
+        self.at = 0;
+        match String::from_utf8(lines) {
+            Ok(text) => {
+                self.text = text;
+                Ok(Refill::Lines)
+            }
+            Err(e) => {
+                let valid = e.utf8_error().valid_up_to();
+                let mut lines = e.into_bytes();
+                // The lines before the one that is not UTF-8 are text; that line and
+                // what follows it go back before `raw`.
+                let good = memchr::memrchr(b'\n', &lines[..valid]).map_or(0, |i| i + 1);
+                let unchecked = lines.split_off(good);
+                self.raw.splice(0..0, unchecked);
+                if good > 0 {
+                    // Checked once more, but only on this rare path.
+                    self.text = String::from_utf8(lines).unwrap_or_default();
+                    return Ok(Refill::Lines);
+                }
+                let len = memchr::memchr(b'\n', &self.raw).map_or(self.raw.len(), |i| i + 1);
+                let reason = not_utf8(&self.raw[..len], self.line == 0);
+                self.raw.drain(..len);
+                self.consumed += len as u64;
+                self.position.set(self.consumed);
+                Ok(Refill::Unreadable(reason))
+            }
+        }
+    }
+
+    /// Appends up to `read_size` bytes of the file to `raw` (fewer only at its end,
+    /// then `eof`).
+    fn read_more(&mut self) -> io::Result<()> {
+        let want = self.read_size as u64;
+        let got = (&mut self.file).take(want).read_to_end(&mut self.raw)?;
+        if (got as u64) < want {
+            self.eof = true;
+        }
+        Ok(())
+    }
+
+    /// `raw` starts a line longer than [`MAX_LINE_BYTES`]: consumes it up to and
+    /// including its line break (or the end), never holding more than a read of it.
+    fn skip_long_line(&mut self) -> io::Result<Refill> {
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &self.raw) {
+                self.raw.drain(..=i);
+                self.consumed += i as u64 + 1;
+                break;
+            }
+            self.consumed += self.raw.len() as u64;
+            self.raw.clear();
+            if self.eof {
+                break;
+            }
+            self.read_more()?;
+        }
+        self.position.set(self.consumed);
+        Ok(Refill::Unreadable(format!(
+            "line longer than {MAX_LINE_BYTES} bytes"
+        )))
+    }
+}
+
+/// Why `line` (its line break included) is not UTF-8, as a position in the line once
+/// its line end, and on the first line a byte-order mark, are taken off.
+fn not_utf8(line: &[u8], first: bool) -> String {
+    let mut bytes = line.strip_suffix(b"\n").unwrap_or(line);
+    bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    if first {
+        bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    }
+    let at = std::str::from_utf8(bytes)
+        .err()
+        .map_or(0, |e| e.valid_up_to());
+    format!("not valid UTF-8 (at byte {})", at + 1)
 }
 
 /// What [`AgencyFile::next_into`] read.
@@ -282,29 +411,6 @@ pub enum Parsed {
     },
     /// A line that is not a valid bet.
     Invalid(BadLine),
-}
-
-/// Consumes input up to and including the next line break (or the end), counting it
-/// in `position`; returns `Ok(true)` so the caller reports the over-long line.
-fn skip_rest_of_line(reader: &mut BufReader<File>, position: &ReadPosition) -> io::Result<bool> {
-    loop {
-        let buf = reader.fill_buf()?;
-        if buf.is_empty() {
-            return Ok(true);
-        }
-        match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                reader.consume(i + 1);
-                position.advance(i + 1);
-                return Ok(true);
-            }
-            None => {
-                let n = buf.len();
-                reader.consume(n);
-                position.advance(n);
-            }
-        }
-    }
 }
 
 /// Fields a bet line has.
@@ -759,6 +865,117 @@ mod tests {
         // "Eva" runs into the over-long line: eleven lines in all.
         assert_eq!(want.len(), 11, "{want:?}");
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// The lines of `bytes` as the reader read them when it read each line on its
+    /// own (`read_until`, a UTF-8 check per line): what chunked reading must keep.
+    fn read_line_by_line(file: &AgencyFile, bytes: &[u8]) -> Vec<Line> {
+        let mut lines = Vec::new();
+        let mut number = 0;
+        for raw in bytes.split_inclusive(|&b| b == b'\n') {
+            number += 1;
+            let mut line = raw.strip_suffix(b"\n").unwrap_or(raw);
+            if line.len() > MAX_LINE_BYTES {
+                lines.push(Line::Invalid(
+                    file.bad(number, format!("line longer than {MAX_LINE_BYTES} bytes")),
+                ));
+                continue;
+            }
+            line = line.strip_suffix(b"\r").unwrap_or(line);
+            if number == 1 {
+                line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            lines.push(match std::str::from_utf8(line) {
+                Err(e) => Line::Invalid(file.bad(
+                    number,
+                    format!("not valid UTF-8 (at byte {})", e.valid_up_to() + 1),
+                )),
+                Ok(text) => {
+                    let mut bet = empty_bet();
+                    match file.parse_into(number, text, &mut bet) {
+                        Ok(()) => Line::Bet { line: number, bet },
+                        Err(bad) => Line::Invalid(bad),
+                    }
+                }
+            });
+        }
+        lines
+    }
+
+    #[test]
+    fn chunks_cut_anywhere_read_the_lines_read_one_by_one() {
+        let pieces: [&[u8]; 14] = [
+            b"Ana,Paz,1,2000-01-01,1\n",
+            b"Jos\xc3\xa9,N\xc3\xba\xc3\xb1ez,22,1999-12-31,7574\r\n",
+            b"\n",
+            b" \t\r\n",
+            b"An\xff,Paz,1,2000-01-01,1\n",
+            b"\xc3,Paz,1,2000-01-01,1\r\n",
+            b"Eva,Ro\xe2\x82,2,1990-05-05,5\n",
+            b"\xEF\xBB\xBFAna,Paz,1,2000-01-01,1\n",
+            b"\"Paz, Mar\xc3\xada\",Ro,3,1991-01-02,3\n",
+            b"Ana,Paz,1,2000-02-30,1\n",
+            b"x,y\n",
+            b"\r",
+            b"\xe2\x82\xac,\xe2\x82\xac,4,1980-01-01,9",
+            b"Ana,Paz",
+        ];
+        let long = |len: usize, end: &[u8]| {
+            let mut line = vec![b'x'; len];
+            line.extend_from_slice(end);
+            line
+        };
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: usize| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            (state >> 33) as usize % n
+        };
+        let mut files: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"\xEF\xBB\xBFAna,Paz,1,2000-01-01,1".to_vec(),
+            b"\xEF\xBB\xBF\xff\n".to_vec(),
+            long(MAX_LINE_BYTES, b"\nAna,Paz,1,2000-01-01,1\n"),
+            long(MAX_LINE_BYTES + 1, b"\nAna,Paz,1,2000-01-01,1\n"),
+            long(MAX_LINE_BYTES - 1, b"\r\n"),
+            long(MAX_LINE_BYTES, b"\r\n"),
+            long(MAX_LINE_BYTES + 1, b""),
+            long(MAX_LINE_BYTES, b""),
+        ];
+        for _ in 0..40 {
+            let mut file = Vec::new();
+            for _ in 0..next(60) {
+                match next(40) {
+                    0 => file.extend(long(MAX_LINE_BYTES - 2 + next(5), b"\n")),
+                    1 => {
+                        // A line of text just too long, with a bad byte in it.
+                        let mut line = long(MAX_LINE_BYTES + 3, b"\n");
+                        line[10] = 0xff;
+                        file.extend(line);
+                    }
+                    _ => file.extend_from_slice(pieces[next(pieces.len())]),
+                }
+            }
+            files.push(file);
+        }
+        for (n, bytes) in files.iter().enumerate() {
+            let path = file_with(&format!("chunks-{n}"), bytes);
+            let reference = AgencyFile::open(&path, today()).expect("open");
+            let want = read_line_by_line(&reference, bytes);
+            for read_size in [1, 2, 3, 5, 8, 13, 64, 1000, READ_BUFFER] {
+                let mut file = AgencyFile::open(&path, today()).expect("open");
+                file.read_size = read_size;
+                let position = file.position();
+                let got = (&mut file).collect::<Result<Vec<_>, _>>().expect("reads");
+                assert_eq!(got, want, "file {n}, reads of {read_size} bytes");
+                assert_eq!(position.bytes(), bytes.len() as u64, "file {n}");
+            }
+            let _ = std::fs::remove_file(&path);
+        }
     }
 
     #[test]

@@ -309,7 +309,15 @@ mod tests {
         .map(|t| t.to_vec())
         .collect();
         for at in [
-            15, 16, 17, 31, 32, 33, 63, 64, 65,
+            15,
+            16,
+            17,
+            31,
+            32,
+            33,
+            63,
+            64,
+            65,
             CHUNK - 1,
             CHUNK,
             CHUNK + 1,
@@ -435,14 +443,20 @@ mod tests {
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
         let bytes: Vec<u8> = (0..70_000)
             .map(|_| {
-                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
                 (state >> 56) as u8
             })
             .collect();
         for start in 0..16 {
             for len in (0..300).chain([1000, 4095, 4096, 4097, 65_536]) {
                 let piece = &bytes[start..start + len];
-                assert_eq!(crc64(piece), CRC64.checksum(piece), "start {start} len {len}");
+                assert_eq!(
+                    crc64(piece),
+                    CRC64.checksum(piece),
+                    "start {start} len {len}"
+                );
             }
         }
         let mut digest = crc64fast::Digest::new();
