@@ -197,7 +197,7 @@ pub const CLIENT_KEYS: &[Key] = &[
     key(
         "batch.window",
         "CLI_BATCH_WINDOW",
-        Some("32"),
+        Some("64"),
         "batches sent ahead of their acknowledgements, 1..=1024 (1: wait for each ACK)",
     ),
     key(

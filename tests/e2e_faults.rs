@@ -458,7 +458,7 @@ const KILL_LOOP_BETS: usize = 200_000;
 const KILL_LOOP_BATCH: &str = "100";
 
 /// Batches in flight per client in the kill loop: each kill finds some unanswered,
-/// and the upload stays long enough for every kill (with the default window of 32 the
+/// and the upload stays long enough for every kill (with a window of 32 the
 /// uploads ended after 3 kills).
 const KILL_LOOP_WINDOW: &str = "4";
 
