@@ -11,8 +11,8 @@
 //!
 //! The file is read in chunks of whole lines: each chunk is checked as UTF-8 once, as
 //! it becomes a `String`, and its lines are then slices of it (no copy and no UTF-8
-//! check per line). A chunk holding a line that is not UTF-8 is cut before that line;
-//! the line itself is reported on its own, and the check resumes after it.
+//! check per line). Only a chunk holding a line that is not UTF-8 has its lines
+//! checked one by one, so that line is reported on its own and the others are read.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -34,6 +34,10 @@ pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// of about a thousand lines per UTF-8 check.
 const READ_BUFFER: usize = 64 * 1024;
 
+// A line that lies within one read is never over-long (`AgencyFile::refill` checks
+// only the line that began before the last read).
+const _: () = assert!(READ_BUFFER <= MAX_LINE_BYTES + 1);
+
 /// An open agency file.
 pub struct AgencyFile {
     path: PathBuf,
@@ -43,9 +47,15 @@ pub struct AgencyFile {
     text: String,
     /// The next unread byte of `text` (always at the start of a line).
     at: usize,
-    /// Bytes read after `text`'s lines, not yet checked (a line's beginning, or
-    /// several lines when a chunk was cut before a line that is not UTF-8).
+    /// A chunk of whole lines not all UTF-8 (read after `text`'s): its lines are
+    /// checked one by one, from `unchecked_at`.
+    unchecked: Vec<u8>,
+    unchecked_at: usize,
+    /// Bytes read after the chunk's lines: the beginning of a line.
     raw: Vec<u8>,
+    /// Bytes checked as UTF-8 so far (a test's measure of the work done).
+    #[cfg(test)]
+    checked: std::cell::Cell<u64>,
     /// The file has been read to its end.
     eof: bool,
     /// Bytes read at a time (`READ_BUFFER`; smaller in tests, to cut chunks anywhere).
@@ -64,7 +74,8 @@ pub struct AgencyFile {
 enum Refill {
     /// `text` holds new lines.
     Lines,
-    /// The next line cannot be read as text: consumed, with the reason to report.
+    /// The next line is over-long: consumed (never held whole), with the reason to
+    /// report.
     Unreadable(String),
     /// The file is over.
     End,
@@ -174,7 +185,11 @@ impl AgencyFile {
             file,
             text: String::new(),
             at: 0,
+            unchecked: Vec::new(),
+            unchecked_at: 0,
             raw: Vec::new(),
+            #[cfg(test)]
+            checked: std::cell::Cell::new(0),
             eof: false,
             read_size: READ_BUFFER,
             line: 0,
@@ -246,9 +261,19 @@ impl AgencyFile {
     /// and their reasons are the iterator's.
     pub fn next_into(&mut self, bet: &mut Bet) -> Option<Result<Parsed, AgencyFileError>> {
         loop {
-            if self.at == self.text.len() {
+            let (start, len, from_text) = if self.at < self.text.len() {
+                let rest = &self.text.as_bytes()[self.at..];
+                let len = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+                self.at += len;
+                (self.at - len, len, true)
+            } else if self.unchecked_at < self.unchecked.len() {
+                let rest = &self.unchecked[self.unchecked_at..];
+                let len = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+                self.unchecked_at += len;
+                (self.unchecked_at - len, len, false)
+            } else {
                 match self.refill() {
-                    Ok(Refill::Lines) => {}
+                    Ok(Refill::Lines) => continue,
                     Ok(Refill::Unreadable(reason)) => {
                         self.line += 1;
                         let line = self.line;
@@ -263,25 +288,28 @@ impl AgencyFile {
                         }));
                     }
                 }
-            }
-            let rest = &self.text.as_bytes()[self.at..];
-            let len = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
-            let start = self.at;
-            self.at += len;
+            };
             self.consumed += len as u64;
             self.position.set(self.consumed);
             self.line += 1;
-            let mut text = &self.text[start..start + len];
-            text = text.strip_suffix('\n').unwrap_or(text);
-            text = text.strip_suffix('\r').unwrap_or(text);
-            if self.line == 1 {
-                // A UTF-8 byte-order mark may start the file; it is not data.
-                text = text.strip_prefix('\u{feff}').unwrap_or(text);
-            }
-            if text.bytes().all(|b| b.is_ascii_whitespace()) {
-                continue; // Blank lines carry no bet.
-            }
             let line = self.line;
+            let raw = if from_text {
+                &self.text[start..start + len]
+            } else {
+                let bytes = &self.unchecked[start..start + len];
+                #[cfg(test)]
+                self.checked.set(self.checked.get() + len as u64);
+                match std::str::from_utf8(bytes) {
+                    Ok(raw) => raw,
+                    Err(_) => {
+                        let reason = not_utf8(bytes, line == 1);
+                        return Some(Ok(Parsed::Invalid(self.bad(line, reason))));
+                    }
+                }
+            };
+            let Some(text) = content(raw, line == 1) else {
+                continue; // Blank lines carry no bet.
+            };
             return Some(Ok(match self.parse_into(line, text, bet) {
                 Ok(()) => Parsed::Bet { line },
                 Err(bad) => Parsed::Invalid(bad),
@@ -289,8 +317,10 @@ impl AgencyFile {
         }
     }
 
-    /// Reads on once `text` is used up: the next chunk of whole lines that are UTF-8
-    /// into `text`, or the next line on its own when it is over-long or not UTF-8.
+    /// Reads on once the lines read are used up: the next chunk of whole lines into
+    /// `text` when they are all UTF-8 (one check for all of them), else into
+    /// `unchecked`, to be checked line by line; or the next line on its own when it is
+    /// over-long.
     fn refill(&mut self) -> io::Result<Refill> {
         // Whole lines at the start of `raw`: up to its last line break, or all of it
         // at the end of the file.
@@ -312,45 +342,34 @@ impl AgencyFile {
             self.read_more()?;
         };
         // Only the first of these lines can be over-long: it is the one that began
-        // before the last read; every other one lies within a single read.
+        // before the last read; every other one lies within a single read (at most
+        // `READ_BUFFER` bytes, not more than a line may hold).
         let first = memchr::memchr(b'\n', &self.raw).unwrap_or(self.raw.len());
         if first > MAX_LINE_BYTES {
             return self.skip_long_line();
         }
-        // `raw` becomes the text's bytes, what follows its whole lines moves to the
-        // old text's buffer, which becomes `raw`: no allocation once both have grown.
+        // `raw`'s whole lines become the chunk; what follows them moves to the old
+        // text's buffer, which becomes `raw`: no allocation once both have grown.
         let mut rest = std::mem::take(&mut self.text).into_bytes();
         rest.clear();
         rest.extend_from_slice(&self.raw[whole..]);
         self.raw.truncate(whole);
         let lines = std::mem::replace(&mut self.raw, rest);
         self.at = 0;
+        #[cfg(test)]
+        self.checked.set(self.checked.get() + lines.len() as u64);
         match String::from_utf8(lines) {
-            Ok(text) => {
-                self.text = text;
-                Ok(Refill::Lines)
-            }
+            Ok(text) => self.text = text,
             Err(e) => {
-                let valid = e.utf8_error().valid_up_to();
-                let mut lines = e.into_bytes();
-                // The lines before the one that is not UTF-8 are text; that line and
-                // what follows it go back before `raw`.
-                let good = memchr::memrchr(b'\n', &lines[..valid]).map_or(0, |i| i + 1);
-                let unchecked = lines.split_off(good);
-                self.raw.splice(0..0, unchecked);
-                if good > 0 {
-                    // Checked once more, but only on this rare path.
-                    self.text = String::from_utf8(lines).unwrap_or_default();
-                    return Ok(Refill::Lines);
-                }
-                let len = memchr::memchr(b'\n', &self.raw).map_or(self.raw.len(), |i| i + 1);
-                let reason = not_utf8(&self.raw[..len], self.line == 0);
-                self.raw.drain(..len);
-                self.consumed += len as u64;
-                self.position.set(self.consumed);
-                Ok(Refill::Unreadable(reason))
+                // Rare: the chunk's lines are checked one by one as they are read, so
+                // each bad line is reported alone and every byte is checked once more
+                // at most (cutting the chunk at each bad line would check and move
+                // the rest of it once per bad line).
+                self.unchecked = e.into_bytes();
+                self.unchecked_at = 0;
             }
         }
+        Ok(Refill::Lines)
     }
 
     /// Appends up to `read_size` bytes of the file to `raw` (fewer only at its end,
@@ -384,6 +403,22 @@ impl AgencyFile {
         Ok(Refill::Unreadable(format!(
             "line longer than {MAX_LINE_BYTES} bytes"
         )))
+    }
+}
+
+/// The text of line `raw` (its line break included, if it has one) without its line
+/// end, and on the first line without a byte-order mark; `None` for a blank line.
+fn content(raw: &str, first: bool) -> Option<&str> {
+    let mut text = raw.strip_suffix('\n').unwrap_or(raw);
+    text = text.strip_suffix('\r').unwrap_or(text);
+    if first {
+        // A UTF-8 byte-order mark may start the file; it is not data.
+        text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    }
+    if text.bytes().all(|b| b.is_ascii_whitespace()) {
+        None
+    } else {
+        Some(text)
     }
 }
 
@@ -868,17 +903,19 @@ mod tests {
     }
 
     /// The lines of `bytes` as the reader read them when it read each line on its
-    /// own (`read_until`, a UTF-8 check per line): what chunked reading must keep.
-    fn read_line_by_line(file: &AgencyFile, bytes: &[u8]) -> Vec<Line> {
+    /// own (`read_until`, a UTF-8 check per line), each with the bytes consumed once
+    /// it is handed out: what chunked reading must keep.
+    fn read_line_by_line(file: &AgencyFile, bytes: &[u8]) -> Vec<(Line, u64)> {
         let mut lines = Vec::new();
         let mut number = 0;
+        let mut consumed = 0;
         for raw in bytes.split_inclusive(|&b| b == b'\n') {
             number += 1;
+            consumed += raw.len() as u64;
             let mut line = raw.strip_suffix(b"\n").unwrap_or(raw);
             if line.len() > MAX_LINE_BYTES {
-                lines.push(Line::Invalid(
-                    file.bad(number, format!("line longer than {MAX_LINE_BYTES} bytes")),
-                ));
+                let bad = file.bad(number, format!("line longer than {MAX_LINE_BYTES} bytes"));
+                lines.push((Line::Invalid(bad), consumed));
                 continue;
             }
             line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -888,7 +925,7 @@ mod tests {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            lines.push(match std::str::from_utf8(line) {
+            let read = match std::str::from_utf8(line) {
                 Err(e) => Line::Invalid(file.bad(
                     number,
                     format!("not valid UTF-8 (at byte {})", e.valid_up_to() + 1),
@@ -900,7 +937,8 @@ mod tests {
                         Err(bad) => Line::Invalid(bad),
                     }
                 }
-            });
+            };
+            lines.push((read, consumed));
         }
         lines
     }
@@ -970,12 +1008,47 @@ mod tests {
                 let mut file = AgencyFile::open(&path, today()).expect("open");
                 file.read_size = read_size;
                 let position = file.position();
-                let got = (&mut file).collect::<Result<Vec<_>, _>>().expect("reads");
+                let mut got = Vec::new();
+                for line in &mut file {
+                    got.push((line.expect("reads"), position.bytes()));
+                }
                 assert_eq!(got, want, "file {n}, reads of {read_size} bytes");
                 assert_eq!(position.bytes(), bytes.len() as u64, "file {n}");
             }
             let _ = std::fs::remove_file(&path);
         }
+    }
+
+    /// Regression: a chunk was cut at each line that is not UTF-8, so the rest of the
+    /// chunk was checked and moved again once per bad line (2.7 MB of such lines took
+    /// seconds). Now each byte is checked at most twice.
+    #[test]
+    fn many_lines_that_are_not_utf8_are_read_with_linear_work() {
+        let mut bytes = Vec::new();
+        for i in 0..60_000 {
+            bytes.extend_from_slice(match i % 3 {
+                0 => &b"\xff\n"[..],
+                1 => b"Ana,Paz,1,2000-01-01,1\n",
+                _ => b"Bea,R\xc3\xado,2,1990-05-05,5\r\n",
+            });
+        }
+        let path = file_with("many-bad", &bytes);
+        let mut file = AgencyFile::open(&path, today()).expect("open");
+        let (mut bets, mut bad) = (0, 0);
+        for line in &mut file {
+            match line.expect("reads") {
+                Line::Bet { .. } => bets += 1,
+                Line::Invalid(_) => bad += 1,
+            }
+        }
+        assert_eq!((bets, bad), (40_000, 20_000));
+        let checked = file.checked.get();
+        assert!(
+            checked <= 2 * bytes.len() as u64,
+            "{checked} bytes checked as UTF-8 for a file of {}",
+            bytes.len()
+        );
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
