@@ -72,11 +72,10 @@ pub struct AgencyFile {
 
 /// What [`AgencyFile::refill`] found next.
 enum Refill {
-    /// `text` holds new lines.
+    /// `text` or `unchecked` holds new lines.
     Lines,
-    /// The next line is over-long: consumed (never held whole), with the reason to
-    /// report.
-    Unreadable(String),
+    /// The next line was longer than [`MAX_LINE_BYTES`]: consumed, never held whole.
+    LongLine,
     /// The file is over.
     End,
 }
@@ -262,21 +261,20 @@ impl AgencyFile {
     pub fn next_into(&mut self, bet: &mut Bet) -> Option<Result<Parsed, AgencyFileError>> {
         loop {
             let (start, len, from_text) = if self.at < self.text.len() {
-                let rest = &self.text.as_bytes()[self.at..];
-                let len = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+                let len = line_len(&self.text.as_bytes()[self.at..]);
                 self.at += len;
                 (self.at - len, len, true)
             } else if self.unchecked_at < self.unchecked.len() {
-                let rest = &self.unchecked[self.unchecked_at..];
-                let len = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+                let len = line_len(&self.unchecked[self.unchecked_at..]);
                 self.unchecked_at += len;
                 (self.unchecked_at - len, len, false)
             } else {
                 match self.refill() {
                     Ok(Refill::Lines) => continue,
-                    Ok(Refill::Unreadable(reason)) => {
+                    Ok(Refill::LongLine) => {
                         self.line += 1;
                         let line = self.line;
+                        let reason = format!("line longer than {MAX_LINE_BYTES} bytes");
                         return Some(Ok(Parsed::Invalid(self.bad(line, reason))));
                     }
                     Ok(Refill::End) => return None,
@@ -400,10 +398,14 @@ impl AgencyFile {
             self.read_more()?;
         }
         self.position.set(self.consumed);
-        Ok(Refill::Unreadable(format!(
-            "line longer than {MAX_LINE_BYTES} bytes"
-        )))
+        Ok(Refill::LongLine)
     }
+}
+
+/// The length of the first line of `bytes`, its line break included (all of `bytes`
+/// when it holds none).
+fn line_len(bytes: &[u8]) -> usize {
+    memchr::memchr(b'\n', bytes).map_or(bytes.len(), |i| i + 1)
 }
 
 /// The text of line `raw` (its line break included, if it has one) without its line
