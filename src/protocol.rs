@@ -1326,24 +1326,27 @@ impl<'a> PayloadReader<'a> {
         std::str::from_utf8(bytes).map_err(|_| self.not_utf8(field))
     }
 
-    /// A `str8` into `into`, reusing its capacity.
+    /// The next `len` bytes as text into `into`, reusing its capacity.
     #[inline]
-    fn str8_into(&mut self, field: &str, into: &mut String) -> Result<(), DecodeError> {
-        let len = usize::from(self.u8()?);
+    fn text_into(&mut self, len: usize, field: &str, into: &mut String) -> Result<(), DecodeError> {
         let text = self.text(len, field)?;
         into.clear();
         into.push_str(text);
         Ok(())
     }
 
+    /// A `str8` into `into`, reusing its capacity.
+    #[inline]
+    fn str8_into(&mut self, field: &str, into: &mut String) -> Result<(), DecodeError> {
+        let len = usize::from(self.u8()?);
+        self.text_into(len, field, into)
+    }
+
     /// A `str16` into `into`, reusing its capacity.
     #[inline]
     fn str16_into(&mut self, field: &str, into: &mut String) -> Result<(), DecodeError> {
         let len = usize::from(self.u16()?);
-        let text = self.text(len, field)?;
-        into.clear();
-        into.push_str(text);
-        Ok(())
+        self.text_into(len, field, into)
     }
 
     #[inline]
