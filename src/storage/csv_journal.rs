@@ -1299,10 +1299,12 @@ fn complete_length(file: &File, len: u64) -> io::Result<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
+    /// A new directory under the system temp dir for one test (also the draw scan's
+    /// tests').
+    pub(in crate::storage) fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "loteria-csvj-{name}-{}-{}",
             std::process::id(),

@@ -531,15 +531,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn temp_file(name: &str, content: &[u8]) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "loteria-scan-{name}-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        fs::create_dir_all(&dir).expect("temp dir");
+        let dir = crate::storage::csv_journal::tests::temp_dir(&format!("scan-{name}"));
         let path = dir.join("bets.csv");
         fs::write(&path, content).expect("write");
         path
