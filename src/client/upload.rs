@@ -345,6 +345,20 @@ mod tests {
     use chrono::NaiveDate;
     use std::path::PathBuf;
 
+    /// The next batch `batcher` makes of `items`, as the upload loop takes them
+    /// (`client::Run`); `None` once both are used up.
+    fn next_batch<R: ReadInto>(
+        items: &mut Sendable<'_, R>,
+        batcher: &mut Batcher,
+    ) -> Option<Batch> {
+        for item in items.by_ref() {
+            if let Some(batch) = batcher.push(item.expect("reads")) {
+                return Some(batch);
+            }
+        }
+        batcher.take()
+    }
+
     fn bet(i: u32, name_len: usize) -> Bet {
         Bet {
             first_name: "A".repeat(name_len),
@@ -660,17 +674,7 @@ mod tests {
         let mut items = Sendable::new(file, 1, &path, &mut reported);
         let mut batcher = Batcher::new(3);
         let mut sent = Vec::new();
-        loop {
-            let batch = match items.next() {
-                Some(item) => match batcher.push(item.expect("reads")) {
-                    Some(batch) => batch,
-                    None => continue,
-                },
-                None => match batcher.take() {
-                    Some(batch) => batch,
-                    None => break,
-                },
-            };
+        while let Some(batch) = next_batch(&mut items, &mut batcher) {
             let bets = batch.bets.iter();
             sent.push((
                 batch.line,
@@ -740,17 +744,7 @@ mod tests {
             let mut items = Sendable::new(file, 1, &path, &mut reported);
             let mut batcher = Batcher::new(100);
             let mut bets = 0;
-            loop {
-                let batch = match items.next() {
-                    Some(item) => match batcher.push(item.expect("reads")) {
-                        Some(batch) => batch,
-                        None => continue,
-                    },
-                    None => match batcher.take() {
-                        Some(batch) => batch,
-                        None => break,
-                    },
-                };
+            while let Some(batch) = next_batch(&mut items, &mut batcher) {
                 bets += std::hint::black_box(&batch.bets).len();
                 let mut sent = batch.bets;
                 if reuse {
